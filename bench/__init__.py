@@ -1,0 +1,1 @@
+"""Benchmarks (`python -m bench NAME [--quick] --json`) and the SMT2020 fab simulation."""
