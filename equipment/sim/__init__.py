@@ -1,0 +1,1 @@
+"""Equipment simulators: a secsgem GEM tool, an asyncio equipment farm, an asyncua tool."""
