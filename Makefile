@@ -36,11 +36,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-# redis-server and mosquitto binaries (tests start their own on free ports).
+# redis-server and mosquitto binaries (tests start their own on free ports), and promtool
+# (Debian's prometheus package) which the tests use to validate the /metrics page.
 services:
-	@if ! command -v redis-server >/dev/null || ! command -v mosquitto >/dev/null; then \
-		echo ">> installing redis-server and mosquitto from Debian"; \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server mosquitto; \
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		echo ">> installing from Debian:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 clean:

@@ -53,7 +53,7 @@ class _Server:
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
-        log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.workdir / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, cwd=self.workdir)
         _wait_port(self.port, 10.0, self.proc, self.name)
 

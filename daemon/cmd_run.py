@@ -1,0 +1,30 @@
+"""`fabd run --config PATH`: the production daemon."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from daemon import config as config_mod
+from daemon.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="PATH",
+                        help="TOML config file (see systemd/fabd.example.toml)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # numba reads NUMBA_CACHE_DIR at import: set it before anything imports numba.
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(cfg.service.cache_directory, "numba"))
+    from daemon import assemble, log, runner
+
+    log.setup(cfg.service.log_level)
+    app = assemble.build(cfg)
+    return runner.run(app.run(), cfg.service.event_loop)

@@ -1,0 +1,187 @@
+"""fabd configuration: TOML decoded into frozen msgspec Structs, validated before anything starts.
+
+Every section is a frozen Struct with units in its field names. `load()`
+collects *every* problem (unknown keys, wrong types, out-of-range values,
+missing required keys) with its dotted key path, instead of stopping at the
+first one, so an engineer fixes a file in one pass. Defaults are documented in
+`systemd/fabd.example.toml`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from daemon.errors import ConfigError
+
+PositiveSeconds = Annotated[float, Meta(gt=0)]
+
+
+class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where the daemon keeps its files and how it runs."""
+
+    state_directory: str = "/var/lib/fabd"  # systemd StateDirectory=; the SQLite store lives here
+    cache_directory: str = "/var/cache/fabd"  # systemd CacheDirectory=; numba's compiled kernels
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Graceful stop: each phase has a budget; their sum must stay below the unit's
+    # TimeoutStopSec (30 s) so systemd never has to SIGKILL a clean stop.
+    stop_intake_budget_s: PositiveSeconds = 2.0  # stop taking ERP commands and tool events
+    stop_flush_budget_s: PositiveSeconds = 8.0  # commit state, drain the outbox to Redis
+    stop_sessions_budget_s: PositiveSeconds = 5.0  # separate equipment sessions politely
+    component_restart_max_backoff_s: PositiveSeconds = 30.0
+
+    @property
+    def stop_budget_total_s(self) -> float:
+        return self.stop_intake_budget_s + self.stop_flush_budget_s + self.stop_sessions_budget_s
+
+
+class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The HTTP endpoint for Prometheus (/metrics), health (/healthz, /readyz) and `fabd status`."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:9464"  # HOST:PORT; loopback by default, put a proxy in front to expose
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen: must be HOST:PORT, got {self.listen!r}")
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class TickConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The periodic loop that runs SPC, holds, dispatch and commands."""
+
+    interval_s: Annotated[float, Meta(ge=0.05, le=60)] = 1.0
+    stale_after_intervals: Annotated[int, Meta(ge=2)] = 5  # /healthz fails when the tick is this late
+
+
+class FabdConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole configuration file."""
+
+    service: ServiceConfig = ServiceConfig()
+    http: HttpConfig = HttpConfig()
+    tick: TickConfig = TickConfig()
+
+
+def load(path: str | Path) -> FabdConfig:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([("(file)", f"no such file: {p}; pass --config PATH")], str(p)) from None
+    except OSError as exc:
+        raise ConfigError([("(file)", f"cannot read {p}: {exc.strerror}")], str(p)) from None
+    return loads(text, source=str(p))
+
+
+def loads(text: str, source: str = "<config>") -> FabdConfig:
+    """Validate TOML text; raise ConfigError listing every problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("(toml)", f"not valid TOML: {exc}")], source) from None
+    problems = check(raw, FabdConfig)
+    if problems:
+        raise ConfigError(problems, source)
+    try:
+        return msgspec.convert(raw, FabdConfig)
+    except msgspec.ValidationError as exc:  # a cross-field check the walk did not see
+        raise ConfigError([_split_msgspec_error(str(exc))], source) from None
+
+
+def check(raw: Any, struct_type: type, path: str = "") -> list[tuple[str, str]]:
+    """Return every (key path, reason) problem of `raw` against a Struct type."""
+    if not isinstance(raw, dict):
+        return [(path or "(root)", f"expected a table, got {_kind(raw)}")]
+    problems: list[tuple[str, str]] = []
+    fields = {f.encode_name: f for f in msgspec.structs.fields(struct_type)}
+    for key in raw:
+        if key not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            problems.append((_join(path, key), f"unknown key (known keys here: {known})"))
+    field_problems: list[tuple[str, str]] = []
+    for name, field in fields.items():
+        where = _join(path, name)
+        if name not in raw:
+            if field.required:
+                field_problems.append((where, "missing required key"))
+            continue
+        field_problems.extend(_check_value(raw[name], field.type, where))
+    problems.extend(field_problems)
+    if not field_problems:  # fields are fine one by one: now the Struct's own cross-field checks
+        try:
+            msgspec.convert({k: v for k, v in raw.items() if k in fields}, struct_type)
+        except msgspec.ValidationError as exc:
+            inner_path, reason = _split_msgspec_error(str(exc))
+            field, colon, rest = reason.partition(": ")
+            if colon and field in fields:  # __post_init__ names its field: "listen: must be ..."
+                problems.append((_join(path, field), rest))
+            else:
+                problems.append((path or inner_path, reason))
+    return problems
+
+
+def _check_value(value: Any, tp: Any, where: str) -> list[tuple[str, str]]:
+    base, _ = _strip_annotated(tp)
+    if isinstance(base, type) and issubclass(base, msgspec.Struct):
+        return check(value, base, where)
+    origin = typing.get_origin(base)
+    if origin is list and isinstance(value, list):
+        (item_tp,) = typing.get_args(base) or (Any,)
+        out: list[tuple[str, str]] = []
+        for i, item in enumerate(value):
+            out.extend(_check_value(item, item_tp, f"{where}[{i}]"))
+        return out
+    if origin is dict and isinstance(value, dict):
+        _, val_tp = typing.get_args(base) or (str, Any)
+        out = []
+        for k, item in value.items():
+            out.extend(_check_value(item, val_tp, _join(where, str(k))))
+        return out
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(base):
+            if not _check_value(value, option, where):
+                return []
+    try:
+        msgspec.convert(value, tp)
+    except msgspec.ValidationError as exc:
+        return [(where, _split_msgspec_error(str(exc))[1])]
+    return []
+
+
+def _strip_annotated(tp: Any) -> tuple[Any, tuple]:
+    if typing.get_origin(tp) is Annotated:
+        args = typing.get_args(tp)
+        return args[0], args[1:]
+    return tp, ()
+
+
+def _split_msgspec_error(msg: str) -> tuple[str, str]:
+    # msgspec: "Expected `int`, got `str` - at `$.service.x`"
+    reason, sep, at = msg.partition(" - at `")
+    path = at.rstrip("`").removeprefix("$").lstrip(".") if sep else "(root)"
+    return path or "(root)", reason
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+            list: "an array"}.get(type(value), type(value).__name__)

@@ -1,0 +1,107 @@
+"""A small asyncio HTTP endpoint: /metrics, /healthz, /readyz and /status (JSON for `fabd status`).
+
+Read-only, GET only, one request per connection: enough for Prometheus and a
+load balancer probe, with no web framework in the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from daemon.app import App
+
+log = logging.getLogger("fabd.http")
+
+Response = tuple[int, str, bytes]
+Handler = Callable[[], Awaitable[Response]]
+
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request",
+            503: "Service Unavailable"}
+_MAX_REQUEST_BYTES = 8192
+
+
+class HttpEndpoint:
+    """Serves the daemon's HTTP routes on config.http.listen."""
+
+    def __init__(self, app: App, status: Callable[[], dict] | None = None) -> None:
+        self.app = app
+        self._status = status or (lambda: {})
+        self.routes: dict[str, Handler] = {
+            "/metrics": self._metrics,
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/status": self._status_json,
+        }
+        self.bound_port: int | None = None
+        self.started = asyncio.Event()
+
+    async def run(self) -> None:
+        """Listen and serve until cancelled."""
+        cfg = self.app.config.http
+        server = await asyncio.start_server(self._handle, cfg.host, cfg.port, reuse_address=True)
+        self.bound_port = server.sockets[0].getsockname()[1]
+        log.info("HTTP on http://%s:%d (/metrics /healthz /readyz /status)", cfg.host,
+                 self.bound_port)
+        self.started.set()
+        async with server:
+            await server.serve_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+            if len(head) > _MAX_REQUEST_BYTES:
+                raise ValueError("request too large")
+            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+            path = target.split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                resp: Response = (405, "text/plain", b"GET only\n")
+            elif path in self.routes:
+                resp = await self.routes[path]()
+            else:
+                resp = (404, "text/plain", b"not found; try /metrics /healthz /readyz /status\n")
+            code, ctype, body = resp
+            writer.write(
+                f"HTTP/1.1 {code} {_REASONS.get(code, '')}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+            if method != "HEAD":
+                writer.write(body)
+            await writer.drain()
+        except (TimeoutError, ValueError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _metrics(self) -> Response:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+
+    async def _healthz(self) -> Response:
+        ok, why = self.app.healthy()
+        return (200 if ok else 503), "text/plain", f"{why}\n".encode()
+
+    async def _readyz(self) -> Response:
+        ok, parts = await self.app.readiness()
+        return (200 if ok else 503), "application/json", json.dumps(parts).encode() + b"\n"
+
+    async def _status_json(self) -> Response:
+        ok, why = self.app.healthy()
+        ready, parts = await self.app.readiness()
+        tick = self.app.tick
+        body = {
+            "healthy": ok, "health": why, "ready": ready, "readiness": parts,
+            "started_at": self.app.started_at,
+            "tick": {"count": tick.count, "last_duration_s": tick.last_duration_s,
+                     "overruns": tick.overruns, "interval_s": tick.interval_s} if tick else {},
+            "components": [{"name": c.name, "restarts": c.restarts}
+                           for c in self.app.components],
+        }
+        body.update(self._status())
+        return 200, "application/json", json.dumps(body, default=str).encode() + b"\n"

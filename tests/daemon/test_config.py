@@ -1,0 +1,86 @@
+"""Config: every problem reported with its key path, exit code 2, never a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon import config
+from daemon.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "systemd" / "fabd.example.toml"
+
+
+def fabd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+
+
+def test_example_config_is_valid_and_equals_the_defaults():
+    cfg = config.load(EXAMPLE)
+    # The example documents the defaults: loading it must give what an empty file gives
+    # (apart from keys the example sets for a reason, none today).
+    assert cfg == config.loads("")
+
+
+def test_every_error_is_listed_with_its_key_path():
+    text = """
+[service]
+bogus = 1
+stop_flush_budget_s = "eight"
+event_loop = "tokio"
+[http]
+listen = "no-port"
+[tick]
+interval_s = 0
+[extra]
+"""
+    with pytest.raises(ConfigError) as info:
+        config.loads(text, source="f.toml")
+    paths = [p for p, _ in info.value.problems]
+    assert sorted(paths) == sorted(["extra", "service.bogus", "service.event_loop",
+                                    "service.stop_flush_budget_s", "http.listen",
+                                    "tick.interval_s"])
+    text_out = str(info.value)
+    assert "f.toml: service.bogus: unknown key" in text_out
+    assert "f.toml: tick.interval_s: Expected `float` >= 0.05" in text_out
+
+
+@pytest.mark.parametrize("content,expect", [
+    ("[service]\nlog_level = 3\n", "service.log_level: Expected `str`, got `int`"),
+    ("[nope]\n", "nope: unknown key"),
+    ("[service\n", "(toml): not valid TOML"),
+    ("[http]\nlisten = \"127.0.0.1:99999\"\n", "http.listen: must be HOST:PORT"),
+])
+def test_check_config_cli_gives_one_line_per_error_and_exit_2(tmp_path, content, expect):
+    path = tmp_path / "fabd.toml"
+    path.write_text(content)
+    result = fabd("check-config", str(path))
+    assert result.returncode == 2
+    assert expect in result.stderr
+    assert "Traceback" not in result.stderr
+    assert all(line.startswith(str(path)) for line in result.stderr.strip().splitlines())
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    result = fabd("check-config", str(tmp_path / "absent.toml"))
+    assert result.returncode == 2
+    assert "no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_with_broken_config_exits_2_without_traceback(tmp_path):
+    path = tmp_path / "fabd.toml"
+    path.write_text("[tick]\ninterval_s = \"fast\"\n")
+    result = fabd("run", "--config", str(path))
+    assert result.returncode == 2
+    assert "tick.interval_s" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_documents_the_commands():
+    out = fabd("--help").stdout
+    for cmd in ("run", "check-config", "demo", "schema", "status"):
+        assert cmd in out
+    run_help = fabd("run", "--help").stdout
+    assert "--config" in run_help

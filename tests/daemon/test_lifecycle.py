@@ -1,0 +1,53 @@
+"""`fabd run` under a systemd-like supervisor: READY, watchdog pings, graceful stop within budget."""
+
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from daemon import config
+from tests.daemon.daemon_proc import DaemonProcess
+
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "fabd.service"
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = DaemonProcess(tmp_path, watchdog_usec=400_000)
+    yield d
+    d.close()
+
+
+def test_ready_then_watchdog_pings_then_stopping_and_clean_exit(daemon):
+    daemon.start()
+    msgs = daemon.read_notify("READY=1")
+    status, _ = daemon.http("/healthz")
+    assert status == 200
+    # WATCHDOG=1 comes from the tick loop, repeatedly.
+    for _ in range(3):
+        daemon.messages.clear()
+        daemon.read_notify("WATCHDOG=1", timeout_s=5)
+    rc, took_s = daemon.terminate(signal.SIGTERM)
+    msgs = daemon.read_notify("STOPPING=1", timeout_s=5)
+    assert "STOPPING=1" in msgs
+    assert rc == 0, daemon.logtext()
+    budget = config.load(daemon.config_path).service.stop_budget_total_s
+    assert took_s < budget
+    assert "fabd stopped cleanly" in daemon.logtext()
+
+
+def test_sigint_stops_cleanly_too(daemon):
+    daemon.start()
+    daemon.read_notify("READY=1")
+    rc, _ = daemon.terminate(signal.SIGINT)
+    assert rc == 0, daemon.logtext()
+
+
+def test_stop_budgets_fit_inside_the_units_timeout_stop_sec():
+    timeout_stop_s = int(re.search(r"^TimeoutStopSec=(\d+)$", UNIT.read_text(), re.M).group(1))
+    defaults = config.loads("").service
+    assert defaults.stop_budget_total_s < timeout_stop_s
+    watchdog_s = int(re.search(r"^WatchdogSec=(\d+)$", UNIT.read_text(), re.M).group(1))
+    # The tick pings every interval; the watchdog must allow several missed ticks.
+    assert watchdog_s >= 5 * config.loads("").tick.interval_s
