@@ -1,0 +1,508 @@
+"""The SPC engine the daemon runs every tick: charts by key, buffered points, one kernel call.
+
+Usage (daemon core, once per tick, after applying the tick's events):
+
+    engine = SpcEngine(config.spc)          # stores config only
+    spc.warm()                              # before READY
+    cid = engine.register("ETCH01/PM1/STEP3/rf_power", tool_id="ETCH01", chamber="PM1")
+    engine.add(cid, 412.0, ts, lot_id="LOT42")      # or add_many(ids, values, ts)
+    result = engine.evaluate()              # TickResult: violations + limit changes
+    for v in result.violations: apply v.action, publish v on fab:quality
+    for ch in result.limit_changes: publish ch
+
+`set_limits()` and `reset()` apply at once (to points still buffered too) and
+return their LimitChange for the caller to publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import msgspec
+import numpy as np
+
+from spc import kernel as kn
+from spc.config import ChartSpec, ChartType, Reaction, SpcConfig
+from spc.errors import SpcConfigError, UnknownChartError
+from spc.limits import Limits, estimate_limits, known_limits
+
+log = logging.getLogger(__name__)
+
+_KIND = {ChartType.I_MR: kn.KIND_INDIVIDUAL, ChartType.EWMA: kn.KIND_EWMA,
+         ChartType.XBAR_R: kn.KIND_SUBGROUP, ChartType.XBAR_S: kn.KIND_SUBGROUP}
+_SERIES = {ChartType.I_MR: ("x", "mr"), ChartType.EWMA: ("ewma", ""),
+           ChartType.XBAR_R: ("xbar", "r"), ChartType.XBAR_S: ("xbar", "s")}
+
+
+class Violation(msgspec.Struct, frozen=True, kw_only=True):
+    """One test firing on one point: what the daemon acts on and publishes."""
+
+    chart_key: str
+    chart_id: int
+    tool_id: str
+    chamber: str
+    series: str  # the plotted statistic tested: x, ewma, xbar, or the dispersion chart mr, r, s
+    test: int  # 1..8, Nelson numbering (Western Electric's "8 on one side" is test 2, K=8)
+    description: str
+    rule_set: str
+    seq: int  # the flagged point's sequence number on this chart (0 = its first point)
+    first_seq: int  # first point of the pattern (never before the last reset)
+    statistic: float  # the flagged value on its series (the MR, R or S for dispersion)
+    values: tuple[float, ...]  # plotted statistic of points first_seq..seq
+    ts: tuple[float, ...]
+    lot_ids: tuple[str, ...]
+    lot_id: str  # lot of the flagged point
+    limits_version: int
+    # What to do: the chart's reaction plan, downgraded when its target is unknown
+    # (inhibit_chamber without a chamber -> inhibit_tool -> notify; hold_lot without a lot -> notify).
+    action: Reaction
+
+
+class LimitChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A new version of a chart's limits (an event the daemon publishes)."""
+
+    chart_key: str
+    chart_id: int
+    tool_id: str
+    chamber: str
+    version: int  # 1 for the first limits; +1 on every change or reset
+    reason: str  # config | phase_i | set | reset
+    limits: Limits | None  # None: back in phase I, collecting a new baseline
+    ts: float
+
+
+class TickResult(msgspec.Struct, kw_only=True):
+    """What one evaluate() found."""
+
+    violations: list[Violation]
+    limit_changes: list[LimitChange]
+    points_evaluated: int  # points that went through the tests
+    points_collected: int  # points taken into phase I or a partial subgroup
+
+
+def describe(test: int, spec: ChartSpec, series: str = "") -> str:
+    """Return a one-line description of a test with the chart's K."""
+    k = spec.params()
+    if series in ("mr", "r", "s"):
+        return f"{series.upper()} chart beyond its control limits"
+    return {
+        1: f"1 point beyond {k.k1_sigma:g} sigma",
+        2: f"{k.k2_points} points in a row on one side of the centre line",
+        3: f"{k.k3_points} points in a row steadily increasing or decreasing",
+        4: f"{k.k4_points} points in a row alternating up and down",
+        5: f"{k.k5_of_k_plus_1} out of {k.k5_of_k_plus_1 + 1} points beyond 2 sigma, same side",
+        6: f"{k.k6_of_k_plus_1} out of {k.k6_of_k_plus_1 + 1} points beyond 1 sigma, same side",
+        7: f"{k.k7_points} points in a row within 1 sigma",
+        8: f"{k.k8_points} points in a row beyond 1 sigma, either side",
+    }[test]
+
+
+def _window(test: int, spec: ChartSpec) -> int:
+    k = spec.params()
+    return {1: 1, 2: k.k2_points, 3: k.k3_points, 4: k.k4_points, 5: k.k5_of_k_plus_1 + 1,
+            6: k.k6_of_k_plus_1 + 1, 7: k.k7_points, 8: k.k8_points}[test]
+
+
+class _Chart:
+    """Python-side facts of one chart (the kernel's side lives in the engine's arrays)."""
+
+    __slots__ = ("chamber", "disp_window", "key", "limits", "phase_disps", "phase_means",
+                 "spec", "sub_lot", "sub_ts", "sub_values", "tool_id", "version", "warned")
+
+    def __init__(self, key: str, spec: ChartSpec, tool_id: str, chamber: str) -> None:
+        self.key = key
+        self.spec = spec
+        self.tool_id = tool_id
+        self.chamber = chamber
+        self.limits: Limits | None = None
+        self.version = 0
+        self.phase_means: list[float] = []
+        self.phase_disps: list[float] = []
+        self.sub_values: list[float] = []
+        self.sub_ts = 0.0
+        self.sub_lot = 0
+        self.warned = False
+        self.disp_window = 2 if spec.chart_type is ChartType.I_MR else 1
+
+
+class SpcEngine:
+    """Every control chart of the fab, evaluated incrementally once per tick."""
+
+    def __init__(self, config: SpcConfig = SpcConfig(), *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._clock = clock
+        longest = max([config.history_points, config.default.params().longest_window(),
+                       *(o.spec.params().longest_window() for o in config.overrides)])
+        self.history_capacity = 1 << (longest - 1).bit_length()
+        self._charts: list[_Chart] = []
+        self._ids: dict[str, int] = {}
+        self._cap = 0
+        self._lot_codes: dict[str, int] = {"": 0}
+        self._lots: list[str] = [""]
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._p_ids: list[int] = []
+        self._p_vals: list[float] = []
+        self._p_ts: list[float] = []
+        self._p_lots: list[int] = []
+        self._n_pending = 0
+        self._queued_changes: list[LimitChange] = []
+        # counters the daemon exports (fabd_spc_*_total)
+        self.points_evaluated_total = 0
+        self.points_dropped_total = 0  # refused (queue full), unknown chart or not finite
+        self.violations_total = 0
+
+    # ---- charts -------------------------------------------------------------
+
+    def register(self, key: str, *, spec: ChartSpec | None = None, tool_id: str = "",
+                 chamber: str = "") -> int:
+        """Return the chart id for key, creating the chart (spec from config by key) if new."""
+        cid = self._ids.get(key)
+        if cid is not None:
+            return cid
+        spec = spec if spec is not None else self.config.spec_for(key)
+        if spec.params().longest_window() > self.history_capacity:
+            raise SpcConfigError(f"chart {key}: a test window of {spec.params().longest_window()} "
+                                 f"points exceeds history_points={self.history_capacity}")
+        cid = len(self._charts)
+        if cid >= self._cap:
+            self._grow(max(64, 2 * self._cap))
+        ch = _Chart(key, spec, tool_id, chamber)
+        self._charts.append(ch)
+        self._ids[key] = cid
+        self._ipar[cid] = self._ipar_row(spec)
+        self._route[cid] = True
+        if spec.center is not None and spec.sigma is not None:
+            self._queued_changes.append(self._set(cid, known_limits(spec, spec.center, spec.sigma),
+                                                  "config"))
+        return cid
+
+    def chart_id(self, key: str) -> int:
+        """Return the id of a registered chart."""
+        try:
+            return self._ids[key]
+        except KeyError:
+            raise UnknownChartError(f"no SPC chart {key!r}") from None
+
+    def key_of(self, chart_id: int) -> str:
+        """Return the key of a chart id."""
+        return self._charts[chart_id].key
+
+    def spec_of(self, chart: str | int) -> ChartSpec:
+        """Return a chart's spec."""
+        return self._charts[self._cid(chart)].spec
+
+    def limits(self, chart: str | int) -> Limits | None:
+        """Return a chart's current limits (None while in phase I)."""
+        return self._charts[self._cid(chart)].limits
+
+    def version(self, chart: str | int) -> int:
+        """Return a chart's limits version (0 before the first limits)."""
+        return self._charts[self._cid(chart)].version
+
+    def __len__(self) -> int:
+        return len(self._charts)
+
+    def set_limits(self, chart: str | int, center: float, sigma: float) -> LimitChange:
+        """Set known limits (process centre and σ); the chart's windows restart."""
+        cid = self._cid(chart)
+        ch = self._charts[cid]
+        return self._set(cid, known_limits(ch.spec, center, sigma), "set")
+
+    def reset(self, chart: str | int, *, reestimate: bool = False) -> LimitChange:
+        """Restart a chart's windows (and with reestimate, go back to phase I)."""
+        cid = self._cid(chart)
+        ch = self._charts[cid]
+        if reestimate or ch.limits is None:
+            ch.phase_means.clear()
+            ch.phase_disps.clear()
+            ch.limits = None
+            ch.version += 1
+            self._route[cid] = True
+            self._clear_state(cid)
+            return self._change(cid, "reset")
+        return self._set(cid, ch.limits, "reset")
+
+    # ---- points -------------------------------------------------------------
+
+    def add(self, chart: str | int, value: float, ts: float, lot_id: str = "") -> bool:
+        """Buffer one point for the next evaluate(); False if refused (queue full)."""
+        if self._n_pending >= self.config.max_pending_points:
+            self.points_dropped_total += 1
+            return False
+        self._p_ids.append(self._cid(chart))
+        self._p_vals.append(value)
+        self._p_ts.append(ts)
+        self._p_lots.append(self.lot_code(lot_id))
+        self._n_pending += 1
+        return True
+
+    def add_many(self, chart_ids: np.ndarray, values: np.ndarray, ts: np.ndarray | float,
+                 lot_ids: Sequence[str] | str | None = None) -> int:
+        """Buffer many points (arrays, in arrival order); return how many were accepted."""
+        ids = np.asarray(chart_ids, np.int64)
+        n = ids.shape[0]
+        room = self.config.max_pending_points - self._n_pending
+        if n > room:
+            self.points_dropped_total += n - max(room, 0)
+            n = max(room, 0)
+            ids = ids[:n]
+        vals = np.asarray(values, np.float64)[:n]
+        t = np.broadcast_to(np.asarray(ts, np.float64), (n,)) if np.ndim(ts) == 0 \
+            else np.asarray(ts, np.float64)[:n]
+        if lot_ids is None or isinstance(lot_ids, str):
+            lots = np.full(n, self.lot_code(lot_ids or ""), np.int32)
+        else:
+            lots = np.fromiter((self.lot_code(x) for x in lot_ids[:n]), np.int32, n)
+        self._pending.append((ids, vals, np.array(t, np.float64), lots))
+        self._n_pending += n
+        return n
+
+    def lot_code(self, lot_id: str) -> int:
+        """Return the small int that stands for a lot id in the history arrays."""
+        code = self._lot_codes.get(lot_id)
+        if code is None:
+            code = self._lot_codes[lot_id] = len(self._lots)
+            self._lots.append(lot_id)
+        return code
+
+    def evaluate(self) -> TickResult:
+        """Run the tests on every point buffered since the last call."""
+        ids, vals, ts, lots = self._take_pending()
+        changes, self._queued_changes = self._queued_changes, []
+        ok = np.isfinite(vals) & (ids >= 0) & (ids < len(self._charts))
+        if not ok.all():
+            self.points_dropped_total += int(ok.size - ok.sum())
+            ids, vals, ts, lots = ids[ok], vals[ok], ts[ok], lots[ok]
+        disp = np.zeros(ids.shape[0])
+        order = np.arange(ids.shape[0], dtype=np.int64)
+        routed = self._route[ids] if ids.size else np.zeros(0, bool)
+        collected = 0
+        if routed.any():
+            direct = ~routed
+            extra, collected = self._route_points(np.flatnonzero(routed), ids, vals, ts, lots,
+                                                  changes)
+            ids = np.concatenate([ids[direct], extra[0]]).astype(np.int64)
+            vals = np.concatenate([vals[direct], extra[1]])
+            disp = np.concatenate([disp[direct], extra[2]])
+            ts = np.concatenate([ts[direct], extra[3]])
+            lots = np.concatenate([lots[direct], extra[4]]).astype(np.int32)
+            order = np.concatenate([order[direct], extra[5]]).astype(np.int64)
+        if ids.size > 1 and not (ids[1:] >= ids[:-1]).all():
+            perm = np.lexsort((order, ids))
+            ids, vals, disp, ts, lots = ids[perm], vals[perm], disp[perm], ts[perm], lots[perm]
+        n = ids.shape[0]
+        violations: list[Violation] = []
+        if n:
+            starts = np.flatnonzero(np.diff(ids)) + 1
+            offsets = np.concatenate([[0], starts, [n]]).astype(np.int64)
+            rows = ids[offsets[:-1]]
+            flags = np.empty(n, np.uint16)
+            stats = np.empty(n)
+            seqs = np.empty(n, np.int64)
+            kn.evaluate_batch(rows, offsets, vals, disp, self._fpar, self._ipar, self._ist,
+                              self._fst, flags, stats, seqs)
+            hot = np.flatnonzero(flags)
+            if hot.size:
+                violations = self._violations(hot, ids, offsets, flags, stats, disp, seqs, ts,
+                                              lots)
+            kn.push_history(rows, offsets, seqs, stats, ts, lots, self._hist_stat, self._hist_ts,
+                            self._hist_lot)
+        self.points_evaluated_total += n
+        self.violations_total += len(violations)
+        return TickResult(violations=violations, limit_changes=changes, points_evaluated=n,
+                          points_collected=collected)
+
+    # ---- internals ----------------------------------------------------------
+
+    def _cid(self, chart: str | int) -> int:
+        if isinstance(chart, str):
+            return self.chart_id(chart)
+        if not 0 <= chart < len(self._charts):
+            raise UnknownChartError(f"no SPC chart with id {chart}")
+        return int(chart)
+
+    def _grow(self, cap: int) -> None:
+        h = self.history_capacity
+        old = self._cap
+        fpar, ipar, ist, fst = kn.empty_state(cap)
+        new = {"_fpar": fpar, "_ipar": ipar, "_ist": ist, "_fst": fst,
+               "_reset_seq": np.zeros(cap, np.int64), "_route": np.zeros(cap, bool),
+               "_hist_stat": np.zeros((cap, h)), "_hist_ts": np.zeros((cap, h)),
+               "_hist_lot": np.zeros((cap, h), np.int32)}
+        for name, arr in new.items():
+            if old:
+                arr[:old] = getattr(self, name)
+            setattr(self, name, arr)
+        self._cap = cap
+
+    def _ipar_row(self, spec: ChartSpec) -> list[int]:
+        k = spec.params()
+        mask = 0
+        for t in spec.enabled_tests():
+            mask |= 1 << (t - 1)
+        if spec.dispersion_test and spec.chart_type is not ChartType.EWMA:
+            mask |= kn.DISPERSION_BIT
+        return [mask, _KIND[spec.chart_type], k.k2_points, k.k3_points, k.k4_points,
+                k.k5_of_k_plus_1, k.k6_of_k_plus_1, k.k7_points, k.k8_points]
+
+    def _set(self, cid: int, lim: Limits, reason: str) -> LimitChange:
+        ch = self._charts[cid]
+        ch.limits = lim
+        ch.version += 1
+        z = lim.zones()
+        self._fpar[cid] = (z.center, z.u1, z.l1, z.u2, z.l2, z.uk, z.lk, ch.spec.ewma_lambda,
+                           z.disp_ucl, z.disp_lcl)
+        self._route[cid] = ch.spec.chart_type in (ChartType.XBAR_R, ChartType.XBAR_S)
+        self._clear_state(cid)
+        return self._change(cid, reason)
+
+    def _change(self, cid: int, reason: str) -> LimitChange:
+        ch = self._charts[cid]
+        log.info("spc chart %s: limits v%d (%s)", ch.key, ch.version, reason)
+        return LimitChange(chart_key=ch.key, chart_id=cid, tool_id=ch.tool_id, chamber=ch.chamber,
+                           version=ch.version, reason=reason, limits=ch.limits, ts=self._clock())
+
+    def _clear_state(self, cid: int) -> None:
+        seq = self._ist[cid, kn.S_SEQ]
+        self._ist[cid] = 0
+        self._ist[cid, kn.S_SEQ] = seq
+        self._fst[cid, kn.FS_PREV] = 0.0
+        self._fst[cid, kn.FS_EWMA] = self._fpar[cid, kn.F_CENTER]
+        self._reset_seq[cid] = seq
+        self._charts[cid].sub_values.clear()  # a subgroup never spans a reset
+
+    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        parts = self._pending
+        if self._p_ids:
+            parts.append((np.array(self._p_ids, np.int64), np.array(self._p_vals, np.float64),
+                          np.array(self._p_ts, np.float64), np.array(self._p_lots, np.int32)))
+            self._p_ids, self._p_vals, self._p_ts, self._p_lots = [], [], [], []
+        self._pending = []
+        self._n_pending = 0
+        if not parts:
+            return (np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0, np.int32))
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(col) for col in zip(*parts, strict=True))  # type: ignore[return-value]
+
+    def _route_points(self, idx: np.ndarray, ids: np.ndarray, vals: np.ndarray, ts: np.ndarray,
+                      lots: np.ndarray, changes: list[LimitChange]) -> tuple[tuple, int]:
+        """Take points of charts in phase I or building subgroups; return the ones to test."""
+        out_ids: list[int] = []
+        out_v: list[float] = []
+        out_d: list[float] = []
+        out_t: list[float] = []
+        out_l: list[int] = []
+        out_o: list[int] = []
+        collected = 0
+        for j in idx.tolist():
+            cid = int(ids[j])
+            ch = self._charts[cid]
+            x = float(vals[j])
+            if ch.spec.chart_type in (ChartType.XBAR_R, ChartType.XBAR_S):
+                ch.sub_values.append(x)
+                ch.sub_ts = float(ts[j])
+                ch.sub_lot = int(lots[j])
+                if len(ch.sub_values) < ch.spec.subgroup_size:
+                    collected += 1
+                    continue
+                sub = ch.sub_values
+                mean = math.fsum(sub) / len(sub)
+                if ch.spec.chart_type is ChartType.XBAR_R:
+                    d = max(sub) - min(sub)
+                else:
+                    d = math.sqrt(math.fsum((v - mean) ** 2 for v in sub) / (len(sub) - 1))
+                ch.sub_values = []
+                x = mean
+            else:
+                d = 0.0
+            if ch.limits is None:
+                collected += 1
+                ch.phase_means.append(x)
+                ch.phase_disps.append(d)
+                if len(ch.phase_means) >= ch.spec.phase_i_points:
+                    self._end_phase_i(cid, changes)
+                continue
+            out_ids.append(cid)
+            out_v.append(x)
+            out_d.append(d)
+            out_t.append(float(ts[j]))
+            out_l.append(int(lots[j]))
+            out_o.append(j)
+        return (np.array(out_ids, np.int64), np.array(out_v), np.array(out_d), np.array(out_t),
+                np.array(out_l, np.int32), np.array(out_o, np.int64)), collected
+
+    def _end_phase_i(self, cid: int, changes: list[LimitChange]) -> None:
+        ch = self._charts[cid]
+        lim = estimate_limits(ch.spec, ch.phase_means, ch.phase_disps)
+        ch.phase_means = []
+        ch.phase_disps = []
+        if lim is None:
+            if not ch.warned:
+                ch.warned = True
+                log.warning("spc chart %s: phase-I baseline has no spread; collecting again",
+                            ch.key)
+            return
+        changes.append(self._set(cid, lim, "phase_i"))
+
+    def _violations(self, hot: np.ndarray, ids: np.ndarray, offsets: np.ndarray,
+                    flags: np.ndarray, stats: np.ndarray, disp: np.ndarray, seqs: np.ndarray,
+                    ts: np.ndarray, lots: np.ndarray) -> list[Violation]:
+        """Turn flagged points into Violations with the points each pattern involves."""
+        row_lo = offsets[np.searchsorted(offsets, hot, side="right") - 1]
+        hmask = self.history_capacity - 1
+        out: list[Violation] = []
+        for i, lo in zip(hot.tolist(), row_lo.tolist(), strict=True):
+            cid = int(ids[i])
+            ch = self._charts[cid]
+            f = int(flags[i])
+            seq = int(seqs[i])
+            batch_first = seq - (i - lo)
+            reset_seq = int(self._reset_seq[cid])
+            prim, dser = _SERIES[ch.spec.chart_type]
+            for bit in range(9):
+                if not f >> bit & 1:
+                    continue
+                test = 1 if bit == 8 else bit + 1
+                series = dser if bit == 8 else prim
+                width = ch.disp_window if bit == 8 else _window(test, ch.spec)
+                first = max(seq - width + 1, reset_seq)
+                vals: list[float] = []
+                tss: list[float] = []
+                lids: list[str] = []
+                for q in range(first, seq + 1):
+                    if q >= batch_first:
+                        p = i - (seq - q)
+                        vals.append(float(stats[p]))
+                        tss.append(float(ts[p]))
+                        lids.append(self._lots[lots[p]])
+                    else:
+                        p = q & hmask
+                        vals.append(float(self._hist_stat[cid, p]))
+                        tss.append(float(self._hist_ts[cid, p]))
+                        lids.append(self._lots[self._hist_lot[cid, p]])
+                statistic = float(stats[i])
+                if bit == 8:
+                    statistic = abs(vals[-1] - vals[0]) if ch.disp_window == 2 else float(disp[i])
+                out.append(Violation(
+                    chart_key=ch.key, chart_id=cid, tool_id=ch.tool_id, chamber=ch.chamber,
+                    series=series, test=test, description=describe(test, ch.spec, series),
+                    rule_set=str(ch.spec.rules), seq=seq, first_seq=first, statistic=statistic,
+                    values=tuple(vals), ts=tuple(tss), lot_ids=tuple(lids), lot_id=lids[-1],
+                    limits_version=ch.version, action=self._action(ch, lids[-1])))
+        return out
+
+    @staticmethod
+    def _action(ch: _Chart, lot_id: str) -> Reaction:
+        r = ch.spec.reaction
+        if r is Reaction.INHIBIT_CHAMBER and not ch.chamber:
+            r = Reaction.INHIBIT_TOOL
+        if r is Reaction.INHIBIT_TOOL and not ch.tool_id:
+            r = Reaction.NOTIFY
+        if r is Reaction.HOLD_LOT and not lot_id:
+            r = Reaction.NOTIFY
+        return r
