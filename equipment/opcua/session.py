@@ -1,0 +1,431 @@
+"""The per-tool OPC UA session: connect, subscribe, turn data changes into domain events.
+
+`OpcUaSession.run()` supervises one tool forever: it connects (jittered
+exponential backoff between attempts), subscribes every node of the profile,
+translates each data change into domain events (`sink.submit`, in order, by a
+delivery task) or SPC points (`sink.points`, batched per publish), and when the
+connection goes away it says so once, reconnects and re-subscribes. The
+session is also the tool's `ToolControl`: remote commands become method calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from asyncua import ua
+
+from equipment import metrics
+from equipment.events import (
+    AlarmCleared,
+    AlarmSet,
+    CommandResult,
+    DomainEvent,
+    E10State,
+    E10StateChanged,
+    EventSink,
+    ProcessCompleted,
+    ProcessPoint,
+    ProcessStarted,
+    RemoteCommand,
+    ToolConnected,
+    ToolDisconnected,
+)
+from equipment.opcua.client import OpcUaClient, status_name
+from equipment.opcua.config import OpcUaToolConfig
+from equipment.opcua.errors import OpcUaCommandError, OpcUaError, OpcUaSecurityError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "opcua"
+EVENT_QUEUE_SIZE = 10_000
+
+# HCACK values (E30) the OPC UA answers map to.
+HCACK_OK, HCACK_INVALID_COMMAND, HCACK_CANNOT_NOW, HCACK_PARAMETER = 0, 1, 2, 3
+_PARAMETER_STATUS = frozenset({
+    ua.StatusCodes.BadInvalidArgument, ua.StatusCodes.BadArgumentsMissing,
+    ua.StatusCodes.BadTooManyArguments, ua.StatusCodes.BadTypeMismatch,
+    ua.StatusCodes.BadOutOfRange, ua.StatusCodes.BadNotFound,
+})
+_COMMAND_STATUS = frozenset({
+    ua.StatusCodes.BadMethodInvalid, ua.StatusCodes.BadNodeIdUnknown,
+    ua.StatusCodes.BadNodeIdInvalid, ua.StatusCodes.BadNotExecutable,
+    ua.StatusCodes.BadUserAccessDenied,
+})
+
+
+class OpcUaSessionState(enum.StrEnum):
+    """Where the session is; tests and the daemon can wait on changes."""
+
+    NOT_CONNECTED = "not_connected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+
+
+def backoff_s(attempt: int, floor_s: float, cap_s: float, rng: random.Random) -> float:
+    """Return the jittered exponential delay before reconnect attempt `attempt` (0-based)."""
+    return min(cap_s, floor_s * 2 ** min(attempt, 30)) * rng.uniform(0.5, 1.0)
+
+
+class _Role(enum.IntEnum):
+    PARAMETER = 0
+    E10 = 1
+    LOT = 2
+    RECIPE = 3
+    ALARM_BOOL = 4
+    ALARM_CODE = 5
+    STATUS = 6
+
+
+class OpcUaSession:
+    """One OPC UA tool: domain events out, remote commands in (a ToolControl)."""
+
+    def __init__(self, config: OpcUaToolConfig, sink: EventSink, *,
+                 clock: Callable[[], float] = time.time, seed: int | None = None) -> None:
+        self.config = config
+        self.tool_id = config.tool_id
+        self.sink = sink
+        self.status: dict[str, Any] = {}  # latest value of each status_nodes entry
+        self.e10_state: E10State | None = None
+        self.lot_id = ""
+        self.recipe_id = ""
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._state = OpcUaSessionState.NOT_CONNECTED
+        self._state_changed = asyncio.Event()
+        self._client: OpcUaClient | None = None
+        self._events: asyncio.Queue[DomainEvent] | None = None
+        self._points: list[ProcessPoint] = []
+        self._flush_scheduled = False
+        self._roles: dict[ua.NodeId, tuple[_Role, Any]] = {}
+        self._alarm_on: dict[int, bool] = {}
+        self._alarm_code: dict[str, int] = {}
+        self._sums: dict[str, list[float]] = {}  # parameter -> [sum, count] for the running lot
+        self._unknown_values: set[str] = set()
+        self._labels = (self.tool_id, PROTOCOL)
+        self.connects = 0  # successful connects so far (1 + reconnects)
+        self.failed_attempts = 0  # connect attempts that failed
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> OpcUaSessionState:
+        return self._state
+
+    def _set_state(self, state: OpcUaSessionState) -> None:
+        self._state = state
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+
+    async def wait_state(self, state: OpcUaSessionState, timeout_s: float = 10.0) -> None:
+        """Wait until the session is in `state` (TimeoutError after timeout_s)."""
+        async with asyncio.timeout(timeout_s):
+            while self._state is not state:
+                await self._state_changed.wait()
+
+    # -- supervisor -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Supervise the tool forever: connect, subscribe, deliver, reconnect (until cancelled)."""
+        self.config.validate()
+        self._events = asyncio.Queue(EVENT_QUEUE_SIZE)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._deliver_loop(), name=f"opcua-deliver[{self.tool_id}]")
+            tg.create_task(self._connection_loop(), name=f"opcua-connect[{self.tool_id}]")
+
+    async def _connection_loop(self) -> None:
+        cfg = self.config
+        attempt = 0
+        warned = False  # one WARNING per outage, one INFO when back
+        try:
+            while True:
+                self._set_state(OpcUaSessionState.CONNECTING)
+                client = OpcUaClient(cfg)
+                try:
+                    await client.connect()
+                    await self._subscribe(client)
+                except (OpcUaError, OSError, TimeoutError, ua.UaError) as exc:
+                    await client.close()
+                    self.failed_attempts += 1
+                    self._set_state(OpcUaSessionState.NOT_CONNECTED)
+                    if isinstance(exc, OpcUaSecurityError):
+                        if not warned:
+                            log.error("tool %s: OPC UA server %s refused us: %s; check the "
+                                      "certificates and credentials", self.tool_id,
+                                      cfg.endpoint_url, exc)
+                    elif not warned:
+                        log.warning("tool %s: OPC UA server %s unreachable (%s); retrying",
+                                    self.tool_id, cfg.endpoint_url, exc)
+                    warned = True
+                    await asyncio.sleep(backoff_s(attempt, cfg.reconnect_min_s,
+                                                  cfg.reconnect_max_s, self._rng))
+                    attempt += 1
+                    continue
+                attempt = 0
+                self._client = client
+                if self.connects:
+                    metrics.RECONNECTS.labels(*self._labels).inc()
+                self.connects += 1
+                metrics.CONNECTED.labels(*self._labels).set(1)
+                if warned or self.connects == 1:
+                    log.info("tool %s: OPC UA session up at %s", self.tool_id, cfg.endpoint_url)
+                warned = False
+                self._emit(ToolConnected(tool_id=self.tool_id, ts=self._clock(),
+                                         protocol=PROTOCOL, peer=cfg.endpoint_url))
+                self._set_state(OpcUaSessionState.CONNECTED)
+                reason = await client.wait_lost()
+                self._client = None
+                metrics.CONNECTED.labels(*self._labels).set(0)
+                self._set_state(OpcUaSessionState.NOT_CONNECTED)
+                log.warning("tool %s: OPC UA connection to %s lost (%s); reconnecting",
+                            self.tool_id, cfg.endpoint_url, reason)
+                warned = True
+                self._emit(ToolDisconnected(tool_id=self.tool_id, ts=self._clock(),
+                                            protocol=PROTOCOL, reason=reason))
+                await client.close()
+        finally:
+            client, self._client = self._client, None
+            metrics.CONNECTED.labels(*self._labels).set(0)
+            self._set_state(OpcUaSessionState.NOT_CONNECTED)
+            if client is not None:
+                await asyncio.shield(client.close())
+
+    async def _subscribe(self, client: OpcUaClient) -> None:
+        cfg = self.config
+        roles: dict[str, tuple[_Role, Any]] = {}
+        # Recipe before lot: the server sends initial values in this order, so a
+        # ProcessStarted seen at (re)connect carries the recipe.
+        if cfg.recipe_node:
+            roles[cfg.recipe_node] = (_Role.RECIPE, None)
+        if cfg.e10_state_node:
+            roles[cfg.e10_state_node] = (_Role.E10, None)
+        for p in cfg.parameters:
+            roles[p.node_id] = (_Role.PARAMETER, p)
+        for a in cfg.alarms:
+            roles[a.node_id] = (_Role.ALARM_BOOL if a.kind == "bool" else _Role.ALARM_CODE, a)
+        for name, node in cfg.status_nodes.items():
+            roles[node] = (_Role.STATUS, name)
+        if cfg.lot_id_node:
+            roles[cfg.lot_id_node] = (_Role.LOT, None)
+        self._roles = {ua.NodeId.from_string(n): r for n, r in roles.items()}
+        refused = await client.subscribe(list(roles), _Handler(self, client))
+        for node in refused:
+            log.error("tool %s: server refused to monitor %s (check the profile)",
+                      self.tool_id, node)
+
+    # -- data changes -> events and points ------------------------------------------------
+
+    def _emit(self, event: DomainEvent) -> None:
+        assert self._events is not None
+        try:
+            self._events.put_nowait(event)
+        except asyncio.QueueFull:
+            log.error("tool %s: event queue full (%d), dropping %s; is the daemon core stuck?",
+                      self.tool_id, EVENT_QUEUE_SIZE, type(event).__name__)
+
+    async def _deliver_loop(self) -> None:
+        assert self._events is not None
+        queue = self._events
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            await self.sink.submit(batch)
+
+    def on_data_change(self, node_id: ua.NodeId, value: Any, source_ts: Any) -> None:
+        """Translate one data change (called by the subscription handler)."""
+        metrics.MESSAGES_RECEIVED.labels(*self._labels).inc()
+        role = self._roles.get(node_id)
+        if role is None:
+            return
+        kind, arg = role
+        if kind is _Role.PARAMETER:
+            self._on_parameter(arg, value, source_ts)
+        elif kind is _Role.E10:
+            self._on_e10(value)
+        elif kind is _Role.LOT:
+            self._on_lot("" if value is None else str(value).strip())
+        elif kind is _Role.RECIPE:
+            self.recipe_id = "" if value is None else str(value)
+        elif kind is _Role.ALARM_BOOL:
+            self._on_alarm_bool(arg, bool(value))
+        elif kind is _Role.ALARM_CODE:
+            self._on_alarm_code(arg, value)
+        else:
+            self.status[arg] = value
+
+    def _on_parameter(self, p: Any, value: Any, source_ts: Any) -> None:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self._malformed(f"{p.parameter}={value!r}")
+            return
+        ts = source_ts.timestamp() if source_ts is not None else self._clock()
+        self._points.append(ProcessPoint(self.tool_id, p.parameter, v, ts, self.lot_id,
+                                         p.chamber))
+        if self.lot_id:
+            acc = self._sums.get(p.parameter)
+            if acc is None:
+                self._sums[p.parameter] = [v, 1.0]
+            else:
+                acc[0] += v
+                acc[1] += 1.0
+        if not self._flush_scheduled:
+            # One sink.points() call per publish response, not per value.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_points)
+
+    def _flush_points(self) -> None:
+        self._flush_scheduled = False
+        points, self._points = self._points, []
+        if points:
+            self.sink.points(points)
+
+    def _on_e10(self, value: Any) -> None:
+        mapping = self.config.e10_state_values
+        key = str(value)
+        try:
+            state = mapping[key] if mapping else E10State(key.lower())
+        except (KeyError, ValueError):
+            self._malformed(f"E10 state value {value!r}")
+            return
+        if state is not self.e10_state:
+            self.e10_state = state
+            self._emit(E10StateChanged(tool_id=self.tool_id, ts=self._clock(), state=state))
+
+    def _on_lot(self, lot: str) -> None:
+        if lot == self.lot_id:
+            return
+        now = self._clock()
+        if self.lot_id:
+            means = {k: s / n for k, (s, n) in self._sums.items() if n}
+            self._emit(ProcessCompleted(tool_id=self.tool_id, ts=now, lot_id=self.lot_id,
+                                        recipe_id=self.recipe_id, parameters=means))
+            log.info("tool %s: lot %s completed", self.tool_id, self.lot_id)
+        self._sums = {}
+        self.lot_id = lot
+        if lot:
+            self._emit(ProcessStarted(tool_id=self.tool_id, ts=now, lot_id=lot,
+                                      recipe_id=self.recipe_id))
+            log.info("tool %s: lot %s started (recipe %s)", self.tool_id, lot, self.recipe_id)
+
+    def _on_alarm_bool(self, a: Any, on: bool) -> None:
+        if self._alarm_on.get(a.alid, False) == on:
+            return
+        self._alarm_on[a.alid] = on
+        cls = AlarmSet if on else AlarmCleared
+        self._emit(cls(tool_id=self.tool_id, ts=self._clock(), alid=a.alid, text=a.text))
+
+    def _on_alarm_code(self, a: Any, value: Any) -> None:
+        try:
+            code = int(value or 0)
+        except (TypeError, ValueError):
+            self._malformed(f"alarm code {value!r}")
+            return
+        prev = self._alarm_code.get(a.node_id, 0)
+        if code == prev:
+            return
+        self._alarm_code[a.node_id] = code
+        now = self._clock()
+        if prev:
+            self._emit(AlarmCleared(tool_id=self.tool_id, ts=now, alid=prev, text=a.text))
+        if code:
+            self._emit(AlarmSet(tool_id=self.tool_id, ts=now, alid=code, text=a.text))
+
+    def _malformed(self, what: str) -> None:
+        metrics.MALFORMED.labels(*self._labels).inc()
+        if what not in self._unknown_values and len(self._unknown_values) < 1000:
+            self._unknown_values.add(what)
+            log.warning("tool %s: cannot interpret %s (check the profile)", self.tool_id, what)
+
+    # -- ToolControl ----------------------------------------------------------------------
+
+    async def command(self, rcmd: RemoteCommand, params: dict[str, str]) -> CommandResult:
+        """Call the method configured for a remote command; map the answer to HCACK."""
+        method = self.config.commands.get(str(rcmd))
+        if method is None:
+            return CommandResult(accepted=False, code=HCACK_INVALID_COMMAND,
+                                 reason=f"{rcmd} not configured for this tool")
+        missing = [a for a in method.args if a not in params]
+        if missing:
+            return CommandResult(accepted=False, code=HCACK_PARAMETER,
+                                 reason=f"missing parameter(s) {', '.join(missing)}")
+        client = self._client
+        if client is None:
+            return CommandResult(accepted=False, code=HCACK_CANNOT_NOW, reason="not connected")
+        args = [params[a] for a in method.args]
+        metrics.MESSAGES_SENT.labels(*self._labels).inc()
+        try:
+            await client.call(method.object_node, method.method_node, args, method.timeout_s)
+        except ua.UaStatusCodeError as exc:
+            name = status_name(exc)
+            code = (HCACK_PARAMETER if exc.code in _PARAMETER_STATUS else
+                    HCACK_INVALID_COMMAND if exc.code in _COMMAND_STATUS else HCACK_CANNOT_NOW)
+            log.info("tool %s: %s refused: %s", self.tool_id, rcmd, name)
+            return CommandResult(accepted=False, code=code, reason=name)
+        except TimeoutError:
+            metrics.REPLY_TIMEOUTS.labels(*self._labels).inc()
+            log.warning("tool %s: %s not answered within %.1f s", self.tool_id, rcmd,
+                        method.timeout_s)
+            return CommandResult(accepted=False, code=HCACK_CANNOT_NOW, reason="timeout")
+        except (OpcUaError, OSError, ua.UaError) as exc:
+            return CommandResult(accepted=False, code=HCACK_CANNOT_NOW, reason=status_name(exc))
+        log.info("tool %s: %s accepted", self.tool_id, rcmd)
+        return CommandResult(accepted=True, code=HCACK_OK)
+
+    def _recipe_client(self, what: str) -> tuple[OpcUaClient, Any]:
+        recipes = self.config.recipes
+        if recipes is None or not getattr(recipes, what):
+            raise OpcUaCommandError(f"tool {self.tool_id}: recipes.{what} not configured")
+        if self._client is None:
+            raise OpcUaCommandError(f"tool {self.tool_id}: not connected")
+        return self._client, recipes
+
+    async def recipe_list(self) -> list[str]:
+        """Read the tool's recipe list variable."""
+        client, recipes = self._recipe_client("list_node")
+        value = await client.read(recipes.list_node)
+        return [str(v) for v in (value or [])]
+
+    async def recipe_upload(self, ppid: str) -> bytes:
+        """Fetch a recipe body through the upload method."""
+        client, recipes = self._recipe_client("upload_method")
+        out = await client.call(recipes.object_node, recipes.upload_method, [ppid],
+                                self.config.request_timeout_s)
+        return bytes(out[0]) if out and out[0] is not None else b""
+
+    async def recipe_download(self, ppid: str, body: bytes) -> bool:
+        """Send a recipe body through the download method; True when the tool accepts it."""
+        client, recipes = self._recipe_client("download_method")
+        try:
+            out = await client.call(recipes.object_node, recipes.download_method,
+                                    [ppid, bytes(body)], self.config.request_timeout_s)
+        except ua.UaStatusCodeError as exc:
+            log.info("tool %s: recipe %s refused: %s", self.tool_id, ppid, status_name(exc))
+            return False
+        return bool(out[0]) if out else True
+
+
+class _Handler:
+    """asyncua subscription handler: forwards to the session, flags a dead subscription."""
+
+    def __init__(self, session: OpcUaSession, client: OpcUaClient) -> None:
+        self._session = session
+        self._client = client
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        source_ts = None
+        with contextlib.suppress(AttributeError):
+            source_ts = data.monitored_item.Value.SourceTimestamp
+        self._session.on_data_change(node.nodeid, val, source_ts)
+
+    def status_change_notification(self, status: Any) -> None:
+        code = getattr(getattr(status, "Status", None), "value", None)
+        if code is not None and ua.StatusCode(code).is_bad():
+            self._client.mark_lost(ua.StatusCode(code).name)

@@ -1,0 +1,237 @@
+"""OPC UA adapter against a real asyncua server (the simulated tool), with and without security."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from equipment import metrics
+from equipment.events import (
+    AlarmCleared,
+    AlarmSet,
+    E10State,
+    E10StateChanged,
+    ProcessCompleted,
+    ProcessStarted,
+    RecordingSink,
+    RemoteCommand,
+    ToolConnected,
+    ToolDisconnected,
+)
+from equipment.opcua.config import OpcUaSecurity, OpcUaToolConfig, ParameterNode
+from equipment.opcua.errors import OpcUaConfigError
+from equipment.opcua.session import OpcUaSession, OpcUaSessionState
+from equipment.sim.opcua_tool import OpcUaToolSim, OpcUaToolSimConfig, make_certificate
+from tests.support import eventually, new_workdir
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[OpcUaToolSim]:
+    tool = OpcUaToolSim(OpcUaToolSimConfig(tool_id="ETCH01", process_time_s=0.6,
+                                           sample_interval_s=0.05))
+    await tool.start()
+    yield tool
+    await tool.close()
+
+
+class Running:
+    """A session running as a named task for the length of a test."""
+
+    def __init__(self, session: OpcUaSession) -> None:
+        self.session = session
+        self.task = asyncio.create_task(session.run(), name=f"opcua[{session.tool_id}]")
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for r in started:
+        await r.stop()
+
+
+def start(running: list[Running], config: OpcUaToolConfig, sink: RecordingSink) -> OpcUaSession:
+    session = OpcUaSession(config, sink, seed=1)
+    running.append(Running(session))
+    return session
+
+
+async def test_a_lot_run_arrives_as_domain_events_and_spc_points(sim, running) -> None:
+    sink = RecordingSink()
+    session = start(running, sim.client_profile(), sink)
+    await session.wait_state(OpcUaSessionState.CONNECTED)
+    await eventually(lambda: sink.of(E10StateChanged), what="initial E10 state")
+    assert sink.of(E10StateChanged)[0].state is E10State.STANDBY
+    assert sink.of(ToolConnected)[0].peer == sim.endpoint_url
+
+    result = await session.command(RemoteCommand.START, {"LOTID": "LOT-7", "PPID": "ETCH-B"})
+    assert result.accepted and result.code == 0
+    assert ("Start", ("LOT-7", "ETCH-B")) in sim.calls  # the command reached the tool
+
+    done = await eventually(lambda: sink.of(ProcessCompleted), what="lot completed")
+    started = sink.of(ProcessStarted)
+    assert [(e.lot_id, e.recipe_id) for e in started] == [("LOT-7", "ETCH-B")]
+    assert done[0].lot_id == "LOT-7" and done[0].recipe_id == "ETCH-B"
+    assert 1100 < done[0].parameters["rf_power_w"] < 1300  # the run's mean, not the idle 0
+    states = [e.state for e in sink.of(E10StateChanged)]
+    assert states == [E10State.STANDBY, E10State.PRODUCTIVE, E10State.STANDBY]
+    lot_points = [p for p in sink.point_list if p.lot_id == "LOT-7"]
+    assert {p.parameter for p in lot_points} == {"chamber_pressure_mtorr", "rf_power_w",
+                                                 "chuck_temperature_c"}
+    assert all(p.tool_id == "ETCH01" for p in lot_points)
+    assert 30 < sum(p.value for p in lot_points if p.parameter == "chamber_pressure_mtorr") / \
+        len([p for p in lot_points if p.parameter == "chamber_pressure_mtorr"]) < 40
+    await eventually(lambda: session.status.get("lots_processed") == 1, what="status variable")
+
+
+async def test_alarms_boolean_and_code_nodes(sim, running) -> None:
+    sink = RecordingSink()
+    session = start(running, sim.client_profile(), sink)
+    await session.wait_state(OpcUaSessionState.CONNECTED)
+    await sim.set_alarm(1001, True)
+    await eventually(lambda: sink.of(AlarmSet), what="alarm set")
+    await sim.set_alarm(1001, False)
+    await sim.set_alarm_code(4711)
+    await eventually(lambda: len(sink.of(AlarmSet)) == 2, what="code alarm set")
+    await sim.set_alarm_code(0)
+    await eventually(lambda: len(sink.of(AlarmCleared)) == 2, what="both alarms cleared")
+    assert [(e.alid, e.text) for e in sink.of(AlarmSet)] == [(1001, "chamber door open"),
+                                                             (4711, "")]
+    assert [e.alid for e in sink.of(AlarmCleared)] == [1001, 4711]
+
+
+async def test_refused_commands_map_to_hcack_and_reach_the_tool(sim, running) -> None:
+    sink = RecordingSink()
+    session = start(running, sim.client_profile(), sink)
+    stop = await session.command(RemoteCommand.STOP, {})
+    assert (stop.accepted, stop.code, stop.reason) == (False, 2, "not connected") or \
+        session.state is OpcUaSessionState.CONNECTED
+    await session.wait_state(OpcUaSessionState.CONNECTED)
+
+    stop = await session.command(RemoteCommand.STOP, {})  # nothing running
+    assert (stop.accepted, stop.code, stop.reason) == (False, 2, "BadInvalidState")
+    bad = await session.command(RemoteCommand.PP_SELECT, {"PPID": "NO-SUCH"})
+    assert (bad.accepted, bad.code) == (False, 3)
+    missing = await session.command(RemoteCommand.START, {"LOTID": "L1"})
+    assert (missing.accepted, missing.code) == (False, 3) and "PPID" in missing.reason
+    pause = await session.command(RemoteCommand.PAUSE, {})
+    assert (pause.accepted, pause.code) == (False, 1)
+    assert ("Stop", ()) in sim.calls and ("SelectRecipe", ("NO-SUCH",)) in sim.calls
+
+    ok = await session.command(RemoteCommand.PP_SELECT, {"PPID": "ETCH-B"})
+    assert ok.accepted
+    await eventually(lambda: session.recipe_id == "ETCH-B", what="recipe variable follows")
+
+
+async def test_recipes_list_upload_download(sim, running) -> None:
+    session = start(running, sim.client_profile(), RecordingSink())
+    await session.wait_state(OpcUaSessionState.CONNECTED)
+    assert await session.recipe_list() == ["ETCH-A", "ETCH-B"]
+    assert await session.recipe_upload("ETCH-A") == b"recipe ETCH-A\n"
+    assert await session.recipe_download("ETCH-C", b"\x00body")
+    assert sim.recipe_bodies["ETCH-C"] == b"\x00body"
+    assert "ETCH-C" in await session.recipe_list()
+
+
+async def test_server_restart_is_survived_without_manual_action(sim, running, caplog) -> None:
+    sink = RecordingSink()
+    profile = sim.client_profile(watchdog_interval_s=0.3, reconnect_min_s=0.1,
+                                 reconnect_max_s=0.5)
+    session = start(running, profile, sink)
+    await session.wait_state(OpcUaSessionState.CONNECTED)
+    reconnects = metrics.RECONNECTS.labels("ETCH01", "opcua")._value.get()
+    caplog.set_level(logging.INFO, logger="equipment.opcua.session")
+
+    await sim.stop()
+    await eventually(lambda: sink.of(ToolDisconnected), what="loss noticed")
+    await sim.start()
+    await eventually(lambda: len(sink.of(ToolConnected)) == 2, what="reconnected")
+    await session.wait_state(OpcUaSessionState.CONNECTED)
+
+    # The re-created subscription delivers new values.
+    await sim.set_parameter("rf_power_w", 777.0)
+    await eventually(lambda: any(p.value == 777.0 for p in sink.point_list), what="new value")
+    assert metrics.RECONNECTS.labels("ETCH01", "opcua")._value.get() == reconnects + 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
+                and r.name.startswith("equipment.")]
+    assert len(warnings) == 1 and "ETCH01" in warnings[0].getMessage()
+    assert any("ETCH01" in r.getMessage() and "up" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.INFO and r.name.startswith("equipment."))
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, Path]:
+    """A client certificate and key for the secure tests (generated once)."""
+    workdir = new_workdir("opcua-pki")
+    cert, key = asyncio.run(make_certificate(workdir, "client", "urn:fabd:test:client",
+                                             server=False))
+    (workdir / "password").write_text("wafer\n")
+    yield {"dir": workdir, "cert": cert, "key": key, "password": workdir / "password"}
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", ["SignAndEncrypt", "Sign"])
+async def test_secure_channel_with_user_password(pki, running, mode) -> None:
+    tool = OpcUaToolSim(OpcUaToolSimConfig(tool_id="CVD02", secure=True, username="fab",
+                                           password="wafer", process_time_s=0.3,
+                                           sample_interval_s=0.05))
+    await tool.start()
+    try:
+        trusted = pki["dir"] / f"trusted-{mode}"
+        trusted.mkdir(exist_ok=True)
+        shutil.copy(tool.server_cert_file, trusted / "cvd02.der")
+        security = OpcUaSecurity(
+            policy="Basic256Sha256", mode=mode, client_cert_file=str(pki["cert"]),
+            client_key_file=str(pki["key"]), trusted_certs_dir=str(trusted),
+            username="fab", password_file=str(pki["password"]))
+        sink = RecordingSink()
+        session = start(running, tool.client_profile(security=security), sink)
+        await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=20)
+        result = await session.command(RemoteCommand.START, {"LOTID": "LOT-S", "PPID": "ETCH-A"})
+        assert result.accepted
+        await eventually(lambda: sink.of(ProcessCompleted), what="secure lot completed")
+        assert any(p.lot_id == "LOT-S" for p in sink.point_list)
+    finally:
+        await tool.close()
+
+
+async def test_untrusted_server_certificate_is_refused(pki, running, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="equipment.opcua.session")
+    tool = OpcUaToolSim(OpcUaToolSimConfig(tool_id="CVD03", secure=True))
+    await tool.start()
+    try:
+        # Pin our own client certificate as "the server": the real server must be refused.
+        security = OpcUaSecurity(
+            policy="Basic256Sha256", mode="SignAndEncrypt", client_cert_file=str(pki["cert"]),
+            client_key_file=str(pki["key"]), server_cert_file=str(pki["cert"]))
+        sink = RecordingSink()
+        session = start(running, tool.client_profile(security=security,
+                                                     reconnect_min_s=0.2), sink)
+        await eventually(lambda: session.failed_attempts >= 2, what="two refused attempts")
+        assert session.connects == 0 and not sink.of(ToolConnected)
+        errors = [r.getMessage() for r in caplog.records
+                  if r.name.startswith("equipment.") and r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "CVD03" in errors[0] and "BadCertificateUntrusted" in errors[0]
+    finally:
+        await tool.close()
+
+
+async def test_a_bad_profile_fails_at_start_with_its_key() -> None:
+    config = OpcUaToolConfig(tool_id="X1", endpoint_url="opc.tcp://127.0.0.1:4840",
+                             parameters=[ParameterNode(node_id="ns=2;q=oops", parameter="p")])
+    with pytest.raises(OpcUaConfigError, match=r"X1\]\.parameters\[0\]\.node_id"):
+        await OpcUaSession(config, RecordingSink()).run()
+    insecure = OpcUaToolConfig(tool_id="X2", endpoint_url="opc.tcp://h:1",
+                               security=OpcUaSecurity(policy="Basic256Sha256",
+                                                      mode="SignAndEncrypt"))
+    with pytest.raises(OpcUaConfigError, match="client_cert_file"):
+        insecure.validate()
