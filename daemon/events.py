@@ -1,0 +1,420 @@
+"""The event contract: every event fabd publishes and every ERP command it accepts.
+
+Outbound entries (streams `<prefix>:lots`, `:equipment`, `:quality`, `:wip`)
+carry the fields `type`, `v`, `seq`, `eid`, `ts` and `data` (JSON of one of the
+`*Event` structs below, chosen by `type`). Delivery is at least once:
+
+- `eid` is globally unique and the same on every re-send; consumers dedupe on it.
+- `seq` counts the entries of one stream of one daemon: 1, 2, 3, ... with no
+  gaps, so a consumer of one stream can tell a gap from an interleaving. A
+  re-sent entry repeats its `seq`.
+
+Inbound ERP commands are entries on `<prefix>:erp:commands` with one field,
+`cmd`, holding the JSON of one of the `*Command` structs (tag field `type`).
+Each has a `command_id` chosen by the ERP: a command id is applied once.
+
+Bump `SCHEMA_VERSION` when a field changes meaning or a required field is
+added; adding an optional field keeps the version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, ClassVar
+
+import msgspec
+from msgspec import Meta
+
+SCHEMA_VERSION = 1
+
+STREAMS = ("lots", "equipment", "quality", "wip")
+
+Id = Annotated[str, Meta(min_length=1, max_length=128)]
+Sha256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+Wafers = Annotated[int, Meta(ge=1, le=1000)]
+
+
+class OutEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of the `data` of an outbound entry; TYPE and STREAM route it."""
+
+    TYPE: ClassVar[str] = ""
+    STREAM: ClassVar[str] = ""
+
+
+# ---------------------------------------------------------------- <prefix>:lots
+
+
+class _LotEvent(OutEvent, frozen=True, kw_only=True):
+    STREAM: ClassVar[str] = "lots"
+    lot_id: str
+    product_id: str
+    step_id: str  # the step the lot is at after the event (WIP key with product_id)
+    wafers: int
+
+
+class LotCreated(_LotEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "lot_created"
+    production_order: str
+    route_id: str
+    priority: int
+    due: dt.datetime | None = None
+
+
+class LotTrackedIn(_LotEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "lot_tracked_in"
+    tool_id: str
+    recipe_id: str = ""
+
+
+class LotTrackedOut(_LotEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "lot_tracked_out"
+    tool_id: str
+    ok: bool = True  # False: the tool judged the lot non-conforming
+
+
+class LotMoved(_LotEvent, frozen=True, kw_only=True):
+    """The lot left `from_step_id` and is queued at `step_id`."""
+
+    TYPE: ClassVar[str] = "lot_moved"
+    from_step_id: str
+    route_id: str
+
+
+class LotReworked(_LotEvent, frozen=True, kw_only=True):
+    """The lot left `from_step_id` for the first step of a rework route."""
+
+    TYPE: ClassVar[str] = "lot_reworked"
+    from_step_id: str
+    route_id: str  # the rework route
+    return_step_id: str  # where it goes back when the rework route is done
+
+
+class LotHeld(_LotEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "lot_held"
+    reason: str
+    by: str
+
+
+class LotReleased(_LotEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "lot_released"
+    reason: str
+    by: str
+    still_held: bool = False  # other holds remain
+
+
+class LotCompleted(_LotEvent, frozen=True, kw_only=True):
+    """The lot finished its last step and left the WIP (step_id: that last step)."""
+
+    TYPE: ClassVar[str] = "lot_completed"
+
+
+class LotScrapped(_LotEvent, frozen=True, kw_only=True):
+    """The lot left the WIP as scrap at `step_id`."""
+
+    TYPE: ClassVar[str] = "lot_scrapped"
+    reason: str
+    by: str
+
+
+class TrackInRefused(OutEvent, frozen=True, kw_only=True):
+    """A lot was not allowed onto a tool (process enforcement)."""
+
+    TYPE: ClassVar[str] = "track_in_refused"
+    STREAM: ClassVar[str] = "lots"
+    lot_id: str
+    tool_id: str
+    step_id: str
+    code: str  # e.g. not_qualified, recipe_not_approved, recipe_mismatch, lot_held, tool_inhibited
+    detail: str = ""
+
+
+# ----------------------------------------------------------- <prefix>:equipment
+
+
+class _ToolEvent(OutEvent, frozen=True, kw_only=True):
+    STREAM: ClassVar[str] = "equipment"
+    tool_id: str
+
+
+class ToolStateChanged(_ToolEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "tool_state_changed"
+    state: str  # SEMI E10: productive, standby, engineering, scheduled_down, ...
+    previous: str
+    reason: str = ""
+
+
+class ToolControlStateChanged(_ToolEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "tool_control_state_changed"
+    state: str  # GEM E30 control state
+
+
+class ToolConnected(_ToolEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "tool_connected"
+    protocol: str
+    peer: str = ""
+
+
+class ToolDisconnected(_ToolEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "tool_disconnected"
+    protocol: str
+    reason: str = ""
+
+
+class AlarmSet(_ToolEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "alarm_set"
+    alid: int
+    text: str = ""
+
+
+class AlarmCleared(_ToolEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "alarm_cleared"
+    alid: int
+    text: str = ""
+
+
+class RecipeVerified(_ToolEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "recipe_verified"
+    recipe_id: str
+    version: int
+    checksum: str
+
+
+class RecipeMismatch(_ToolEvent, frozen=True, kw_only=True):
+    """The tool holds a body no approved version matches: the tool is inhibited for it."""
+
+    TYPE: ClassVar[str] = "recipe_mismatch"
+    recipe_id: str
+    checksum: str  # what the tool holds
+    approved: list[str] = []  # the approved checksums
+
+
+class ToolInhibitChanged(_ToolEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "tool_inhibit_changed"
+    inhibit: str  # "recipe:<id>", "spc:<chart>", ...
+    active: bool
+    reason: str = ""
+
+
+class DispatchList(_ToolEvent, frozen=True, kw_only=True):
+    """Advisory mode: the ranked lots the dispatcher proposes for an idle tool."""
+
+    TYPE: ClassVar[str] = "dispatch_list"
+    lots: list[str]
+    scores: list[float] = []
+
+
+class ProcessUnexpected(_ToolEvent, frozen=True, kw_only=True):
+    """A tool reported processing the MES did not expect (unknown lot, held lot, ...)."""
+
+    TYPE: ClassVar[str] = "process_unexpected"
+    lot_id: str
+    what: str  # "started" | "completed"
+    reason: str
+
+
+# ------------------------------------------------------------- <prefix>:quality
+
+
+class ParameterSummary(msgspec.Struct, frozen=True, kw_only=True):
+    parameter: str
+    n: int
+    mean: float
+    min: float
+    max: float
+    sd: float  # sample standard deviation (0 when n < 2)
+
+
+class ProcessDataSummary(OutEvent, frozen=True, kw_only=True):
+    """Process data of one lot at one step on one tool, summarised at track-out."""
+
+    TYPE: ClassVar[str] = "process_data_summary"
+    STREAM: ClassVar[str] = "quality"
+    lot_id: str
+    product_id: str
+    step_id: str
+    tool_id: str
+    recipe_id: str = ""
+    parameters: list[ParameterSummary]
+
+
+class SpcViolation(OutEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "spc_violation"
+    STREAM: ClassVar[str] = "quality"
+    chart: str  # chart key, e.g. "<tool>/<parameter>"
+    tool_id: str
+    parameter: str
+    rule: str  # e.g. "we1" (one point beyond 3 sigma)
+    value: float
+    lot_id: str = ""
+    action: str = ""  # reaction plan taken: "hold_lot", "inhibit_tool", ""
+
+
+class SpcLimitsChanged(OutEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "spc_limits_changed"
+    STREAM: ClassVar[str] = "quality"
+    chart: str
+    center: float
+    lcl: float
+    ucl: float
+    reason: str = ""
+
+
+# ----------------------------------------------------------------- <prefix>:wip
+
+
+class WipCount(msgspec.Struct, frozen=True, kw_only=True):
+    product_id: str
+    step_id: str
+    lots: int
+    wafers: int
+
+
+class WipSnapshot(OutEvent, frozen=True, kw_only=True):
+    """Lots and wafers per product and step after every `<prefix>:lots` entry up to `lots_seq`."""
+
+    TYPE: ClassVar[str] = "wip_snapshot"
+    STREAM: ClassVar[str] = "wip"
+    lots_seq: int  # the last <prefix>:lots seq this snapshot covers (0: none yet)
+    total_lots: int
+    total_wafers: int
+    counts: list[WipCount]
+
+
+OUT_EVENTS: tuple[type[OutEvent], ...] = (
+    LotCreated, LotTrackedIn, LotTrackedOut, LotMoved, LotReworked, LotHeld, LotReleased,
+    LotCompleted, LotScrapped, TrackInRefused,
+    ToolStateChanged, ToolControlStateChanged, ToolConnected, ToolDisconnected, AlarmSet,
+    AlarmCleared, RecipeVerified, RecipeMismatch, ToolInhibitChanged, DispatchList,
+    ProcessUnexpected,
+    ProcessDataSummary, SpcViolation, SpcLimitsChanged,
+    WipSnapshot,
+)
+EVENT_TYPES: dict[str, type[OutEvent]] = {t.TYPE: t for t in OUT_EVENTS}
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields of one outbound stream entry, as a consumer reads them."""
+
+    type: str
+    v: int
+    seq: int
+    eid: str
+    ts: str  # UTC, ISO 8601
+    data: str  # JSON of the event struct named by `type`
+
+
+# ------------------------------------------------------------ ERP -> fabd commands
+
+
+class _Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
+               forbid_unknown_fields=True):
+    command_id: Id  # chosen by the ERP; a command id is applied once
+
+
+class RouteStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    step_id: Id
+    tool_group: Id
+    recipe_id: Id
+    recipe_version: Annotated[int, Meta(ge=1)]
+    process_time_s: Annotated[float, Meta(gt=0)]
+    batch_min_lots: Annotated[int, Meta(ge=1)] = 1
+    batch_max_lots: Annotated[int, Meta(ge=1)] = 1
+    setup_group: str = ""
+    queue_time_limit_s: Annotated[float, Meta(ge=0)] = 0.0  # 0: no limit
+    rework_route_id: str = ""  # "" : no rework route; the lot is held when non-conforming
+
+
+class DefineRoute(_Command, frozen=True, kw_only=True, tag="define_route"):
+    route_id: Id
+    steps: Annotated[list[RouteStep], Meta(min_length=1)]
+
+
+class DefineProduct(_Command, frozen=True, kw_only=True, tag="define_product"):
+    product_id: Id
+    route_id: Id
+    description: str = ""
+
+
+class DefineTool(_Command, frozen=True, kw_only=True, tag="define_tool"):
+    tool_id: Id
+    tool_group: Id
+
+
+class CreateLot(_Command, frozen=True, kw_only=True, tag="create_lot"):
+    lot_id: Id
+    production_order: Id
+    product_id: Id
+    wafers: Wafers
+    priority: Annotated[int, Meta(ge=0, le=100)] = 50
+    due: dt.datetime | None = None
+
+
+class HoldLot(_Command, frozen=True, kw_only=True, tag="hold_lot"):
+    lot_id: Id
+    reason: Id
+    by: Id
+
+
+class ReleaseLot(_Command, frozen=True, kw_only=True, tag="release_lot"):
+    lot_id: Id
+    reason: Id
+    by: Id
+    hold_reason: str = ""  # release only this hold; "" releases every hold
+
+
+class ScrapLot(_Command, frozen=True, kw_only=True, tag="scrap_lot"):
+    lot_id: Id
+    reason: Id
+    by: Id
+
+
+class ApproveRecipe(_Command, frozen=True, kw_only=True, tag="approve_recipe"):
+    """Engineering change: this recipe version, with this body checksum, may run."""
+
+    recipe_id: Id
+    version: Annotated[int, Meta(ge=1)]
+    checksum: Sha256  # sha256 hex of the recipe body
+
+
+class QualifyTool(_Command, frozen=True, kw_only=True, tag="qualify_tool"):
+    tool_id: Id
+    recipe_id: Id
+
+
+class DisqualifyTool(_Command, frozen=True, kw_only=True, tag="disqualify_tool"):
+    tool_id: Id
+    recipe_id: Id
+    reason: str = ""
+
+
+Command = (DefineRoute | DefineProduct | DefineTool | CreateLot | HoldLot | ReleaseLot
+           | ScrapLot | ApproveRecipe | QualifyTool | DisqualifyTool)
+COMMANDS: tuple[type, ...] = (DefineRoute, DefineProduct, DefineTool, CreateLot, HoldLot,
+                              ReleaseLot, ScrapLot, ApproveRecipe, QualifyTool, DisqualifyTool)
+
+_command_decoder = msgspec.json.Decoder(Command)
+
+
+def decode_command(raw: bytes | str) -> Command:
+    """Decode one ERP command; raise msgspec.DecodeError / ValidationError when invalid."""
+    return _command_decoder.decode(raw)
+
+
+def json_schema() -> dict:
+    """Return one JSON Schema document with every outbound event and every ERP command."""
+    types = [Envelope, *OUT_EVENTS, *COMMANDS]
+    (schemas, components) = msgspec.json.schema_components(
+        types, ref_template="#/$defs/{name}")
+    events = {t.TYPE: {"stream": t.STREAM, "data": s}
+              for t, s in zip(OUT_EVENTS, schemas[1:1 + len(OUT_EVENTS)], strict=True)}
+    commands = {t.__struct_config__.tag: s
+                for t, s in zip(COMMANDS, schemas[1 + len(OUT_EVENTS):], strict=True)}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "fabd event contract",
+        "version": SCHEMA_VERSION,
+        "envelope": schemas[0],
+        "events": events,
+        "commands": commands,
+        "$defs": components,
+    }

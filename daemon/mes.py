@@ -1,0 +1,677 @@
+"""The in-memory state of record: products, routes, tools, lots, recipes, and their transitions.
+
+`MesState` is the only writer of lots and tools (STYLE: one writer of state).
+Every transition validates first, then mutates, then emits its outbound
+events; nothing is mutated when it raises. Mutations and events collect in a
+pending batch that `daemon.writer.Writer` commits to the store in ONE
+transaction, so a state change and its events are durable together or not at
+all. A caller that needs durability (an ERP command before XACK, an equipment
+event before S6F12) awaits `Writer.durable()` after the transition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+from daemon import events as ev
+from daemon.errors import FabdError
+
+log = logging.getLogger(__name__)
+
+QUEUED, PROCESSING, HELD, COMPLETED, SCRAPPED = (
+    "queued", "processing", "held", "completed", "scrapped")
+ACTIVE_STATES = frozenset((QUEUED, PROCESSING, HELD))
+
+
+class MesError(FabdError):
+    """A transition or command that the state of record refuses; nothing changed."""
+
+    code = "invalid"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class UnknownEntity(MesError):
+    """The command names a lot, product, route, tool or recipe fabd does not know."""
+
+
+class IllegalTransition(MesError):
+    """The entity exists but is not in a state that allows this change."""
+
+    code = "illegal_transition"
+
+
+# ------------------------------------------------------------------ entities
+# Mutable structs (state, not config): encoded to the store as JSON bodies.
+
+
+class Hold(msgspec.Struct, kw_only=True):
+    reason: str
+    by: str
+    ts: float
+
+
+class ReturnPoint(msgspec.Struct, kw_only=True):
+    route_id: str
+    step_index: int
+
+
+class Product(msgspec.Struct, kw_only=True):
+    product_id: str
+    route_id: str
+    description: str = ""
+
+
+class Route(msgspec.Struct, kw_only=True):
+    route_id: str
+    steps: list[ev.RouteStep]
+
+
+class Recipe(msgspec.Struct, kw_only=True):
+    recipe_id: str
+    versions: dict[int, str] = {}  # approved version -> body sha256
+
+
+class Tool(msgspec.Struct, kw_only=True):
+    tool_id: str
+    tool_group: str = ""
+    e10_state: str = "non_scheduled"
+    control_state: str = ""
+    connected: bool = False
+    alarms: list[int] = []
+    inhibits: dict[str, str] = {}  # inhibit key ("recipe:<id>", "spc:<chart>") -> reason
+    verified: dict[str, str] = {}  # recipe id -> checksum the tool was seen to hold
+    qualified: list[str] = []  # recipe ids this tool may run
+    lot_id: str = ""  # the lot processing now
+
+
+class Lot(msgspec.Struct, kw_only=True):
+    lot_id: str
+    production_order: str
+    product_id: str
+    route_id: str
+    step_index: int
+    step_id: str
+    wafers: int
+    priority: int = 50
+    due: dt.datetime | None = None
+    state: str = QUEUED
+    holds: list[Hold] = []
+    arrived_ts: float = 0.0  # when it arrived at its current step (queue time)
+    tool_id: str = ""  # while processing
+    rework: list[ReturnPoint] = []  # where to return after each nested rework route
+    created_ts: float = 0.0
+
+
+KINDS: dict[str, type] = {"product": Product, "route": Route, "recipe": Recipe, "tool": Tool,
+                          "lot": Lot}
+_encode = msgspec.json.Encoder().encode
+_DECODERS = {kind: msgspec.json.Decoder(t) for kind, t in KINDS.items()}
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
+
+
+class Batch(msgspec.Struct, kw_only=True):
+    """What changed since the last commit: entity bodies, event rows, applied command ids."""
+
+    entities: list[tuple[str, str, bytes]]  # (kind, id, JSON body)
+    events: list[tuple[int, str, int, str, str, str, bytes]]  # (jseq, stream, seq, type, eid, ts, data)
+    commands: list[tuple[str, float]]  # (command id, ts)
+
+
+class MesState:
+    """The state of record in memory, its transitions, and the pending batch for the writer."""
+
+    def __init__(self, instance_id: str = "fabd", clock: Callable[[], float] = time.time) -> None:
+        self.instance_id = instance_id  # makes eids globally unique: "<instance>-<jseq>"
+        self.clock = clock
+        self.products: dict[str, Product] = {}
+        self.routes: dict[str, Route] = {}
+        self.recipes: dict[str, Recipe] = {}
+        self.tools: dict[str, Tool] = {}
+        self.lots: dict[str, Lot] = {}
+        self.applied: set[str] = set()
+        self.jseq = 0  # journal sequence across all streams (the outbox order)
+        self.seq: dict[str, int] = dict.fromkeys(ev.STREAMS, 0)  # per-stream entry seq
+        self._dirty: dict[tuple[str, str], object] = {}
+        self._events: list[tuple[int, str, int, str, str, str, bytes]] = []
+        self._commands: list[tuple[str, float]] = []
+        self.listeners: list[Callable[[str, str], None]] = []  # (kind, id) after each change
+        self.on_pending: Callable[[int], None] | None = None  # writer wake-up (pending events)
+
+    # ------------------------------------------------------------ persistence
+
+    def load(self, entities: Iterable[tuple[str, str, bytes]], seqs: dict[str, int], jseq: int,
+             applied: Iterable[str]) -> None:
+        """Rebuild the state from the store's rows (on start, before anything runs)."""
+        for kind, _id, body in entities:
+            obj = _DECODERS[kind].decode(body)
+            getattr(self, kind + "s")[_id] = obj
+        self.seq.update(seqs)
+        self.jseq = jseq
+        self.applied.update(applied)
+
+    def has_pending(self) -> bool:
+        return bool(self._dirty or self._events or self._commands)
+
+    def pending_events(self) -> int:
+        return len(self._events)
+
+    def take_batch(self) -> Batch:
+        """Hand the pending changes to the writer (encoded now, so later changes don't leak in)."""
+        entities = [(kind, _id, _encode(obj)) for (kind, _id), obj in self._dirty.items()]
+        batch = Batch(entities=entities, events=self._events, commands=self._commands)
+        self._dirty = {}
+        self._events = []
+        self._commands = []
+        return batch
+
+    def _touch(self, kind: str, _id: str, obj: object) -> None:
+        self._dirty[(kind, _id)] = obj
+        for listener in self.listeners:
+            listener(kind, _id)
+
+    def emit(self, event: ev.OutEvent, ts: float | None = None) -> int:
+        """Append an outbound event to the pending batch; return its journal seq."""
+        stream = event.STREAM
+        self.jseq += 1
+        seq = self.seq[stream] + 1
+        self.seq[stream] = seq
+        self._events.append((self.jseq, stream, seq, event.TYPE, f"{self.instance_id}-{self.jseq}",
+                             _iso(self.clock() if ts is None else ts), _encode(event)))
+        if self.on_pending is not None:
+            self.on_pending(len(self._events))
+        return self.jseq
+
+    # ------------------------------------------------------------ read API
+
+    def step_of(self, lot: Lot) -> ev.RouteStep:
+        """Return the route step a lot is at."""
+        return self.routes[lot.route_id].steps[lot.step_index]
+
+    def active_lots(self) -> Iterable[Lot]:
+        return (lot for lot in self.lots.values() if lot.state in ACTIVE_STATES)
+
+    def queued_by_step(self) -> dict[tuple[str, str], list[Lot]]:
+        """Lots waiting (queued, not held) per (route id, step id), oldest arrival first."""
+        out: dict[tuple[str, str], list[Lot]] = defaultdict(list)
+        for lot in self.lots.values():
+            if lot.state == QUEUED:
+                out[(lot.route_id, lot.step_id)].append(lot)
+        for lots in out.values():
+            lots.sort(key=lambda lot: lot.arrived_ts)
+        return dict(out)
+
+    def holds(self) -> dict[str, list[Hold]]:
+        """Return the holds of every lot that has one."""
+        return {lot.lot_id: list(lot.holds) for lot in self.lots.values() if lot.holds}
+
+    def wip_counts(self) -> list[ev.WipCount]:
+        """Lots and wafers per product and step, for every lot still in the WIP."""
+        acc: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for lot in self.active_lots():
+            c = acc[(lot.product_id, lot.step_id)]
+            c[0] += 1
+            c[1] += lot.wafers
+        return [ev.WipCount(product_id=p, step_id=s, lots=n, wafers=w)
+                for (p, s), (n, w) in sorted(acc.items())]
+
+    def check_track_in(self, lot_id: str, tool_id: str) -> tuple[str, str] | None:
+        """Return (code, detail) why a lot may not start on a tool now, or None when it may."""
+        lot = self.lots.get(lot_id)
+        if lot is None:
+            return "unknown_lot", f"lot {lot_id} is not known"
+        tool = self.tools.get(tool_id)
+        if tool is None:
+            return "unknown_tool", f"tool {tool_id} is not known"
+        if lot.holds or lot.state == HELD:
+            return "lot_held", f"lot {lot_id} is on hold: {lot.holds[0].reason if lot.holds else ''}"
+        if lot.state != QUEUED:
+            return "lot_not_queued", f"lot {lot_id} is {lot.state}"
+        step = self.step_of(lot)
+        if tool.tool_group != step.tool_group:
+            return "wrong_tool_group", f"step {step.step_id} runs on {step.tool_group}, tool is {tool.tool_group}"
+        if step.recipe_id not in tool.qualified:
+            return "not_qualified", f"tool {tool_id} is not qualified for {step.recipe_id}"
+        approved = self.recipes.get(step.recipe_id)
+        checksum = approved.versions.get(step.recipe_version) if approved else None
+        if checksum is None:
+            return "recipe_not_approved", f"{step.recipe_id} v{step.recipe_version} is not approved"
+        seen = tool.verified.get(step.recipe_id)
+        if seen is not None and seen != checksum:
+            return "recipe_mismatch", f"tool holds {seen[:12]}, approved is {checksum[:12]}"
+        if tool.inhibits:
+            key, reason = next(iter(tool.inhibits.items()))
+            return "tool_inhibited", f"{key}: {reason}"
+        return None
+
+    # ------------------------------------------------------------ ERP commands
+
+    def apply_command(self, cmd: ev.Command) -> bool:
+        """Apply one validated ERP command; False when its id was applied before (a duplicate)."""
+        if cmd.command_id in self.applied:
+            return False
+        match cmd:
+            case ev.DefineRoute():
+                self.define_route(cmd.route_id, cmd.steps)
+            case ev.DefineProduct():
+                self.define_product(cmd.product_id, cmd.route_id, cmd.description)
+            case ev.DefineTool():
+                self.define_tool(cmd.tool_id, cmd.tool_group)
+            case ev.CreateLot():
+                self.create_lot(cmd.lot_id, cmd.production_order, cmd.product_id, cmd.wafers,
+                                cmd.priority, cmd.due)
+            case ev.HoldLot():
+                self.hold(cmd.lot_id, cmd.reason, cmd.by)
+            case ev.ReleaseLot():
+                self.release(cmd.lot_id, cmd.reason, cmd.by, cmd.hold_reason)
+            case ev.ScrapLot():
+                self.scrap(cmd.lot_id, cmd.reason, cmd.by)
+            case ev.ApproveRecipe():
+                self.approve_recipe(cmd.recipe_id, cmd.version, cmd.checksum)
+            case ev.QualifyTool():
+                self.qualify(cmd.tool_id, cmd.recipe_id, True)
+            case ev.DisqualifyTool():
+                self.qualify(cmd.tool_id, cmd.recipe_id, False)
+        self.applied.add(cmd.command_id)
+        self._commands.append((cmd.command_id, self.clock()))
+        return True
+
+    # ------------------------------------------------------------ master data
+
+    def define_route(self, route_id: str, steps: list[ev.RouteStep]) -> Route:
+        """Create or replace a route (lots on it keep their step index)."""
+        ids = [s.step_id for s in steps]
+        if len(set(ids)) != len(ids):
+            raise MesError(f"route {route_id}: step ids repeat", "invalid")
+        for s in steps:
+            if s.batch_max_lots < s.batch_min_lots:
+                raise MesError(f"route {route_id} step {s.step_id}: batch_max_lots < batch_min_lots")
+            if s.rework_route_id and s.rework_route_id not in self.routes:
+                raise UnknownEntity(f"route {route_id} step {s.step_id}: rework route "
+                                    f"{s.rework_route_id} is not defined", "unknown_route")
+        old = self.routes.get(route_id)
+        if old is not None and any(lot.route_id == route_id and lot.step_index >= len(steps)
+                                   for lot in self.active_lots()):
+            raise IllegalTransition(f"route {route_id}: lots are at steps the new route lacks")
+        route = Route(route_id=route_id, steps=list(steps))
+        self.routes[route_id] = route
+        self._touch("route", route_id, route)
+        return route
+
+    def define_product(self, product_id: str, route_id: str, description: str = "") -> Product:
+        """Create or replace a product and the route its new lots start on."""
+        if route_id not in self.routes:
+            raise UnknownEntity(f"product {product_id}: route {route_id} is not defined",
+                                "unknown_route")
+        product = Product(product_id=product_id, route_id=route_id, description=description)
+        self.products[product_id] = product
+        self._touch("product", product_id, product)
+        return product
+
+    def define_tool(self, tool_id: str, tool_group: str) -> Tool:
+        """Create a tool or move it to another tool group."""
+        tool = self.tools.get(tool_id)
+        if tool is None:
+            tool = self.tools[tool_id] = Tool(tool_id=tool_id, tool_group=tool_group)
+        tool.tool_group = tool_group
+        self._touch("tool", tool_id, tool)
+        return tool
+
+    def approve_recipe(self, recipe_id: str, version: int, checksum: str) -> None:
+        """Record an engineering change: this version with this body may run."""
+        recipe = self.recipes.get(recipe_id) or Recipe(recipe_id=recipe_id, versions={})
+        old = recipe.versions.get(version)
+        if old is not None and old != checksum:
+            raise IllegalTransition(f"recipe {recipe_id} v{version} is already approved with "
+                                    f"another body; approve a new version")
+        recipe.versions[version] = checksum
+        self.recipes[recipe_id] = recipe
+        self._touch("recipe", recipe_id, recipe)
+
+    def qualify(self, tool_id: str, recipe_id: str, qualified: bool) -> None:
+        """Qualify (or disqualify) a tool for a recipe."""
+        tool = self._tool(tool_id)
+        if qualified and recipe_id not in tool.qualified:
+            tool.qualified.append(recipe_id)
+        elif not qualified:
+            if recipe_id not in tool.qualified:
+                raise IllegalTransition(f"tool {tool_id} is not qualified for {recipe_id}")
+            tool.qualified.remove(recipe_id)
+        self._touch("tool", tool_id, tool)
+
+    # ------------------------------------------------------------ lots
+
+    def create_lot(self, lot_id: str, production_order: str, product_id: str, wafers: int,
+                   priority: int = 50, due: dt.datetime | None = None) -> Lot:
+        """Start a lot at the first step of its product's route."""
+        if lot_id in self.lots:
+            raise IllegalTransition(f"lot {lot_id} exists already", "duplicate_lot")
+        product = self.products.get(product_id)
+        if product is None:
+            raise UnknownEntity(f"lot {lot_id}: product {product_id} is not defined",
+                                "unknown_product")
+        route = self.routes[product.route_id]
+        now = self.clock()
+        lot = Lot(lot_id=lot_id, production_order=production_order, product_id=product_id,
+                  route_id=route.route_id, step_index=0, step_id=route.steps[0].step_id,
+                  wafers=wafers, priority=priority, due=due, arrived_ts=now, created_ts=now)
+        self.lots[lot_id] = lot
+        self._touch("lot", lot_id, lot)
+        self.emit(ev.LotCreated(lot_id=lot_id, product_id=product_id, step_id=lot.step_id,
+                                wafers=wafers, production_order=production_order,
+                                route_id=route.route_id, priority=priority, due=due), now)
+        return lot
+
+    def hold(self, lot_id: str, reason: str, by: str) -> None:
+        """Put a hold on a lot (a processing lot finishes its step and then stays held)."""
+        lot = self._active_lot(lot_id)
+        if any(h.reason == reason for h in lot.holds):
+            raise IllegalTransition(f"lot {lot_id} is already held for {reason}")
+        now = self.clock()
+        lot.holds.append(Hold(reason=reason, by=by, ts=now))
+        if lot.state == QUEUED:
+            lot.state = HELD
+        self._touch("lot", lot_id, lot)
+        self.emit(ev.LotHeld(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
+                             wafers=lot.wafers, reason=reason, by=by), now)
+        log.info("lot %s held at %s: %s (by %s)", lot_id, lot.step_id, reason, by)
+
+    def release(self, lot_id: str, reason: str, by: str, hold_reason: str = "") -> None:
+        """Release one hold (hold_reason) or every hold of a lot."""
+        lot = self._active_lot(lot_id)
+        if not lot.holds:
+            raise IllegalTransition(f"lot {lot_id} is not held")
+        if hold_reason:
+            keep = [h for h in lot.holds if h.reason != hold_reason]
+            if len(keep) == len(lot.holds):
+                raise IllegalTransition(f"lot {lot_id} has no hold {hold_reason!r}")
+        else:
+            keep = []
+        lot.holds = keep
+        if not keep and lot.state == HELD:
+            lot.state = QUEUED
+        self._touch("lot", lot_id, lot)
+        self.emit(ev.LotReleased(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
+                                 wafers=lot.wafers, reason=reason, by=by, still_held=bool(keep)))
+        log.info("lot %s released at %s: %s (by %s)", lot_id, lot.step_id, reason, by)
+
+    def scrap(self, lot_id: str, reason: str, by: str) -> None:
+        """Scrap a lot: it leaves the WIP."""
+        lot = self._active_lot(lot_id)
+        self._free_tool(lot)
+        lot.state = SCRAPPED
+        self._touch("lot", lot_id, lot)
+        self.emit(ev.LotScrapped(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
+                                 wafers=lot.wafers, reason=reason, by=by))
+        log.warning("lot %s scrapped at %s: %s (by %s)", lot_id, lot.step_id, reason, by)
+
+    def track_in(self, lot_id: str, tool_id: str, recipe_id: str = "",
+                 ts: float | None = None) -> None:
+        """Record that a queued lot started processing on a tool."""
+        lot = self._lot(lot_id)
+        if lot.state != QUEUED:
+            raise IllegalTransition(f"lot {lot_id} cannot track in: it is {lot.state}")
+        tool = self.tools.get(tool_id) or self.define_tool(tool_id, "")
+        lot.state = PROCESSING
+        lot.tool_id = tool_id
+        tool.lot_id = lot_id
+        self._touch("lot", lot_id, lot)
+        self._touch("tool", tool_id, tool)
+        self.emit(ev.LotTrackedIn(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
+                                  wafers=lot.wafers, tool_id=tool_id, recipe_id=recipe_id), ts)
+
+    def track_out(self, lot_id: str, tool_id: str, ok: bool = True,
+                  ts: float | None = None) -> None:
+        """Record the end of processing; move the lot on (next step, rework, return, complete)."""
+        lot = self._lot(lot_id)
+        if lot.state != PROCESSING:
+            raise IllegalTransition(f"lot {lot_id} cannot track out: it is {lot.state}")
+        now = self.clock() if ts is None else ts
+        self._free_tool(lot)
+        self.emit(ev.LotTrackedOut(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
+                                   wafers=lot.wafers, tool_id=tool_id, ok=ok), now)
+        route = self.routes[lot.route_id]
+        step = route.steps[lot.step_index]
+        lot.state = QUEUED
+        if not ok and step.rework_route_id:
+            self._enter_rework(lot, step, now)
+        elif not ok:
+            lot.holds.append(Hold(reason="nonconforming", by="mes", ts=now))
+            self.emit(ev.LotHeld(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
+                                 wafers=lot.wafers, reason="nonconforming", by="mes"), now)
+        else:
+            self._advance(lot, route, now)
+        if lot.holds and lot.state == QUEUED:
+            lot.state = HELD
+        self._touch("lot", lot_id, lot)
+
+    def _advance(self, lot: Lot, route: Route, now: float) -> None:
+        from_step = lot.step_id
+        if lot.step_index + 1 < len(route.steps):
+            lot.step_index += 1
+        elif lot.rework:
+            back = lot.rework.pop()  # redo the step that sent the lot to rework
+            lot.route_id, lot.step_index = back.route_id, back.step_index
+        else:
+            lot.state = COMPLETED
+            self.emit(ev.LotCompleted(lot_id=lot.lot_id, product_id=lot.product_id,
+                                      step_id=from_step, wafers=lot.wafers), now)
+            return
+        lot.step_id = self.routes[lot.route_id].steps[lot.step_index].step_id
+        lot.arrived_ts = now
+        self.emit(ev.LotMoved(lot_id=lot.lot_id, product_id=lot.product_id, step_id=lot.step_id,
+                              wafers=lot.wafers, from_step_id=from_step, route_id=lot.route_id),
+                  now)
+
+    def _enter_rework(self, lot: Lot, step: ev.RouteStep, now: float) -> None:
+        from_step = lot.step_id
+        lot.rework.append(ReturnPoint(route_id=lot.route_id, step_index=lot.step_index))
+        rework = self.routes[step.rework_route_id]
+        lot.route_id, lot.step_index = rework.route_id, 0
+        lot.step_id = rework.steps[0].step_id
+        lot.arrived_ts = now
+        self.emit(ev.LotReworked(lot_id=lot.lot_id, product_id=lot.product_id,
+                                 step_id=lot.step_id, wafers=lot.wafers, from_step_id=from_step,
+                                 route_id=rework.route_id, return_step_id=from_step), now)
+
+    def _free_tool(self, lot: Lot) -> None:
+        tool = self.tools.get(lot.tool_id) if lot.tool_id else None
+        if tool is not None and tool.lot_id == lot.lot_id:
+            tool.lot_id = ""
+            self._touch("tool", tool.tool_id, tool)
+        lot.tool_id = ""
+
+    def refuse_track_in(self, lot_id: str, tool_id: str, code: str, detail: str = "") -> None:
+        """Publish that a lot was refused on a tool (the enforcement decided; nothing changes)."""
+        lot = self.lots.get(lot_id)
+        self.emit(ev.TrackInRefused(lot_id=lot_id, tool_id=tool_id,
+                                    step_id=lot.step_id if lot else "", code=code, detail=detail))
+        log.warning("track-in refused: lot %s on tool %s: %s %s", lot_id, tool_id, code, detail)
+
+    # ------------------------------------------------------------ tools
+
+    def tool_connected(self, tool_id: str, protocol: str, peer: str = "",
+                       ts: float | None = None) -> None:
+        tool = self._tool_auto(tool_id)
+        tool.connected = True
+        self._touch("tool", tool_id, tool)
+        self.emit(ev.ToolConnected(tool_id=tool_id, protocol=protocol, peer=peer), ts)
+
+    def tool_disconnected(self, tool_id: str, protocol: str, reason: str = "",
+                          ts: float | None = None) -> None:
+        tool = self._tool_auto(tool_id)
+        tool.connected = False
+        self._touch("tool", tool_id, tool)
+        self.emit(ev.ToolDisconnected(tool_id=tool_id, protocol=protocol, reason=reason), ts)
+
+    def set_tool_state(self, tool_id: str, state: str, reason: str = "",
+                       ts: float | None = None) -> None:
+        """Record a SEMI E10 state change (no event when the state is unchanged)."""
+        tool = self._tool_auto(tool_id)
+        if tool.e10_state == state:
+            return
+        previous, tool.e10_state = tool.e10_state, state
+        self._touch("tool", tool_id, tool)
+        self.emit(ev.ToolStateChanged(tool_id=tool_id, state=state, previous=previous,
+                                      reason=reason), ts)
+
+    def set_control_state(self, tool_id: str, state: str, ts: float | None = None) -> None:
+        tool = self._tool_auto(tool_id)
+        if tool.control_state == state:
+            return
+        tool.control_state = state
+        self._touch("tool", tool_id, tool)
+        self.emit(ev.ToolControlStateChanged(tool_id=tool_id, state=state), ts)
+
+    def alarm(self, tool_id: str, alid: int, on: bool, text: str = "",
+              ts: float | None = None) -> None:
+        """Record an alarm set (on) or cleared."""
+        tool = self._tool_auto(tool_id)
+        if on and alid not in tool.alarms:
+            tool.alarms.append(alid)
+        elif not on and alid in tool.alarms:
+            tool.alarms.remove(alid)
+        self._touch("tool", tool_id, tool)
+        event = ev.AlarmSet if on else ev.AlarmCleared
+        self.emit(event(tool_id=tool_id, alid=alid, text=text), ts)
+
+    def recipe_report(self, tool_id: str, recipe_id: str, checksum: str,
+                      ts: float | None = None) -> bool:
+        """Check a recipe body the tool holds against the approved versions; True when verified."""
+        tool = self._tool_auto(tool_id)
+        recipe = self.recipes.get(recipe_id)
+        approved = dict(recipe.versions) if recipe else {}
+        key = f"recipe:{recipe_id}"
+        tool.verified[recipe_id] = checksum
+        self._touch("tool", tool_id, tool)
+        match = [v for v, c in approved.items() if c == checksum]
+        if match:
+            self.emit(ev.RecipeVerified(tool_id=tool_id, recipe_id=recipe_id, version=max(match),
+                                        checksum=checksum), ts)
+            if key in tool.inhibits:
+                self.inhibit(tool_id, key, False, "recipe verified")
+            return True
+        self.emit(ev.RecipeMismatch(tool_id=tool_id, recipe_id=recipe_id, checksum=checksum,
+                                    approved=sorted(approved.values())), ts)
+        log.warning("tool %s: recipe %s body %s matches no approved version", tool_id,
+                    recipe_id, checksum[:12])
+        self.inhibit(tool_id, key, True, "recipe body matches no approved version")
+        return False
+
+    def inhibit(self, tool_id: str, key: str, active: bool, reason: str = "") -> None:
+        """Set or clear a tool inhibit (recipe mismatch, SPC reaction plan, ...)."""
+        tool = self._tool_auto(tool_id)
+        if active == (key in tool.inhibits):
+            return
+        if active:
+            tool.inhibits[key] = reason
+        else:
+            del tool.inhibits[key]
+        self._touch("tool", tool_id, tool)
+        self.emit(ev.ToolInhibitChanged(tool_id=tool_id, inhibit=key, active=active,
+                                        reason=reason))
+
+    # ------------------------------------------------------------ quality / dispatch
+
+    def process_summary(self, lot_id: str, tool_id: str, recipe_id: str,
+                        parameters: list[ev.ParameterSummary], step_id: str | None = None,
+                        ts: float | None = None) -> None:
+        """Publish the process-data summary of a lot at a step."""
+        lot = self.lots.get(lot_id)
+        self.emit(ev.ProcessDataSummary(
+            lot_id=lot_id, product_id=lot.product_id if lot else "",
+            step_id=step_id if step_id is not None else (lot.step_id if lot else ""),
+            tool_id=tool_id, recipe_id=recipe_id, parameters=parameters), ts)
+
+    def spc_violation(self, chart: str, tool_id: str, parameter: str, rule: str, value: float,
+                      lot_id: str = "", action: str = "") -> None:
+        self.emit(ev.SpcViolation(chart=chart, tool_id=tool_id, parameter=parameter, rule=rule,
+                                  value=value, lot_id=lot_id, action=action))
+
+    def spc_limits_changed(self, chart: str, center: float, lcl: float, ucl: float,
+                           reason: str = "") -> None:
+        self.emit(ev.SpcLimitsChanged(chart=chart, center=center, lcl=lcl, ucl=ucl,
+                                      reason=reason))
+
+    def dispatch_list(self, tool_id: str, lots: list[str], scores: list[float]) -> None:
+        self.emit(ev.DispatchList(tool_id=tool_id, lots=lots, scores=scores))
+
+    def process_unexpected(self, tool_id: str, lot_id: str, what: str, reason: str,
+                           ts: float | None = None) -> None:
+        self.emit(ev.ProcessUnexpected(tool_id=tool_id, lot_id=lot_id, what=what, reason=reason),
+                  ts)
+        log.warning("tool %s reported process %s of lot %s: %s", tool_id, what, lot_id, reason)
+
+    def wip_snapshot(self) -> ev.WipSnapshot:
+        """Emit a WIP snapshot covering every lots entry emitted so far, and return it."""
+        counts = self.wip_counts()
+        snap = ev.WipSnapshot(lots_seq=self.seq["lots"], total_lots=sum(c.lots for c in counts),
+                              total_wafers=sum(c.wafers for c in counts), counts=counts)
+        self.emit(snap)
+        return snap
+
+    # ------------------------------------------------------------ helpers
+
+    def _lot(self, lot_id: str) -> Lot:
+        lot = self.lots.get(lot_id)
+        if lot is None:
+            raise UnknownEntity(f"lot {lot_id} is not known", "unknown_lot")
+        return lot
+
+    def _active_lot(self, lot_id: str) -> Lot:
+        lot = self._lot(lot_id)
+        if lot.state not in ACTIVE_STATES:
+            raise IllegalTransition(f"lot {lot_id} is {lot.state}")
+        return lot
+
+    def _tool(self, tool_id: str) -> Tool:
+        tool = self.tools.get(tool_id)
+        if tool is None:
+            raise UnknownEntity(f"tool {tool_id} is not known", "unknown_tool")
+        return tool
+
+    def _tool_auto(self, tool_id: str) -> Tool:
+        # A tool that talks before the ERP defined it is still a tool: record it (no group).
+        tool = self.tools.get(tool_id)
+        if tool is None:
+            tool = self.tools[tool_id] = Tool(tool_id=tool_id)
+        return tool
+
+
+class RunningStats:
+    """Welford running mean/variance with min and max, for process-data summaries."""
+
+    __slots__ = ("m2", "max", "mean", "min", "n")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        d = x - self.mean
+        self.mean += d / self.n
+        self.m2 += d * (x - self.mean)
+        self.min = min(self.min, x)
+        self.max = max(self.max, x)
+
+    def summary(self, parameter: str) -> ev.ParameterSummary:
+        sd = math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
+        return ev.ParameterSummary(parameter=parameter, n=self.n, mean=self.mean, min=self.min,
+                                   max=self.max, sd=sd)

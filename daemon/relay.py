@@ -1,0 +1,176 @@
+"""The relay: publishes the outbox (committed journal rows) to Redis streams in journal order.
+
+Ordering. Batches of up to `relay_batch_events` rows go out as one pipeline of
+XADDs on one connection (no MULTI: a pipeline on one connection is already
+executed by Redis in the order sent). The next batch starts only after every
+reply of the previous one came back, and a failed batch is sent again whole.
+So each stream receives its entries in `seq` order; the only anomaly is a
+re-send after a failure or a crash (XADD done, cursor not yet stored), which
+repeats entries with the same `eid` and `seq`. Consumers dedupe on `eid`.
+
+Where rows come from. Right after a commit the writer hands the new rows to
+the relay in memory (no read-back). After a restart, or when the memory feed
+overflowed during a long Redis outage, the relay reads the rows after its
+cursor from the store instead; the outbox on disk is the truth either way.
+
+The bound. `outbox_max_events` unsent events is a soft bound: above
+`outbox_warn_fraction` of it one WARNING is logged and `fabd_outbox_depth_events`
+shows it; at the bound the ERP intake stops taking commands (they wait in
+Redis) but tool events are still accepted and kept: an event acknowledged to a
+tool is never dropped, the disk is the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from prometheus_client import Counter, Gauge
+
+from daemon.busconfig import BusConfig, RedisConfig, StoreConfig
+from daemon.events import SCHEMA_VERSION, STREAMS
+from daemon.redis_conn import REDIS_DOWN, Backoff, Outage, make_client
+from daemon.store import EventRow, Store
+from daemon.writer import Writer
+
+log = logging.getLogger(__name__)
+
+PUBLISHED = Counter("fabd_bus_events_published_total", "Events published to Redis",
+                    ["stream"])
+OUTBOX_DEPTH = Gauge("fabd_outbox_depth_events", "Committed events not yet published to Redis")
+OUTBOX_LIMIT = Gauge("fabd_outbox_limit_events", "Configured bound of the outbox")
+RELAY_LAG = Gauge("fabd_relay_lag_seconds",
+                  "Age of the oldest committed event not yet published (0 when caught up)")
+REDIS_UP = Gauge("fabd_redis_up", "1 when the relay's last Redis call succeeded")
+
+
+class Relay:
+    """Publishes committed events to `<prefix>:<stream>` in journal order, at least once."""
+
+    def __init__(self, bus: BusConfig, redis: RedisConfig, store_config: StoreConfig,
+                 store: Store, writer: Writer) -> None:
+        self.bus = bus
+        self.redis_config = redis
+        self.store_config = store_config
+        self.store = store
+        self.writer = writer
+        self.sent_jseq = writer.sent_jseq
+        self._memory: deque[EventRow] = deque()
+        self._commit_times: deque[tuple[int, float]] = deque()  # (last jseq of a commit, time)
+        self._wake = asyncio.Event()
+        self._warned = False
+        self._client = None
+        self._keys = {s: f"{bus.prefix}:{s}" for s in STREAMS}
+        writer.on_commit.append(self._committed)
+        OUTBOX_LIMIT.set(store_config.outbox_max_events)
+
+    def _committed(self, rows: list[EventRow]) -> None:
+        self._memory.extend(rows)
+        excess = len(self._memory) - self.bus.relay_memory_events
+        for _ in range(max(0, excess)):  # still on disk: the relay reads it back from the store
+            self._memory.popleft()
+        self._commit_times.append((rows[-1][0], time.monotonic()))
+        self._wake.set()
+        self._check_bound()
+
+    @property
+    def depth(self) -> int:
+        """Committed events not yet published."""
+        return self.writer.committed_jseq - self.sent_jseq
+
+    @property
+    def full(self) -> bool:
+        """True when the outbox reached its bound (the ERP intake pauses)."""
+        return self.depth >= self.store_config.outbox_max_events
+
+    def lag_s(self) -> float:
+        """Seconds since the oldest unpublished event was committed."""
+        while self._commit_times and self._commit_times[0][0] <= self.sent_jseq:
+            self._commit_times.popleft()
+        return time.monotonic() - self._commit_times[0][1] if self._commit_times else 0.0
+
+    def _check_bound(self) -> None:
+        depth = self.depth
+        OUTBOX_DEPTH.set(depth)
+        limit = self.store_config.outbox_max_events
+        if not self._warned and depth >= limit * self.store_config.outbox_warn_fraction:
+            self._warned = True
+            log.warning("outbox holds %d unpublished events (bound %d): Redis is not taking "
+                        "them; at the bound ERP commands pause, tool events are still kept",
+                        depth, limit)
+        elif self._warned and depth < limit * self.store_config.outbox_warn_fraction / 2:
+            self._warned = False
+            log.info("outbox back to %d unpublished events", depth)
+
+    async def _next_rows(self) -> list[EventRow]:
+        mem = self._memory
+        while mem and mem[0][0] <= self.sent_jseq:
+            mem.popleft()
+        n = self.bus.relay_batch_events
+        if mem and mem[0][0] == self.sent_jseq + 1:
+            return [mem.popleft() for _ in range(min(n, len(mem)))]
+        if self.writer.committed_jseq > self.sent_jseq:
+            return await self.store.call(self.store.read_events, self.sent_jseq, n)
+        return []
+
+    async def publish(self, client, rows: list[EventRow]) -> None:
+        """XADD rows in one pipeline (ordered, no MULTI); raise if Redis fails any of them."""
+        maxlen = self.bus.stream_maxlen
+        keys = self._keys
+        pipe = client.pipeline(transaction=False)
+        for _jseq, stream, seq, typ, eid, ts, data in rows:
+            pipe.xadd(keys[stream], {"type": typ, "v": SCHEMA_VERSION, "seq": seq, "eid": eid,
+                                     "ts": ts, "data": data}, maxlen=maxlen, approximate=True)
+        await pipe.execute()
+
+    async def run(self) -> None:
+        """Publish until cancelled; survive Redis outages (the outbox grows on disk meanwhile)."""
+        backoff = Backoff(self.redis_config.backoff_initial_s, self.redis_config.backoff_max_s)
+        outage = Outage("relay", self.redis_config.url)
+        client = make_client(self.redis_config)
+        rows: list[EventRow] = []
+        try:
+            while True:
+                if not rows:
+                    rows = await self._next_rows()
+                if not rows:
+                    RELAY_LAG.set(0.0)
+                    self._wake.clear()
+                    if self.writer.committed_jseq <= self.sent_jseq:
+                        await self._wake.wait()
+                    continue
+                try:
+                    await self.publish(client, rows)
+                except REDIS_DOWN as exc:
+                    REDIS_UP.set(0)
+                    outage.down(exc, time.monotonic())
+                    RELAY_LAG.set(self.lag_s())
+                    self._check_bound()
+                    await asyncio.sleep(backoff.next())
+                    continue  # the same rows again: same eid and seq
+                REDIS_UP.set(1)
+                outage.up(time.monotonic())
+                backoff.reset()
+                counts: dict[str, int] = {}
+                for row in rows:
+                    counts[row[1]] = counts.get(row[1], 0) + 1
+                for stream, n in counts.items():
+                    PUBLISHED.labels(stream).inc(n)
+                self.sent_jseq = rows[-1][0]
+                self.writer.mark_sent(self.sent_jseq)
+                RELAY_LAG.set(self.lag_s())
+                self._check_bound()
+                rows = []
+        finally:
+            await client.aclose()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until everything committed is published (at stop); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.sent_jseq < self.writer.committed_jseq:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True

@@ -1,0 +1,148 @@
+"""The durable store: SQLite in WAL mode holding the state of record, the event journal and the outbox.
+
+Tables
+- `entity(kind, id, body)`: the current body (JSON) of every product, route,
+  recipe, tool and lot. Rebuilding the state on start is one scan.
+- `event(jseq, stream, seq, type, eid, ts, data)`: the event journal. The
+  outbox is not a second copy: it is the journal rows after the relay cursor
+  `meta.sent_jseq`, published in `jseq` order. Sent rows stay for audit and
+  replay until `journal_keep_events` newer ones exist.
+- `command(command_id, ts)`: ERP command ids already applied (dedupe).
+- `meta(key, value)`: instance id, per-stream last seq, journal seq, relay cursor.
+
+All calls run on one dedicated thread (`executor`): SQLite releases the GIL
+while it writes and fsyncs, so the event loop keeps going during a commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from daemon import events as ev
+from daemon.errors import FatalError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entity (
+    kind TEXT NOT NULL, id TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS event (
+    jseq INTEGER PRIMARY KEY, stream TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL,
+    eid TEXT NOT NULL, ts TEXT NOT NULL, data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS command (command_id TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+EventRow = tuple[int, str, int, str, str, str, bytes]  # (jseq, stream, seq, type, eid, ts, data)
+
+
+class StoreError(FatalError):
+    """The store cannot be read or written: the daemon stops rather than run ahead of its disk."""
+
+
+class Loaded:
+    """What the store held at open: everything MesState.load() and the relay need."""
+
+    def __init__(self) -> None:
+        self.instance_id = ""
+        self.entities: list[tuple[str, str, bytes]] = []
+        self.seqs: dict[str, int] = {}
+        self.jseq = 0
+        self.sent_jseq = 0
+        self.applied: list[str] = []
+
+
+class Store:
+    """SQLite WAL store; every method runs on `executor` (use `call()` from async code)."""
+
+    def __init__(self, path: str | os.PathLike, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fabd-store")
+        self._db: sqlite3.Connection | None = None
+
+    async def call(self, fn, *args):
+        """Run a store method on the store thread and return its result."""
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def open(self) -> Loaded:
+        """Open (or create) the database and read back everything needed to rebuild state."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute("PRAGMA foreign_keys=OFF")
+            db.execute("PRAGMA wal_autocheckpoint=4000")  # pages; fewer, larger checkpoints
+            db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        self._db = db
+        out = Loaded()
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        if "instance_id" not in meta:
+            # Random per store: eids "<instance>-<jseq>" stay unique across daemons and re-installs.
+            meta["instance_id"] = secrets.token_hex(8)
+            db.execute("INSERT INTO meta VALUES ('instance_id', ?)", (meta["instance_id"],))
+        out.instance_id = meta["instance_id"]
+        out.jseq = int(meta.get("jseq", 0))
+        out.sent_jseq = int(meta.get("sent_jseq", 0))
+        out.seqs = {s: int(meta.get(f"seq:{s}", 0)) for s in ev.STREAMS}
+        out.entities = list(db.execute("SELECT kind, id, body FROM entity"))
+        out.applied = [r[0] for r in db.execute("SELECT command_id FROM command")]
+        log.info("store %s opened: %d entities, journal at %d, relay cursor at %d",
+                 self.path, len(out.entities), out.jseq, out.sent_jseq)
+        return out
+
+    def write(self, entities: list[tuple[str, str, bytes]], events: list[EventRow],
+              commands: list[tuple[str, float]], meta: list[tuple[str, str]],
+              prune_below_jseq: int = 0) -> None:
+        """Commit one batch in one transaction: entity bodies, journal rows, command ids, meta."""
+        db = self._db
+        assert db is not None, "store not open"
+        try:
+            db.execute("BEGIN")
+            if entities:
+                db.executemany("INSERT OR REPLACE INTO entity VALUES (?, ?, ?)", entities)
+            if events:
+                db.executemany("INSERT INTO event VALUES (?, ?, ?, ?, ?, ?, ?)", events)
+            if commands:
+                db.executemany("INSERT OR IGNORE INTO command VALUES (?, ?)", commands)
+            if meta:
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+            if prune_below_jseq > 0:
+                db.execute("DELETE FROM event WHERE jseq < ?", (prune_below_jseq,))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(f"store {self.path}: commit failed: {exc}") from exc
+
+    def read_events(self, after_jseq: int, limit: int) -> list[EventRow]:
+        """Return journal rows after a jseq, in order (the outbox when after = relay cursor)."""
+        assert self._db is not None, "store not open"
+        return list(self._db.execute(
+            "SELECT jseq, stream, seq, type, eid, ts, data FROM event WHERE jseq > ? "
+            "ORDER BY jseq LIMIT ?", (after_jseq, limit)))
+
+    def close(self) -> None:
+        """Checkpoint and close the database, then stop the store thread."""
+        if self._db is not None:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # a busy checkpoint is harmless: WAL replays on open
+                log.warning("store %s: checkpoint at close failed: %s", self.path, exc)
+            self._db.close()
+            self._db = None
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)

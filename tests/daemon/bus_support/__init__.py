@@ -1,0 +1,95 @@
+"""Helpers for the bus tests: a running Bus against a real redis-server, and stream readers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import redis as redis_sync
+
+from daemon import events as ev
+from daemon.bus import Bus
+from daemon.busconfig import BusConfig, RedisConfig, StoreConfig
+
+STEPS = [ev.RouteStep(step_id=f"S{i}", tool_group="ETCH" if i % 2 else "LITHO",
+                      recipe_id=f"R{i}", recipe_version=1, process_time_s=60.0)
+         for i in range(3)]
+
+
+def configs(url: str, **bus_kw) -> dict:
+    """Configs for a test bus: fast commits, fast backoff."""
+    return dict(redis=RedisConfig(url=url, backoff_initial_s=0.05, backoff_max_s=0.2,
+                                  connect_timeout_s=1.0, command_timeout_s=2.0),
+                store=StoreConfig(commit_interval_ms=2.0, synchronous="NORMAL"),
+                bus=BusConfig(erp_block_ms=50, **bus_kw))
+
+
+@contextlib.asynccontextmanager
+async def running_bus(url: str, state_dir: Path, *, erp: bool = True,
+                      **bus_kw) -> AsyncIterator[Bus]:
+    """Start a Bus with its loops as tasks; stop it cleanly at the end."""
+    bus = Bus(state_dir=state_dir, **configs(url, **bus_kw))
+    await bus.start()
+    tasks = [asyncio.create_task(bus.writer_loop(), name="writer"),
+             asyncio.create_task(bus.relay_loop(), name="relay"),
+             asyncio.create_task(bus.snapshot_loop(), name="snapshot")]
+    if erp:
+        tasks.append(asyncio.create_task(bus.erp_loop(), name="erp"))
+    try:
+        yield bus
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await bus.close()
+
+
+def define_master_data(bus: Bus) -> None:
+    """A route of three steps, a product on it, approved recipes, two qualified tools."""
+    bus.mes.define_route("RT-A", STEPS)
+    bus.mes.define_product("P-A", "RT-A")
+    for i in range(3):
+        bus.mes.approve_recipe(f"R{i}", 1, f"{i:064x}")
+    for tool, group in (("ETCH01", "ETCH"), ("LITHO01", "LITHO")):
+        bus.mes.define_tool(tool, group)
+
+
+def read_stream(url: str, key: str) -> list[dict]:
+    """Every entry of a stream as a dict of str fields (data decoded from JSON)."""
+    r = redis_sync.Redis.from_url(url, decode_responses=True)
+    try:
+        out = []
+        for entry_id, fields in r.xrange(key):
+            fields = dict(fields, id=entry_id, seq=int(fields["seq"]))
+            fields["data"] = json.loads(fields["data"])
+            out.append(fields)
+        return out
+    finally:
+        r.close()
+
+
+def send_commands(url: str, prefix: str, commands: list) -> list[str]:
+    """XADD commands (dicts, structs or raw strings) to <prefix>:erp:commands."""
+    import msgspec
+
+    r = redis_sync.Redis.from_url(url)
+    try:
+        ids = []
+        for cmd in commands:
+            if isinstance(cmd, dict) and "__fields__" in cmd:
+                fields = cmd["__fields__"]
+            elif isinstance(cmd, str | bytes):
+                fields = {"cmd": cmd}
+            elif isinstance(cmd, dict):
+                fields = {"cmd": json.dumps(cmd)}
+            else:
+                fields = {"cmd": msgspec.json.encode(cmd)}
+            ids.append(r.xadd(f"{prefix}:erp:commands", fields))
+        return ids
+    finally:
+        r.close()
