@@ -1,0 +1,303 @@
+"""Dispatch policy: which rules rank the lots for a tool, at which lexicographic level, with which weight.
+
+A policy starts from a preset and overrides rules and parameters, for the
+whole fab and per tool group::
+
+    [dispatch]
+    preset = "fabd"                 # "fabd" | "fifo" | "cr"
+    max_list = 10                   # candidates kept in each tool's dispatch list
+    qt_horizon_min = 120.0
+    [dispatch.rules]
+    setup = { level = 3, weight = 2.0 }
+    [dispatch.groups.Implant_128]   # a tool group's overrides
+    preset = "fifo"
+    [dispatch.groups.Implant_128.rules]
+    setup = { level = 1, weight = 1.0 }
+
+Each rule gives every candidate a feature value, oriented so that larger is
+preferred (see `RULE_DOC`). A candidate's key at level l is the sum of
+weight x feature over the rules at level l; candidates are ordered by their
+keys level by level (level 0 first), then by arrival at the step, due date and
+lot index (FIFO as the final tie-break). A rule at level -1 (or weight 0) is off.
+
+The presets "fifo" and "cr" are PySCFabSim's hierarchical dispatchers
+(minimum-run violation, then lots waiting under a queue-time limit, then setup
+time needed, then priority, then FIFO arrival or critical ratio); "fabd" is
+this project's weighted policy.
+
+`load_policy(path | dict)` parses and validates (errors carry key paths);
+`compile_policy(policy, model)` checks tool-group names and returns the
+arrays the kernel reads. A daemon reloads on SIGHUP with
+`Dispatcher.reload()`, which keeps the old policy when the new one is invalid.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import msgspec
+import numpy as np
+
+from dispatch.errors import PolicyError
+
+if TYPE_CHECKING:
+    from dispatch.model import FabModel
+
+__all__ = [
+    "PRESETS",
+    "RULES",
+    "RULE_DOC",
+    "GroupPolicy",
+    "Policy",
+    "PolicyArrays",
+    "RuleWeight",
+    "Rules",
+    "compile_policy",
+    "load_policy",
+]
+
+# Rule order is the kernel's feature column order; MINRUN and SETUP depend on the tool.
+RULES: tuple[str, ...] = ("minrun", "qtime", "hot", "priority", "setup", "cr", "slack",
+                          "batch", "balance", "fifo")
+RULE_DOC: dict[str, str] = {
+    "minrun": "-1 if running the lot would leave the tool's setup before its minimum run, else 0",
+    "qtime": "queue-time urgency: 0 outside a window; inside, horizon/(horizon+slack) (1 if horizon 0)",
+    "hot": "hot-lot class: 0 normal, 1 hot, 2 super hot",
+    "priority": "the lot's priority number",
+    "setup": "-(setup time the tool needs for the lot) in hours",
+    "cr": "-(critical ratio): -(due - now) / remaining process time",
+    "slack": "-(slack to due date) in days: -((due - now) - remaining process time) / 1440",
+    "batch": "batch fullness: wafers of the same recipe waiting / batch max (0 for non-batch steps)",
+    "balance": "line balance: (target - wait at next step's group) / target, clipped to [-1, 1]",
+    "fifo": "hours the lot has waited at its step",
+}
+MAX_LEVEL = len(RULES) - 1
+
+
+class RuleWeight(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One rule's place in the ranking: its lexicographic level (-1 = off) and weight."""
+
+    level: int = 0          # 0 = most significant; -1 = rule off
+    weight: float = 1.0     # multiplies the rule's feature within its level
+
+
+class Rules(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Rule overrides; a rule left out keeps its preset (or fab-wide) setting."""
+
+    minrun: RuleWeight | None = None
+    qtime: RuleWeight | None = None
+    hot: RuleWeight | None = None
+    priority: RuleWeight | None = None
+    setup: RuleWeight | None = None
+    cr: RuleWeight | None = None
+    slack: RuleWeight | None = None
+    batch: RuleWeight | None = None
+    balance: RuleWeight | None = None
+    fifo: RuleWeight | None = None
+
+
+class GroupPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Overrides for one tool group; a field left out (None) keeps the fab-wide value."""
+
+    preset: str | None = None                     # a group may start from another preset
+    rules: Rules = Rules()
+    lookahead_min: float | None = None            # a tool busy for at most this long is "about to be idle"
+    qt_horizon_min: float | None = None           # queue-time slack at which urgency is 1/2; 0: 0/1 urgency
+    qt_gate: bool | None = None                   # never start a lot whose downstream queue-time limit
+    qt_gate_factor: float | None = None           #   cannot be met: downstream wait > factor x limit
+    batch_fill: float | None = None              # a batch goes when wafers >= fill x batch max ...
+    batch_max_wait_min: float | None = None       # ... or its oldest lot has waited this long
+    balance_target_wait_min: float | None = None  # downstream queue (minutes of work per tool) aimed at
+
+
+class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A whole dispatch policy: a preset, fab-wide overrides and per-tool-group overrides."""
+
+    preset: str = "fabd"
+    max_list: int = 10                            # candidates kept per tool
+    rules: Rules = Rules()
+    lookahead_min: float | None = None
+    qt_horizon_min: float | None = None
+    qt_gate: bool | None = None
+    qt_gate_factor: float | None = None
+    batch_fill: float | None = None
+    batch_max_wait_min: float | None = None
+    balance_target_wait_min: float | None = None
+    groups: dict[str, GroupPolicy] = {}
+
+
+class _Preset(NamedTuple):
+    rules: dict[str, RuleWeight]
+    lookahead_min: float
+    qt_horizon_min: float
+    qt_gate: bool
+    qt_gate_factor: float
+    batch_fill: float
+    batch_max_wait_min: float
+    balance_target_wait_min: float
+
+
+def _rw(level: int, weight: float = 1.0) -> RuleWeight:
+    return RuleWeight(level=level, weight=weight)
+
+
+_OFF = RuleWeight(level=-1, weight=0.0)
+
+
+def _hierarchical(last: str) -> _Preset:
+    # PySCFabSim: (min-run violation, waiting under a queue-time limit, setup time, priority, last)
+    rules = dict.fromkeys(RULES, _OFF)
+    rules.update(minrun=_rw(0), qtime=_rw(1), setup=_rw(2), priority=_rw(3), **{last: _rw(4)})
+    return _Preset(rules, lookahead_min=0.0, qt_horizon_min=0.0, qt_gate=False,
+                   qt_gate_factor=1.0, batch_fill=0.0, batch_max_wait_min=0.0,
+                   balance_target_wait_min=240.0)
+
+
+PRESETS: dict[str, _Preset] = {
+    "fifo": _hierarchical("fifo"),
+    "cr": _hierarchical("cr"),
+    "fabd": _Preset(
+        rules={"hot": _rw(0), "qtime": _rw(1), "minrun": _rw(2),
+               "priority": _OFF, "setup": _rw(3, 1.0), "cr": _rw(3, 1.0), "slack": _OFF,
+               "batch": _rw(3, 0.5), "balance": _rw(3, 0.5), "fifo": _rw(3, 0.05)},
+        lookahead_min=5.0, qt_horizon_min=120.0, qt_gate=True, qt_gate_factor=1.0,
+        batch_fill=1.0, batch_max_wait_min=60.0, balance_target_wait_min=240.0),
+}
+
+_PARAMS = ("lookahead_min", "qt_horizon_min", "qt_gate", "qt_gate_factor", "batch_fill",
+           "batch_max_wait_min", "balance_target_wait_min")
+
+
+class PolicyArrays(NamedTuple):
+    """The compiled policy the kernel reads: one row per tool group."""
+
+    level: np.ndarray                     # int8[G, R], -1 = rule off
+    weight: np.ndarray                    # float64[G, R]
+    lookahead_min: np.ndarray             # float64[G]
+    qt_horizon_min: np.ndarray            # float64[G]
+    qt_gate: np.ndarray                   # bool[G]
+    qt_gate_factor: np.ndarray            # float64[G]
+    batch_fill: np.ndarray                # float64[G]
+    batch_max_wait_min: np.ndarray        # float64[G]
+    balance_target_wait_min: np.ndarray   # float64[G]
+
+
+_LOC = re.compile(r"- at `\$(.*)`")
+
+
+def load_policy(source: str | Path | dict[str, Any] | Policy) -> Policy:
+    """Parse and validate a policy from a TOML file ([dispatch] table or top level) or a dict.
+
+    Raises PolicyError listing every problem with its key path.
+    """
+    where = ""
+    if isinstance(source, Policy):
+        policy = source
+    else:
+        if isinstance(source, str | Path):
+            where = str(source)
+            try:
+                data = tomllib.loads(Path(source).read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise PolicyError([("", str(exc))], where) from None
+            data = data.get("dispatch", data)
+        else:
+            data = source
+        try:
+            policy = msgspec.convert(data, Policy)
+        except msgspec.ValidationError as exc:
+            msg = str(exc)
+            m = _LOC.search(msg)
+            path = m.group(1).lstrip(".").replace("[", ".").replace("]", "") if m else ""
+            raise PolicyError([(path, _LOC.sub("", msg).strip())], where) from None
+    problems = _validate(policy)
+    if problems:
+        raise PolicyError(problems, where)
+    return policy
+
+
+def _validate(policy: Policy) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+
+    def rules(prefix: str, r: Rules) -> None:
+        for name in RULES:
+            rw = getattr(r, name)
+            if rw is None:
+                continue
+            if not -1 <= rw.level <= MAX_LEVEL:
+                problems.append((f"{prefix}rules.{name}.level", f"must be -1 (off) .. {MAX_LEVEL}"))
+            if not math.isfinite(rw.weight):
+                problems.append((f"{prefix}rules.{name}.weight", "must be a finite number"))
+
+    def params(prefix: str, p: Policy | GroupPolicy) -> None:
+        if p.preset is not None and p.preset not in PRESETS:
+            problems.append((f"{prefix}preset", f"unknown preset; one of {sorted(PRESETS)}"))
+        for name in ("lookahead_min", "qt_horizon_min", "batch_max_wait_min"):
+            v = getattr(p, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                problems.append((f"{prefix}{name}", "must be a finite number >= 0"))
+        for name in ("qt_gate_factor", "balance_target_wait_min"):
+            v = getattr(p, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                problems.append((f"{prefix}{name}", "must be a finite number > 0"))
+        if p.batch_fill is not None and not 0.0 <= p.batch_fill <= 1.0:
+            problems.append((f"{prefix}batch_fill", "must be between 0 and 1"))
+        rules(prefix, p.rules)
+
+    if not 1 <= policy.max_list <= 1000:
+        problems.append(("max_list", "must be 1 .. 1000"))
+    params("", policy)
+    for g, gp in policy.groups.items():
+        params(f"groups.{g}.", gp)
+    return problems
+
+
+def _effective(policy: Policy, gp: GroupPolicy | None) -> _Preset:
+    """Return a group's resolved rules and parameters: preset, then fab-wide, then group overrides."""
+    own_preset = gp is not None and gp.preset is not None
+    base = PRESETS[gp.preset if own_preset else policy.preset]
+    rules = dict(base.rules)
+    layers: list[Policy | GroupPolicy] = [] if own_preset else [policy]
+    if gp is not None:
+        layers.append(gp)
+    vals = {k: getattr(base, k) for k in _PARAMS}
+    for layer in layers:
+        for name in RULES:
+            rw = getattr(layer.rules, name)
+            if rw is not None:
+                rules[name] = rw
+        for k in _PARAMS:
+            v = getattr(layer, k)
+            if v is not None:
+                vals[k] = v
+    return _Preset(rules=rules, **vals)
+
+
+def compile_policy(policy: Policy, model: FabModel) -> PolicyArrays:
+    """Resolve the policy for every tool group of the model; unknown group names are errors."""
+    unknown = [g for g in policy.groups if g not in model.group_index]
+    if unknown:
+        raise PolicyError([(f"groups.{g}", "no such tool group in the fab model") for g in unknown])
+    G, R = model.n_groups, len(RULES)
+    level = np.full((G, R), -1, np.int8)
+    weight = np.zeros((G, R))
+    cols = {k: np.zeros(G, dtype=np.bool_ if k == "qt_gate" else np.float64) for k in _PARAMS}
+    for g, name in enumerate(model.group_ids):
+        eff = _effective(policy, policy.groups.get(name))
+        for r, rule in enumerate(RULES):
+            rw = eff.rules[rule]
+            on = rw.level >= 0 and rw.weight != 0.0
+            level[g, r] = rw.level if on else -1
+            weight[g, r] = rw.weight if on else 0.0
+        for k in _PARAMS:
+            cols[k][g] = getattr(eff, k)
+    return PolicyArrays(level=level, weight=weight, **cols)
+
+
+def n_levels(pa: PolicyArrays) -> int:
+    """Return the number of lexicographic levels in use (at least 1)."""
+    return max(1, int(pa.level.max(initial=-1)) + 1)

@@ -1,0 +1,157 @@
+"""Plain-Python reference of the dispatch policy: the same rankings as the numba scorer, slowly.
+
+Written from the policy's definition (dispatch.config and the scorer's
+docstring) with lists, dicts and `sorted`, so the tests can check the kernel
+against it on random fabs and the benchmark can measure the kernel against it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dispatch.config import RULES, PolicyArrays, n_levels
+from dispatch.model import FabArrays
+
+__all__ = ["reference_lists"]
+
+_UP_MAX = 1
+_SATURATED_MIN = 1.0e9
+_IDX = {r: k for k, r in enumerate(RULES)}
+
+
+def _ptime(per: int, pt: float, wafers: int, bmax: int) -> float:
+    if per == 1:
+        return pt * wafers
+    if per == 2 and bmax > 0:
+        return pt * wafers / bmax
+    return pt
+
+
+def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list: int
+                    ) -> dict[int, list[tuple[int, tuple[float, ...], list[float]]]]:
+    """Return {tool index: [(lot index, keys, features), ...] best first} for every available tool."""
+    a = {name: getattr(fab, name).tolist() for name in fab._fields}
+    level = pol.level.tolist()
+    weight = pol.weight.tolist()
+    nl = n_levels(pol)
+    n_groups = len(level)
+    step_group, step_recipe = a["step_group"], a["step_recipe"]
+
+    # group workload: tools first, then waiting lots not on hold (same order as the kernel)
+    up = [0] * n_groups
+    work = [0.0] * n_groups
+    for t, g in enumerate(a["tool_group"]):
+        if a["tool_e10"][t] <= _UP_MAX and not a["tool_inhibited"][t]:
+            up[g] += 1
+            rem = a["tool_busy_until_min"][t] - now_min
+            if rem > 0.0:
+                work[g] += rem
+    waiting = [i for i, st in enumerate(a["lot_state"]) if st == 0]
+    recipe_wafers: dict[int, int] = {}
+    recipe_oldest: dict[int, float] = {}
+    for i in waiting:
+        s = a["lot_step"][i]
+        if a["lot_hold"][i]:
+            continue
+        g = step_group[s]
+        bmax = a["step_batch_max"][s]
+        work[g] += _ptime(a["step_ptime_per"][s], a["step_ptime_min"][s], a["lot_wafers"][i], bmax)
+        if bmax > 0:
+            r = step_recipe[s]
+            recipe_wafers[r] = recipe_wafers.get(r, 0) + a["lot_wafers"][i]
+            recipe_oldest[r] = min(recipe_oldest.get(r, math.inf), a["lot_arrival_min"][i])
+    wait = [work[g] / up[g] if up[g] > 0 else _SATURATED_MIN for g in range(n_groups)]
+
+    # per lot: features, base keys, and whether it may be dispatched at all
+    feats: dict[int, list[float]] = {}
+    base: dict[int, list[float]] = {}
+    queue: dict[int, list[int]] = {}
+    for i in waiting:
+        s = a["lot_step"][i]
+        g = step_group[s]
+        f = [0.0] * len(RULES)
+        if a["lot_qt_step"][i] >= 0:
+            h = pol.qt_horizon_min[g].item()
+            if h <= 0.0:
+                f[_IDX["qtime"]] = 1.0
+            else:
+                f[_IDX["qtime"]] = h / (h + max(a["lot_qt_deadline_min"][i] - now_min, 0.0))
+        f[_IDX["hot"]] = float(a["lot_hot"][i])
+        f[_IDX["priority"]] = float(a["lot_priority"][i])
+        rpt = max(a["step_rpt_min"][s], 1.0)
+        to_due = a["lot_due_min"][i] - now_min
+        f[_IDX["cr"]] = -(to_due / rpt)
+        f[_IDX["slack"]] = -((to_due - rpt) / 1440.0)
+        bmax = a["step_batch_max"][s]
+        w = recipe_wafers.get(step_recipe[s], 0)
+        f[_IDX["batch"]] = min(w, bmax) / bmax if bmax > 0 else 0.0
+        sn = a["step_next"][s]
+        if sn >= 0:
+            tgt = pol.balance_target_wait_min[g].item()
+            f[_IDX["balance"]] = min(1.0, max(-1.0, (tgt - wait[step_group[sn]]) / tgt))
+        f[_IDX["fifo"]] = (now_min - a["lot_arrival_min"][i]) / 60.0
+        feats[i] = f
+        b = [0.0] * nl
+        for r in range(len(RULES)):
+            if RULES[r] in ("minrun", "setup"):
+                continue
+            if level[g][r] >= 0:
+                b[level[g][r]] += weight[g][r] * f[r]
+        base[i] = b
+        if a["lot_hold"][i]:
+            continue
+        tq = a["step_qt_to"][s]
+        if (tq >= 0 and pol.qt_gate[g]
+                and wait[step_group[tq]] > pol.qt_gate_factor[g].item() * a["step_qt_limit_min"][s]):
+            continue
+        if bmax > 0:
+            if w < a["step_batch_min"][s]:
+                continue
+            if (w < pol.batch_fill[g].item() * bmax
+                    and now_min - recipe_oldest[step_recipe[s]] < pol.batch_max_wait_min[g].item()):
+                continue
+        queue.setdefault(g, []).append(i)
+
+    def setup_min(t: int, s: int) -> float:
+        need, cur = a["step_setup"][s], a["tool_setup"][t]
+        if need < 0 or cur == need:
+            return 0.0
+        if a["step_setup_time_min"][s] > 0.0:
+            return a["step_setup_time_min"][s]
+        for row in (cur + 1, 0):
+            v = a["setup_change_min"][row][need]
+            if not math.isnan(v):
+                return v
+        return 0.0
+
+    def minrun(t: int, s: int) -> float:
+        cur = a["tool_setup"][t]
+        if cur >= 0 and a["tool_setup_runs"][t] < a["setup_min_runs"][cur] and a["step_setup"][s] != cur:
+            return -1.0
+        return 0.0
+
+    out: dict[int, list[tuple[int, tuple[float, ...], list[float]]]] = {}
+    for t, g in enumerate(a["tool_group"]):
+        if a["tool_e10"][t] > _UP_MAX or a["tool_inhibited"][t]:
+            continue
+        if a["tool_busy_until_min"][t] > now_min + pol.lookahead_min[g].item():
+            continue
+        quals = set(a["qual_recipe"][a["qual_ptr"][t]:a["qual_ptr"][t + 1]])
+        rows = []
+        for i in queue.get(g, []):
+            s = a["lot_step"][i]
+            if step_recipe[s] not in quals:
+                continue
+            key = list(base[i])
+            mr, su = minrun(t, s), -(setup_min(t, s) / 60.0)
+            if level[g][_IDX["minrun"]] >= 0:
+                key[level[g][_IDX["minrun"]]] += weight[g][_IDX["minrun"]] * mr
+            if level[g][_IDX["setup"]] >= 0:
+                key[level[g][_IDX["setup"]]] += weight[g][_IDX["setup"]] * su
+            f = list(feats[i])
+            f[_IDX["minrun"]], f[_IDX["setup"]] = mr, su
+            rows.append((i, tuple(key), f))
+        rows.sort(key=lambda row: (tuple(-k for k in row[1]), a["lot_arrival_min"][row[0]],
+                                   a["lot_due_min"][row[0]], row[0]))
+        out[t] = rows[:max_list]
+    return out

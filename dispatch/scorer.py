@@ -1,0 +1,571 @@
+"""The numba dispatch scorer: for each tool that is idle or about to be, rank the lots it may run.
+
+Kernel API (stable; the fab simulation calls these from its own @njit code)
+-------------------------------------------------------------------------
+All kernels are `@njit(cache=True)` and pure: arrays in, arrays out.
+
+    fab = model.arrays()                   # FabArrays named tuple (dispatch.model)
+    pol = compile_policy(policy, model)    # PolicyArrays named tuple (dispatch.config)
+    ws  = new_workspace(fab, pol)          # Workspace named tuple (scratch, reuse it)
+
+    prepare(now_min, fab, pol, ws) -> None
+        Per-lot and per-group state for one instant: lots bucketed by the tool
+        group of their step (ws.group_ptr / ws.group_lots, lot-index order),
+        each lot's block code (ws.lot_block: BLOCK_*), its tool-independent rule
+        features (ws.lot_feat[i, RULE]) and key contributions (ws.lot_base),
+        group workload (ws.group_wait_min). O(lots + tools). Call it again
+        after lots or tools change and before scoring.
+
+    score_tool(t, now_min, fab, pol, ws, out_lot, out_key) -> n
+        Rank the candidates of tool t: lots waiting at a step of t's group, not
+        blocked, whose recipe t is qualified for. Writes the best
+        n <= len(out_lot) lot indices, best first, to out_lot (int32[K]) and
+        their keys to out_key (float64[K, ws.lot_base.shape[1]]). It does not
+        check whether t itself may run now (see tool_available).
+
+    tool_available(t, now_min, fab, pol) -> bool
+        Up (E10 productive/standby), not inhibited, busy for at most the
+        group's lookahead.
+
+    candidate_features(t, i, now_min, fab, ws, out_feat) -> None
+        The rule features (float64[R], RULES order) of lot i on tool t: the
+        breakdown an operator sees.
+
+    score_all(now_min, fab, pol, ws, out_n, out_lot, out_key, out_feat) -> n_scored
+        The daemon's tick: prepare, then the dispatch list of every available
+        tool (out_n[t] = 0 for the others); tools of a group with the same
+        setup, minimum-run state and qualifications share one ranking.
+
+Ordering: keys compared level by level (larger first), then earlier arrival at
+the step, earlier due date, lower lot index. A lot's key at level l is
+sum(weight[g, r] * feature[r]) over the rules r at level l, summed in RULES
+order for the tool-independent rules, then + minrun, then + setup.
+
+Python side: `Dispatcher` (below) owns the workspace and output arrays,
+reloads the policy, and turns lists into readable rows (`explain`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgspec
+import numpy as np
+from numba import njit
+
+from dispatch.config import (
+    RULES,
+    Policy,
+    PolicyArrays,
+    compile_policy,
+    load_policy,
+    n_levels,
+)
+from dispatch.errors import PolicyError
+from dispatch.model import FabArrays, FabModel, LotState
+
+__all__ = [
+    "BLOCK_NAMES",
+    "DispatchLists",
+    "Dispatcher",
+    "Workspace",
+    "candidate_features",
+    "new_workspace",
+    "prepare",
+    "score_all",
+    "score_tool",
+    "tool_available",
+    "warm",
+]
+
+log = logging.getLogger(__name__)
+
+# feature columns (dispatch.config.RULES order)
+R_MINRUN, R_QTIME, R_HOT, R_PRIORITY, R_SETUP, R_CR, R_SLACK, R_BATCH, R_BALANCE, R_FIFO = range(10)
+N_RULES = len(RULES)
+assert RULES[R_SETUP] == "setup" and RULES[R_FIFO] == "fifo"
+
+# why a lot is not a candidate (ws.lot_block)
+BLOCK_OK, BLOCK_NOT_WAITING, BLOCK_HOLD, BLOCK_QT_GATE, BLOCK_BATCH_WAIT = range(5)
+BLOCK_NAMES = ("candidate", "not_waiting", "on_hold", "downstream_qt_at_risk", "batch_forming")
+
+_SATURATED_MIN = 1.0e9   # wait of a group with no tool up
+_E10_UP_MAX = 1          # E10 codes 0 (productive) and 1 (standby) may run lots
+
+
+class Workspace(NamedTuple):
+    """Scratch arrays of prepare/score_* (sized for one model; new_workspace makes them)."""
+
+    group_ptr: np.ndarray        # int64[G+1]
+    group_lots: np.ndarray       # int32[L]
+    group_fill: np.ndarray       # int64[G]
+    group_up: np.ndarray         # int32[G], tools up and not inhibited
+    group_work_min: np.ndarray   # float64[G]
+    group_wait_min: np.ndarray   # float64[G], work per up tool
+    recipe_wafers: np.ndarray    # int64[NR], waiting wafers at batch steps, per recipe
+    recipe_oldest_min: np.ndarray  # float64[NR]
+    lot_block: np.ndarray        # int8[L]
+    lot_feat: np.ndarray         # float64[L, R]
+    lot_base: np.ndarray         # float64[L, NL]
+    tool_rep: np.ndarray         # int32[T], representative tool whose list this tool shares
+    key_tmp: np.ndarray          # float64[NL]
+
+
+class DispatchLists(NamedTuple):
+    """Every tool's ranked dispatch list: lots, keys and rule breakdown (arrays)."""
+
+    now_min: float
+    n: np.ndarray        # int32[T], list length (0: tool not available or nothing to run)
+    lot: np.ndarray      # int32[T, K], lot indices best first
+    key: np.ndarray      # float64[T, K, NL], keys per level
+    feat: np.ndarray     # float64[T, K, R], rule features
+
+
+def new_workspace(fab: FabArrays, pol: PolicyArrays) -> Workspace:
+    """Allocate the scratch arrays for a model's current sizes and a policy's level count."""
+    G = pol.level.shape[0]
+    L = fab.lot_state.shape[0]
+    nr = int(fab.step_recipe.max(initial=-1)) + 1
+    nl = n_levels(pol)
+    return Workspace(
+        group_ptr=np.zeros(G + 1, np.int64), group_lots=np.zeros(L, np.int32),
+        group_fill=np.zeros(G, np.int64), group_up=np.zeros(G, np.int32),
+        group_work_min=np.zeros(G), group_wait_min=np.zeros(G),
+        recipe_wafers=np.zeros(max(nr, 1), np.int64), recipe_oldest_min=np.zeros(max(nr, 1)),
+        lot_block=np.zeros(L, np.int8), lot_feat=np.zeros((L, N_RULES)),
+        lot_base=np.zeros((L, nl)), tool_rep=np.zeros(fab.tool_group.shape[0], np.int32),
+        key_tmp=np.zeros(nl),
+    )
+
+
+# --- kernels ------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def lot_ptime_min(fab, i, s):
+    """Return the minutes lot i occupies a tool at step s (its share of a batch)."""
+    per = fab.step_ptime_per[s]
+    pt = fab.step_ptime_min[s]
+    if per == 1:
+        return pt * fab.lot_wafers[i]
+    if per == 2 and fab.step_batch_max[s] > 0:
+        return pt * fab.lot_wafers[i] / fab.step_batch_max[s]
+    return pt
+
+
+@njit(cache=True)
+def tool_available(t, now_min, fab, pol):
+    """Return whether tool t may start a lot within its group's lookahead."""
+    if fab.tool_e10[t] > _E10_UP_MAX or fab.tool_inhibited[t]:
+        return False
+    return fab.tool_busy_until_min[t] <= now_min + pol.lookahead_min[fab.tool_group[t]]
+
+
+@njit(cache=True)
+def setup_time_min(fab, t, s):
+    """Return the setup minutes tool t needs before step s (0 if none)."""
+    need = fab.step_setup[s]
+    cur = fab.tool_setup[t]
+    if need < 0 or cur == need:
+        return 0.0
+    if fab.step_setup_time_min[s] > 0.0:
+        return fab.step_setup_time_min[s]
+    v = fab.setup_change_min[cur + 1, need]
+    if v == v:   # not NaN
+        return v
+    v = fab.setup_change_min[0, need]
+    if v == v:
+        return v
+    return 0.0
+
+
+@njit(cache=True)
+def minrun_violation(fab, t, s):
+    """Return -1.0 if running step s on tool t leaves its setup before the minimum run, else 0.0."""
+    cur = fab.tool_setup[t]
+    if cur >= 0 and fab.tool_setup_runs[t] < fab.setup_min_runs[cur] and fab.step_setup[s] != cur:
+        return -1.0
+    return 0.0
+
+
+@njit(cache=True)
+def qualified(fab, t, recipe):
+    """Return whether tool t is qualified for `recipe` (binary search in its CSR row)."""
+    lo = fab.qual_ptr[t]
+    hi = fab.qual_ptr[t + 1]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        v = fab.qual_recipe[mid]
+        if v < recipe:
+            lo = mid + 1
+        elif v > recipe:
+            hi = mid
+        else:
+            return True
+    return False
+
+
+@njit(cache=True)
+def prepare(now_min, fab, pol, ws):
+    """Compute per-group workload and queues and per-lot blocks, features and base keys."""
+    G = ws.group_ptr.shape[0] - 1
+    NL = ws.lot_base.shape[1]
+    n_slots = fab.lot_state.shape[0]
+    ws.group_up[:] = 0
+    ws.group_work_min[:] = 0.0
+    ws.group_fill[:] = 0
+    ws.recipe_wafers[:] = 0
+    ws.recipe_oldest_min[:] = np.inf
+    for t in range(fab.tool_group.shape[0]):
+        if fab.tool_e10[t] <= _E10_UP_MAX and not fab.tool_inhibited[t]:
+            g = fab.tool_group[t]
+            ws.group_up[g] += 1
+            rem = fab.tool_busy_until_min[t] - now_min
+            if rem > 0.0:
+                ws.group_work_min[g] += rem
+    for i in range(n_slots):
+        if fab.lot_state[i] != 0:
+            continue
+        s = fab.lot_step[i]
+        g = fab.step_group[s]
+        ws.group_fill[g] += 1
+        if fab.lot_hold[i]:
+            continue
+        ws.group_work_min[g] += lot_ptime_min(fab, i, s)
+        if fab.step_batch_max[s] > 0:
+            r = fab.step_recipe[s]
+            ws.recipe_wafers[r] += fab.lot_wafers[i]
+            if fab.lot_arrival_min[i] < ws.recipe_oldest_min[r]:
+                ws.recipe_oldest_min[r] = fab.lot_arrival_min[i]
+    ws.group_ptr[0] = 0
+    for g in range(G):
+        ws.group_ptr[g + 1] = ws.group_ptr[g] + ws.group_fill[g]
+        ws.group_fill[g] = ws.group_ptr[g]
+        if ws.group_up[g] > 0:
+            ws.group_wait_min[g] = ws.group_work_min[g] / ws.group_up[g]
+        else:
+            ws.group_wait_min[g] = _SATURATED_MIN
+    for i in range(n_slots):
+        if fab.lot_state[i] != 0:
+            ws.lot_block[i] = BLOCK_NOT_WAITING
+            continue
+        s = fab.lot_step[i]
+        g = fab.step_group[s]
+        ws.group_lots[ws.group_fill[g]] = i
+        ws.group_fill[g] += 1
+        f = ws.lot_feat[i]
+        # queue-time urgency
+        if fab.lot_qt_step[i] >= 0:
+            h = pol.qt_horizon_min[g]
+            if h <= 0.0:
+                f[R_QTIME] = 1.0
+            else:
+                slack = fab.lot_qt_deadline_min[i] - now_min
+                if slack < 0.0:
+                    slack = 0.0
+                f[R_QTIME] = h / (h + slack)
+        else:
+            f[R_QTIME] = 0.0
+        f[R_HOT] = float(fab.lot_hot[i])
+        f[R_PRIORITY] = float(fab.lot_priority[i])
+        rpt = fab.step_rpt_min[s]
+        if rpt < 1.0:
+            rpt = 1.0
+        to_due = fab.lot_due_min[i] - now_min
+        f[R_CR] = -(to_due / rpt)
+        f[R_SLACK] = -((to_due - rpt) / 1440.0)
+        bmax = fab.step_batch_max[s]
+        if bmax > 0:
+            w = ws.recipe_wafers[fab.step_recipe[s]]
+            f[R_BATCH] = min(w, bmax) / bmax
+        else:
+            f[R_BATCH] = 0.0
+        sn = fab.step_next[s]
+        if sn >= 0:
+            tgt = pol.balance_target_wait_min[g]
+            v = (tgt - ws.group_wait_min[fab.step_group[sn]]) / tgt
+            f[R_BALANCE] = min(1.0, max(-1.0, v))
+        else:
+            f[R_BALANCE] = 0.0
+        f[R_FIFO] = (now_min - fab.lot_arrival_min[i]) / 60.0
+        f[R_MINRUN] = 0.0
+        f[R_SETUP] = 0.0
+        # tool-independent key contributions, in RULES order
+        base = ws.lot_base[i]
+        for lv in range(NL):
+            base[lv] = 0.0
+        for r in range(N_RULES):
+            if r == R_MINRUN or r == R_SETUP:
+                continue
+            lv = pol.level[g, r]
+            if lv >= 0:
+                base[lv] += pol.weight[g, r] * f[r]
+        # blocks
+        block = BLOCK_OK
+        if fab.lot_hold[i]:
+            block = BLOCK_HOLD
+        else:
+            tq = fab.step_qt_to[s]
+            if tq >= 0 and pol.qt_gate[g]:
+                if ws.group_wait_min[fab.step_group[tq]] > pol.qt_gate_factor[g] * fab.step_qt_limit_min[s]:
+                    block = BLOCK_QT_GATE
+            if block == BLOCK_OK and bmax > 0:
+                r = fab.step_recipe[s]
+                w = ws.recipe_wafers[r]
+                if w < fab.step_batch_min[s]:
+                    block = BLOCK_BATCH_WAIT
+                elif (w < pol.batch_fill[g] * bmax
+                      and now_min - ws.recipe_oldest_min[r] < pol.batch_max_wait_min[g]):
+                    block = BLOCK_BATCH_WAIT
+        ws.lot_block[i] = block
+
+
+@njit(cache=True)
+def _better(ka, a, kb, b, fab):
+    """Return whether candidate a (keys ka) ranks before candidate b (keys kb)."""
+    for lv in range(ka.shape[0]):
+        if ka[lv] != kb[lv]:
+            return ka[lv] > kb[lv]
+    if fab.lot_arrival_min[a] != fab.lot_arrival_min[b]:
+        return fab.lot_arrival_min[a] < fab.lot_arrival_min[b]
+    if fab.lot_due_min[a] != fab.lot_due_min[b]:
+        return fab.lot_due_min[a] < fab.lot_due_min[b]
+    return a < b
+
+
+@njit(cache=True)
+def score_tool(t, now_min, fab, pol, ws, out_lot, out_key):
+    """Rank tool t's candidates into out_lot/out_key (best first); return how many."""
+    g = fab.tool_group[t]
+    K = out_lot.shape[0]
+    NL = ws.lot_base.shape[1]
+    lv_minrun = pol.level[g, R_MINRUN]
+    lv_setup = pol.level[g, R_SETUP]
+    w_minrun = pol.weight[g, R_MINRUN]
+    w_setup = pol.weight[g, R_SETUP]
+    key = ws.key_tmp
+    n = 0
+    for j in range(ws.group_ptr[g], ws.group_ptr[g + 1]):
+        i = ws.group_lots[j]
+        if ws.lot_block[i] != BLOCK_OK:
+            continue
+        s = fab.lot_step[i]
+        if not qualified(fab, t, fab.step_recipe[s]):
+            continue
+        for lv in range(NL):
+            key[lv] = ws.lot_base[i, lv]
+        if lv_minrun >= 0:
+            key[lv_minrun] += w_minrun * minrun_violation(fab, t, s)
+        if lv_setup >= 0:
+            key[lv_setup] += w_setup * (-(setup_time_min(fab, t, s) / 60.0))
+        # insert into the sorted top-K
+        if n == K:
+            if not _better(key, i, out_key[K - 1], out_lot[K - 1], fab):
+                continue
+            pos = K - 1
+        else:
+            pos = n
+            n += 1
+        while pos > 0 and _better(key, i, out_key[pos - 1], out_lot[pos - 1], fab):
+            out_lot[pos] = out_lot[pos - 1]
+            for lv in range(NL):
+                out_key[pos, lv] = out_key[pos - 1, lv]
+            pos -= 1
+        out_lot[pos] = i
+        for lv in range(NL):
+            out_key[pos, lv] = key[lv]
+    return n
+
+
+@njit(cache=True)
+def candidate_features(t, i, now_min, fab, ws, out_feat):
+    """Write the rule features of lot i on tool t (RULES order) to out_feat."""
+    s = fab.lot_step[i]
+    for r in range(N_RULES):
+        out_feat[r] = ws.lot_feat[i, r]
+    out_feat[R_MINRUN] = minrun_violation(fab, t, s)
+    out_feat[R_SETUP] = -(setup_time_min(fab, t, s) / 60.0)
+
+
+@njit(cache=True)
+def _same_class(fab, a, b):
+    if fab.tool_setup[a] != fab.tool_setup[b]:
+        return False
+    sa = fab.tool_setup[a]
+    if sa >= 0:
+        va = fab.tool_setup_runs[a] < fab.setup_min_runs[sa]
+        vb = fab.tool_setup_runs[b] < fab.setup_min_runs[sa]
+        if va != vb:
+            return False
+    pa, pb = fab.qual_ptr[a], fab.qual_ptr[b]
+    na, nb = fab.qual_ptr[a + 1] - pa, fab.qual_ptr[b + 1] - pb
+    if na != nb:
+        return False
+    for k in range(na):
+        if fab.qual_recipe[pa + k] != fab.qual_recipe[pb + k]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def score_all(now_min, fab, pol, ws, out_n, out_lot, out_key, out_feat):
+    """Prepare and rank every available tool; return how many distinct rankings were computed."""
+    prepare(now_min, fab, pol, ws)
+    T = fab.tool_group.shape[0]
+    G = ws.group_ptr.shape[0] - 1
+    NL = ws.lot_base.shape[1]
+    # per group: a chain of representative tools (head[g] -> ws.tool_rep links)
+    head = np.full(G, -1, np.int32)
+    link = ws.tool_rep
+    scored = 0
+    for t in range(T):
+        link[t] = -1
+        if not tool_available(t, now_min, fab, pol):
+            out_n[t] = 0
+            continue
+        g = fab.tool_group[t]
+        rep = head[g]
+        while rep >= 0 and not _same_class(fab, rep, t):
+            rep = link[rep]
+        if rep >= 0:
+            n = out_n[rep]
+            out_n[t] = n
+            for k in range(n):
+                out_lot[t, k] = out_lot[rep, k]
+                for lv in range(NL):
+                    out_key[t, k, lv] = out_key[rep, k, lv]
+                for r in range(N_RULES):
+                    out_feat[t, k, r] = out_feat[rep, k, r]
+            continue
+        n = score_tool(t, now_min, fab, pol, ws, out_lot[t], out_key[t])
+        out_n[t] = n
+        for k in range(n):
+            candidate_features(t, out_lot[t, k], now_min, fab, ws, out_feat[t, k])
+        link[t] = head[g]
+        head[g] = t
+        scored += 1
+    return scored
+
+
+# --- Python side --------------------------------------------------------------------------
+
+
+class Candidate(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of a tool's dispatch list, readable: why this lot ranks where it does."""
+
+    rank: int
+    lot_id: str
+    step: str                        # "route:position"
+    recipe: str
+    keys: list[float]                # per lexicographic level, level 0 first
+    features: dict[str, float]       # rule -> feature value
+    contributions: dict[str, float]  # rule -> weight x feature (0 for rules off)
+    levels: dict[str, int]           # rule -> level (-1 off)
+
+
+class Dispatcher:
+    """The daemon's dispatcher: owns the compiled policy, scratch and the latest dispatch lists."""
+
+    def __init__(self, model: FabModel, policy: Policy | None = None) -> None:
+        self.model = model
+        self.policy = policy if policy is not None else Policy()
+        self._pol: PolicyArrays | None = None
+        self._ws: Workspace | None = None
+        self._out: DispatchLists | None = None
+        self._shape: tuple = ()
+
+    def reload(self, source: str | Path | dict[str, Any] | Policy) -> list[tuple[str, str]]:
+        """Load a new policy; on any problem keep the current one and return the problems."""
+        try:
+            policy = load_policy(source)
+            pol = compile_policy(policy, self.model)
+        except PolicyError as exc:
+            log.warning("dispatch policy not reloaded, keeping %r: %s", self.policy.preset, exc)
+            return exc.problems
+        self.policy, self._pol, self._ws = policy, pol, None
+        log.info("dispatch policy reloaded: preset %s, %d group overrides",
+                 policy.preset, len(policy.groups))
+        return []
+
+    def _ensure(self) -> tuple[FabArrays, PolicyArrays, Workspace]:
+        fab = self.model.arrays()
+        if self._pol is None or self._pol.level.shape[0] != self.model.n_groups:
+            self._pol = compile_policy(self.policy, self.model)
+            self._ws = None
+        shape = (fab.lot_state.shape[0], fab.tool_group.shape[0], fab.step_recipe.shape[0])
+        if self._ws is None or shape != self._shape:
+            self._ws = new_workspace(fab, self._pol)
+            T, K, NL = shape[1], self.policy.max_list, self._ws.lot_base.shape[1]
+            self._out = DispatchLists(0.0, np.zeros(T, np.int32), np.zeros((T, K), np.int32),
+                                      np.zeros((T, K, NL)), np.zeros((T, K, N_RULES)))
+            self._shape = shape
+        return fab, self._pol, self._ws
+
+    def score(self, now_min: float) -> DispatchLists:
+        """Re-score every available tool and return the dispatch lists (arrays reused per call)."""
+        fab, pol, ws = self._ensure()
+        out = self._out
+        score_all(now_min, fab, pol, ws, out.n, out.lot, out.key, out.feat)
+        self._out = out._replace(now_min=now_min)
+        return self._out
+
+    def top(self, tool_id: str) -> str | None:
+        """Return the lot id at the head of a tool's latest dispatch list, if any."""
+        t = self.model.tool(tool_id)
+        out = self._out
+        if out is None or out.n[t] == 0:
+            return None
+        return self.model.lot_ids[int(out.lot[t, 0])]
+
+    def explain(self, tool_id: str, lists: DispatchLists | None = None) -> list[Candidate]:
+        """Return a tool's dispatch list as readable rows (rule features and weighted parts)."""
+        out = lists if lists is not None else self._out
+        t = self.model.tool(tool_id)
+        if out is None:
+            return []
+        g = int(self.model.tool_group[t])
+        lev, wt = self._pol.level[g], self._pol.weight[g]
+        rows = []
+        for k in range(int(out.n[t])):
+            i = int(out.lot[t, k])
+            s = int(self.model.lot_step[i])
+            feats = {r: float(out.feat[t, k, j]) for j, r in enumerate(RULES)}
+            rows.append(Candidate(
+                rank=k + 1, lot_id=self.model.lot_ids[i], step=self.model.step_name(s),
+                recipe=self.model.recipe_ids[int(self.model.step_recipe[s])],
+                keys=[float(x) for x in out.key[t, k]], features=feats,
+                contributions={r: float(wt[j] * feats[r]) if lev[j] >= 0 else 0.0
+                               for j, r in enumerate(RULES)},
+                levels={r: int(lev[j]) for j, r in enumerate(RULES)},
+            ))
+        return rows
+
+    def blocked(self) -> dict[str, str]:
+        """Return waiting lots that are not candidates anywhere, with the reason (after score)."""
+        ws = self._ws
+        if ws is None:
+            return {}
+        out = {}
+        for i, name in enumerate(self.model.lot_ids):
+            if name and int(self.model.lot_state[i]) == LotState.WAITING:
+                b = int(ws.lot_block[i])
+                if b != BLOCK_OK:
+                    out[name] = BLOCK_NAMES[b]
+        return out
+
+
+def warm() -> None:
+    """Compile every kernel with a tiny fab (the daemon calls this before READY)."""
+    from dispatch.model import random_fab
+
+    m = random_fab(0, n_groups=3, n_lots=8)
+    d = Dispatcher(m, Policy(preset="fabd"))
+    d.score(0.0)
+    fab, pol, ws = d._ensure()
+    out_lot = np.zeros(4, np.int32)
+    out_key = np.zeros((4, ws.lot_base.shape[1]))
+    score_tool(0, 0.0, fab, pol, ws, out_lot, out_key)
+    tool_available(0, 0.0, fab, pol)
+    candidate_features(0, 0, 0.0, fab, ws, np.zeros(N_RULES))
