@@ -1,0 +1,44 @@
+"""Per-tool GEM host configuration, for the daemon config to compose (one entry per tool)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from equipment.gem.errors import GemConfigError
+from equipment.hsms.config import HsmsConfig
+
+
+class GemToolConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """One GEM tool: its id, how to reach it (HSMS-SS, active), which driver profile it speaks."""
+
+    tool_id: str
+    hsms: HsmsConfig = HsmsConfig()  # host, port, device_id, E37 timers (mode must be active)
+    profile: str = "fabd-sim"  # a name in equipment.gem.profile.PROFILES
+    comm_retry_s: float = 10.0  # E30 CommDelay: wait between S1F13 attempts until COMMACK 0
+    trace_period_s: float = 0.0  # S2F23 sample period for the profile's trace ids; 0: no trace
+    trace_group_size: int = 1  # REPGSZ: samples per S6F1
+    set_clock: bool = True  # send S2F31 with our UTC clock at start-up
+    request_spooled: bool = True  # send S6F23 (transmit) after every start-up
+    inbox_max: int = 1000  # primaries waiting for the ordered worker; beyond: left unacked
+
+    def validate(self, where: str = "tool") -> None:
+        """Raise GemConfigError naming the key when a value cannot work."""
+        from equipment.gem.profile import PROFILES
+
+        if not self.tool_id:
+            raise GemConfigError(f"{where}.tool_id: required")
+        if self.hsms.mode != "active":
+            raise GemConfigError(f"{where}.hsms.mode: the GEM host connects (\"active\")")
+        if not 0 < self.hsms.port < 65536:
+            raise GemConfigError(f"{where}.hsms.port: {self.hsms.port} is not a TCP port")
+        if self.profile not in PROFILES:
+            raise GemConfigError(f"{where}.profile: unknown profile {self.profile!r} "
+                                 f"(known: {', '.join(sorted(PROFILES))})")
+        if self.comm_retry_s <= 0:
+            raise GemConfigError(f"{where}.comm_retry_s: must be > 0")
+        if self.trace_period_s < 0 or (0 < self.trace_period_s < 0.01):
+            raise GemConfigError(f"{where}.trace_period_s: {self.trace_period_s} (0 or >= 0.01)")
+        if not 1 <= self.trace_group_size <= 1000:
+            raise GemConfigError(f"{where}.trace_group_size: {self.trace_group_size} outside 1-1000")
+        if self.inbox_max < 1:
+            raise GemConfigError(f"{where}.inbox_max: must be >= 1")
