@@ -1,0 +1,356 @@
+"""The per-broker MQTT session: subscribe, map JSON payloads to SPC points and tool state.
+
+`MqttSession.run()` supervises one broker forever: it connects with a stable
+client id and a persistent session (the broker keeps QoS 1 messages while we
+are away), subscribes every configured topic filter, and turns each message
+into SPC points (`sink.points`, batched) and E10 state changes (`sink.submit`,
+in order). Malformed payloads are counted and logged at most once per topic
+per interval; they never stop the session. When the broker goes away the
+session says so once, reconnects with jittered exponential backoff,
+re-subscribes and re-publishes the retained tool states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiomqtt
+import msgspec
+
+from equipment import metrics
+from equipment.events import (
+    DomainEvent,
+    E10State,
+    E10StateChanged,
+    EventSink,
+    ProcessPoint,
+    ToolConnected,
+    ToolDisconnected,
+)
+from equipment.mqtt.client import Route, TopicRouter, build_client
+from equipment.mqtt.config import MqttBrokerConfig, TopicMapping
+from equipment.mqtt.errors import MalformedPayload, MqttAdapterError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "mqtt"
+_decode_json = msgspec.json.Decoder().decode
+_encode_json = msgspec.json.Encoder().encode
+
+
+class MqttSessionState(enum.StrEnum):
+    """Where the session is; tests and the daemon can wait on changes."""
+
+    NOT_CONNECTED = "not_connected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+
+
+def backoff_s(attempt: int, floor_s: float, cap_s: float, rng: random.Random) -> float:
+    """Return the jittered exponential delay before reconnect attempt `attempt` (0-based)."""
+    return min(cap_s, floor_s * 2 ** min(attempt, 30)) * rng.uniform(0.5, 1.0)
+
+
+def _get(doc: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedPayload(f"{what} is not a number: {value!r:.40}")
+    return float(value)
+
+
+class _Compiled:
+    """A topic mapping with its field paths split once."""
+
+    __slots__ = ("chamber", "lot", "mapping", "special", "state", "state_values", "tool", "ts",
+                 "values")
+
+    def __init__(self, m: TopicMapping) -> None:
+        def path(p: str) -> tuple[str, ...]:
+            return tuple(p.split(".")) if p else ()
+
+        self.mapping = m
+        self.values = [(path(f), name) for f, name in m.values.items()]
+        self.tool, self.lot, self.chamber = path(m.tool_field), path(m.lot_field), \
+            path(m.chamber_field)
+        self.ts, self.state = path(m.ts_field), path(m.state_field)
+        self.state_values = m.state_values
+        # Top-level fields that are not process values when "every numeric field" is read.
+        self.special = {f for f in (m.tool_field, m.lot_field, m.chamber_field, m.ts_field,
+                                    m.state_field) if f}
+
+
+class MqttSession:
+    """One broker: SPC points and tool state out, retained tool state published back."""
+
+    def __init__(self, config: MqttBrokerConfig, sink: EventSink, *,
+                 current_lot: Callable[[str], str] | None = None,
+                 clock: Callable[[], float] = time.time, seed: int | None = None) -> None:
+        self.config = config
+        self.broker_id = config.broker_id
+        self.sink = sink
+        self.current_lot = current_lot  # tool id -> lot in process (from the daemon core)
+        self.e10_states: dict[str, E10State] = {}
+        self.received_total = 0
+        self.malformed_total = 0
+        self.connects = 0
+        self.failed_attempts = 0
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._state = MqttSessionState.NOT_CONNECTED
+        self._state_changed = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._router = TopicRouter(config.subscriptions)
+        self._compiled = {id(m): _Compiled(m) for m in config.subscriptions}
+        self._points: list[ProcessPoint] = []
+        self._flush_scheduled = False
+        self._tools_up: set[str] = set()
+        self._retained: dict[str, bytes] = {}  # tool id -> last state payload
+        self._malformed_logged: dict[str, tuple[float, int]] = {}  # topic -> (when, suppressed)
+        labels = (self.broker_id, PROTOCOL)
+        self._m_received = metrics.MESSAGES_RECEIVED.labels(*labels)
+        self._m_malformed = metrics.MALFORMED.labels(*labels)
+        self._m_connected = metrics.CONNECTED.labels(*labels)
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> MqttSessionState:
+        return self._state
+
+    def _set_state(self, state: MqttSessionState) -> None:
+        self._state = state
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+
+    async def wait_state(self, state: MqttSessionState, timeout_s: float = 10.0) -> None:
+        """Wait until the session is in `state` (TimeoutError after timeout_s)."""
+        async with asyncio.timeout(timeout_s):
+            while self._state is not state:
+                await self._state_changed.wait()
+
+    # -- supervisor -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Supervise the broker forever: connect, subscribe, ingest, reconnect (until cancelled)."""
+        cfg = self.config
+        cfg.validate()
+        attempt = 0
+        warned = False  # one WARNING per outage, one INFO when back
+        try:
+            while True:
+                self._set_state(MqttSessionState.CONNECTING)
+                client = build_client(cfg)
+                try:
+                    async with client:
+                        for sub in cfg.subscriptions:
+                            await client.subscribe(sub.filter(), qos=sub.qos)
+                        self._client = client
+                        if self.connects:
+                            metrics.RECONNECTS.labels(self.broker_id, PROTOCOL).inc()
+                        self.connects += 1
+                        attempt = 0
+                        self._m_connected.set(1)
+                        if warned or self.connects == 1:
+                            log.info("broker %s: MQTT session up at %s:%d (client id %s)",
+                                     self.broker_id, cfg.host, cfg.port, cfg.client_id)
+                        warned = False
+                        await self._republish(client)
+                        self._set_state(MqttSessionState.CONNECTED)
+                        await self._ingest_loop(client)
+                except aiomqtt.MqttError as exc:
+                    lost = self._client is not None
+                    self._client = None
+                    self._m_connected.set(0)
+                    self._set_state(MqttSessionState.NOT_CONNECTED)
+                    if lost:
+                        log.warning("broker %s: MQTT connection lost (%s); reconnecting",
+                                    self.broker_id, exc)
+                        await self._tools_down(str(exc))
+                    else:
+                        self.failed_attempts += 1
+                        if not warned:
+                            log.warning("broker %s: cannot connect to %s:%d (%s); retrying",
+                                        self.broker_id, cfg.host, cfg.port, exc)
+                    warned = True
+                    await asyncio.sleep(backoff_s(attempt, cfg.reconnect_min_s,
+                                                  cfg.reconnect_max_s, self._rng))
+                    attempt += 1
+        finally:
+            self._client = None
+            self._m_connected.set(0)
+            self._set_state(MqttSessionState.NOT_CONNECTED)
+
+    async def _ingest_loop(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            events = self.handle(message.topic.value, message.payload)
+            if events:
+                await self.sink.submit(events)
+
+    async def _tools_down(self, reason: str) -> None:
+        now = self._clock()
+        events: list[DomainEvent] = [
+            ToolDisconnected(tool_id=t, ts=now, protocol=PROTOCOL, reason=reason)
+            for t in sorted(self._tools_up)]
+        self._tools_up.clear()
+        if events:
+            await self.sink.submit(events)
+
+    # -- messages -> points and events ----------------------------------------------------
+
+    def handle(self, topic: str, payload: Any) -> list[DomainEvent]:
+        """Map one message; queue its SPC points and return its domain events (maybe none)."""
+        self.received_total += 1
+        self._m_received.inc()
+        route = self._router.route(topic)
+        if route is None:
+            return []  # a broader filter than the mappings (e.g. '#'): not ours
+        try:
+            return self._map(route, payload)
+        except MalformedPayload as exc:
+            self._malformed(topic, str(exc))
+            return []
+
+    def _map(self, route: Route, payload: Any) -> list[DomainEvent]:
+        c = self._compiled[id(route.mapping)]
+        try:
+            doc = _decode_json(payload)
+        except msgspec.DecodeError:
+            raise MalformedPayload(f"not JSON: {payload[:40]!r}") from None
+        tool_id = route.tool_id
+        if c.tool:
+            tool_id = str(_get(doc, c.tool) or tool_id)
+        if not tool_id:
+            raise MalformedPayload("no tool id in topic or payload")
+        now = self._clock()
+        points = self._points
+        n0 = len(points)
+        try:
+            state = self._values(c, route, doc, tool_id, now)
+        except MalformedPayload:
+            del points[n0:]  # all of a message or nothing
+            raise
+        events: list[DomainEvent] = []
+        if tool_id not in self._tools_up:
+            self._tools_up.add(tool_id)
+            events.append(ToolConnected(tool_id=tool_id, ts=now, protocol=PROTOCOL,
+                                        peer=f"{self.config.host}:{self.config.port}"))
+        if state is not None and self.e10_states.get(tool_id) is not state:
+            self.e10_states[tool_id] = state
+            events.append(E10StateChanged(tool_id=tool_id, ts=now, state=state))
+        if len(points) > n0 and not self._flush_scheduled:
+            # One sink.points() call per loop iteration, not per message.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_points)
+        return events
+
+    def _values(self, c: _Compiled, route: Route, doc: Any, tool_id: str, now: float
+                ) -> E10State | None:
+        """Append the message's points; return its tool state (None when it has none)."""
+        ts = now
+        if c.ts:
+            raw_ts = _get(doc, c.ts)
+            if raw_ts is not None:
+                ts = _number(raw_ts, "ts field")
+        lot = ""
+        if c.lot:
+            lot = str(_get(doc, c.lot) or "")
+        elif self.current_lot is not None:
+            lot = self.current_lot(tool_id)
+        chamber = str(_get(doc, c.chamber) or "") if c.chamber else ""
+        points = self._points
+        n0 = len(points)
+        if route.parameter:
+            value = doc.get("value") if isinstance(doc, dict) else doc
+            points.append(ProcessPoint(tool_id, route.parameter, _number(value, "value"), ts,
+                                       lot, chamber))
+        elif not isinstance(doc, dict):
+            raise MalformedPayload(f"expected a JSON object, got {type(doc).__name__}")
+        elif c.values:
+            for path, name in c.values:
+                value = _get(doc, path)
+                if value is not None:
+                    points.append(ProcessPoint(tool_id, name, _number(value, name), ts, lot,
+                                               chamber))
+        else:
+            for name, value in doc.items():
+                if name not in c.special and not isinstance(value, bool) and \
+                        isinstance(value, int | float):
+                    points.append(ProcessPoint(tool_id, name, float(value), ts, lot, chamber))
+        state = None
+        if c.state:
+            raw = _get(doc, c.state)
+            if raw is not None:
+                state = self._e10(c, raw)
+        if state is None and len(points) == n0:
+            raise MalformedPayload("no configured value or state in the payload")
+        return state
+
+    @staticmethod
+    def _e10(c: _Compiled, raw: Any) -> E10State:
+        key = str(raw)
+        try:
+            return c.state_values[key] if c.state_values else E10State(key.lower())
+        except (KeyError, ValueError):
+            raise MalformedPayload(f"unknown tool state {key!r:.40}") from None
+
+    def _flush_points(self) -> None:
+        self._flush_scheduled = False
+        points, self._points = self._points, []
+        if points:
+            self.sink.points(points)
+
+    def _malformed(self, topic: str, why: str) -> None:
+        self.malformed_total += 1
+        self._m_malformed.inc()
+        now = time.monotonic()
+        last, suppressed = self._malformed_logged.get(topic, (None, 0))
+        if last is not None and now - last < self.config.malformed_log_interval_s:
+            self._malformed_logged[topic] = (last, suppressed + 1)
+            return
+        if len(self._malformed_logged) > 10_000:
+            self._malformed_logged.clear()
+        self._malformed_logged[topic] = (now, 0)
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        log.warning("broker %s: malformed message on %s rejected: %s%s", self.broker_id, topic,
+                    why, more)
+
+    # -- retained tool state for dashboards -----------------------------------------------
+
+    async def publish_tool_state(self, tool_id: str, state: Mapping[str, Any] | msgspec.Struct
+                                 ) -> bool:
+        """Publish a tool's state as a retained message; False when not connected (kept for later)."""
+        if not self.config.state_topic:
+            raise MqttAdapterError(f"broker {self.broker_id}: state_topic not configured")
+        payload = _encode_json(state)
+        self._retained[tool_id] = payload
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(self.config.state_topic.format(tool_id=tool_id), payload,
+                                 qos=self.config.state_qos, retain=True)
+        except aiomqtt.MqttError as exc:
+            log.info("broker %s: tool %s state not published (%s); will retry on reconnect",
+                     self.broker_id, tool_id, exc)
+            return False
+        metrics.MESSAGES_SENT.labels(self.broker_id, PROTOCOL).inc()
+        return True
+
+    async def _republish(self, client: aiomqtt.Client) -> None:
+        # A broker without persistence forgets retained messages on restart: publish them again.
+        for tool_id, payload in list(self._retained.items()):
+            await client.publish(self.config.state_topic.format(tool_id=tool_id), payload,
+                                 qos=self.config.state_qos, retain=True)

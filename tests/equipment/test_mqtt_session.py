@@ -1,0 +1,239 @@
+"""MQTT adapter against a real mosquitto: points, state, malformed payloads, restarts, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+
+import aiomqtt
+import pytest
+
+from equipment import metrics
+from equipment.events import (
+    E10State,
+    E10StateChanged,
+    RecordingSink,
+    ToolConnected,
+    ToolDisconnected,
+)
+from equipment.mqtt.config import MqttBrokerConfig, TopicMapping
+from equipment.mqtt.errors import MqttConfigError
+from equipment.mqtt.session import MqttSession, MqttSessionState
+from tests.support import MosquittoServer, eventually, new_workdir
+
+SENSORS = TopicMapping(
+    topic="fab/sensors/{tool_id}/data",
+    values={"temp": "chamber_temp_c", "p.mtorr": "pressure_mtorr"},
+    lot_field="lot", ts_field="ts", state_field="state",
+    state_values={"RUN": E10State.PRODUCTIVE, "IDLE": E10State.STANDBY,
+                  "DOWN": E10State.UNSCHEDULED_DOWN},
+)
+PV = TopicMapping(topic="fab/{tool_id}/pv/{parameter}", qos=1)
+
+
+class _RootSafeMosquitto(MosquittoServer):
+    # Started as root, mosquitto drops to user `mosquitto`, which cannot read the 0600
+    # password file in the 0700 work dir; stay root (to move into tests/support.py).
+    def argv(self) -> list[str]:
+        args = super().argv()
+        if os.geteuid() == 0:
+            conf = self.workdir / "mosquitto.conf"
+            conf.write_text(conf.read_text() + "user root\n")
+        return args
+
+
+@pytest.fixture
+def mosquitto_with_password() -> Iterator[MosquittoServer]:
+    """A private mosquitto that requires user `fab` with password `wafer`."""
+    workdir = new_workdir("mqtt-pw")
+    server = _RootSafeMosquitto(workdir, username="fab", password="wafer")
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def broker(server: MosquittoServer, **kw) -> MqttBrokerConfig:
+    base = {"broker_id": "plant", "port": server.port, "client_id": "fabd-test",
+            "subscriptions": [SENSORS, PV], "reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
+    base.update(kw)
+    return MqttBrokerConfig(**base)
+
+
+class Sessions:
+    """Sessions running as named tasks for the length of a test."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task] = []
+
+    def start(self, session: MqttSession) -> MqttSession:
+        self.tasks.append(asyncio.create_task(session.run(), name=f"mqtt[{session.broker_id}]"))
+        return session
+
+    async def stop(self, session: MqttSession | None = None) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+
+
+@pytest.fixture
+async def sessions() -> AsyncIterator[Sessions]:
+    s = Sessions()
+    yield s
+    await s.stop()
+
+
+async def publish(server: MosquittoServer, items: list[tuple[str, bytes | str]], *,
+                  username: str | None = None, password: str | None = None,
+                  retain: bool = False) -> None:
+    async with aiomqtt.Client("127.0.0.1", server.port, username=username,
+                              password=password) as client:
+        for topic, payload in items:
+            await client.publish(topic, payload, qos=1, retain=retain)
+
+
+async def test_json_payloads_become_spc_points_and_tool_state(mosquitto_server, sessions) -> None:
+    sink = RecordingSink()
+    session = sessions.start(MqttSession(broker(mosquitto_server, client_id="fabd-json"), sink))
+    await session.wait_state(MqttSessionState.CONNECTED)
+    await publish(mosquitto_server, [
+        ("fab/sensors/CVD01/data", b'{"temp": 451.5, "p": {"mtorr": 12}, "lot": "L100", '
+                                   b'"ts": 1700000000.5, "state": "RUN"}'),
+        ("fab/sensors/CVD01/data", b'{"temp": 452.0, "lot": "L100", "ts": 1700000001, '
+                                   b'"state": "RUN"}'),
+        ("fab/sensors/CVD02/data", b'{"temp": 300, "state": "DOWN", "ts": 1700000002}'),
+    ])
+    await eventually(lambda: len(sink.point_list) == 4, what="four points")
+    assert [(p.tool_id, p.parameter, p.value, p.lot_id, p.ts) for p in sink.point_list] == [
+        ("CVD01", "chamber_temp_c", 451.5, "L100", 1700000000.5),
+        ("CVD01", "pressure_mtorr", 12.0, "L100", 1700000000.5),
+        ("CVD01", "chamber_temp_c", 452.0, "L100", 1700000001.0),
+        ("CVD02", "chamber_temp_c", 300.0, "", 1700000002.0),
+    ]
+    # State changes only (RUN twice is one event); one ToolConnected per tool.
+    assert [(e.tool_id, e.state) for e in sink.of(E10StateChanged)] == [
+        ("CVD01", E10State.PRODUCTIVE), ("CVD02", E10State.UNSCHEDULED_DOWN)]
+    assert [e.tool_id for e in sink.of(ToolConnected)] == ["CVD01", "CVD02"]
+
+
+async def test_parameter_from_topic_and_the_daemons_current_lot(mosquitto_server,
+                                                                 sessions) -> None:
+    sink = RecordingSink()
+    lots = {"PVD07": "LOT-42"}
+    session = sessions.start(MqttSession(broker(mosquitto_server, client_id="fabd-pv"), sink,
+                                         current_lot=lambda tool: lots.get(tool, "")))
+    await session.wait_state(MqttSessionState.CONNECTED)
+    await publish(mosquitto_server, [("fab/PVD07/pv/target_voltage_v", b"401.25"),
+                                     ("fab/PVD07/pv/argon_flow_sccm", b'{"value": 18}')])
+    await eventually(lambda: len(sink.point_list) == 2, what="two points")
+    assert [(p.tool_id, p.parameter, p.value, p.lot_id) for p in sink.point_list] == [
+        ("PVD07", "target_voltage_v", 401.25, "LOT-42"),
+        ("PVD07", "argon_flow_sccm", 18.0, "LOT-42")]
+
+
+async def test_malformed_payloads_are_rejected_counted_and_logged_once_per_topic(
+        mosquitto_server, sessions, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="equipment.mqtt.session")
+    sink = RecordingSink()
+    session = sessions.start(MqttSession(broker(mosquitto_server, client_id="fabd-bad"), sink))
+    await session.wait_state(MqttSessionState.CONNECTED)
+    before = metrics.MALFORMED.labels("plant", "mqtt")._value.get()
+    await publish(mosquitto_server, [
+        ("fab/sensors/CVD01/data", b"not json at all"),
+        ("fab/sensors/CVD01/data", b'{"temp": "hot"}'),
+        ("fab/sensors/CVD01/data", b"[1, 2, 3]"),
+        ("fab/sensors/CVD01/data", b'{"state": "EXPLODED"}'),
+        ("fab/sensors/CVD01/data", b""),
+        ("fab/CVD01/pv/rf_power_w", b'"twelve"'),
+        ("fab/CVD01/pv/rf_power_w", b"{}"),
+        ("fab/sensors/CVD01/data", b'{"temp": 400.0}'),  # a good one after all that
+    ])
+    await eventually(lambda: sink.point_list, what="the good message")
+    assert [(p.parameter, p.value) for p in sink.point_list] == [("chamber_temp_c", 400.0)]
+    assert session.malformed_total == 7
+    assert metrics.MALFORMED.labels("plant", "mqtt")._value.get() == before + 7
+    warnings = [r.getMessage() for r in caplog.records if r.name == "equipment.mqtt.session"]
+    assert len(warnings) == 2  # one per topic per interval
+    assert "fab/sensors/CVD01/data" in warnings[0] and "plant" in warnings[0]
+    assert session.state is MqttSessionState.CONNECTED
+
+
+async def test_password_broker_with_password_from_file(mosquitto_with_password, sessions,
+                                                       tmp_path) -> None:
+    (tmp_path / "pw").write_text("wafer\n")
+    sink = RecordingSink()
+    session = sessions.start(MqttSession(broker(
+        mosquitto_with_password, username="fab", password_file=str(tmp_path / "pw")), sink))
+    await session.wait_state(MqttSessionState.CONNECTED)
+    await publish(mosquitto_with_password, [("fab/ETCH01/pv/bias_v", b"88")],
+                  username="fab", password="wafer")
+    await eventually(lambda: sink.point_list, what="point through an authenticated broker")
+    assert sink.point_list[0].value == 88.0
+
+
+async def test_wrong_password_keeps_retrying_with_one_warning(mosquitto_with_password, sessions,
+                                                              caplog, monkeypatch) -> None:
+    caplog.set_level(logging.INFO, logger="equipment.mqtt.session")
+    monkeypatch.setenv("FABD_TEST_MQTT_PW", "not-the-password")
+    session = sessions.start(MqttSession(broker(
+        mosquitto_with_password, username="fab", password_env="FABD_TEST_MQTT_PW"),
+        RecordingSink()))
+    await eventually(lambda: session.failed_attempts >= 3, what="three refused attempts")
+    assert session.connects == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "equipment.mqtt.session"]
+    assert len(lines) == 1 and "not-the-password" not in lines[0]
+
+
+async def test_broker_restart_is_survived_and_retained_state_republished(own_mosquitto,
+                                                                          sessions) -> None:
+    sink = RecordingSink()
+    session = sessions.start(MqttSession(broker(own_mosquitto, client_id="fabd-restart",
+                                                state_topic="fab/state/{tool_id}",
+                                                keepalive_s=5), sink))
+    await session.wait_state(MqttSessionState.CONNECTED)
+    await publish(own_mosquitto, [("fab/LITHO3/pv/dose_mj", b"25.5")])
+    await eventually(lambda: sink.point_list, what="point before restart")
+    assert await session.publish_tool_state("LITHO3", {"e10": "productive", "lot": "L9"})
+
+    await asyncio.to_thread(own_mosquitto.restart)  # persistence off: sessions and retained lost
+    await eventually(lambda: session.connects == 2 and
+                     session.state is MqttSessionState.CONNECTED, what="reconnected")
+    assert [e.tool_id for e in sink.of(ToolDisconnected)] == ["LITHO3"]
+    await publish(own_mosquitto, [("fab/LITHO3/pv/dose_mj", b"26.0")])
+    await eventually(lambda: len(sink.point_list) == 2, what="point after restart (resubscribed)")
+
+    async with aiomqtt.Client("127.0.0.1", own_mosquitto.port) as dashboard:
+        await dashboard.subscribe("fab/state/#", qos=1)
+        async with asyncio.timeout(10):
+            message = await anext(aiter(dashboard.messages))
+    assert message.retain and message.topic.value == "fab/state/LITHO3"
+    assert message.payload == b'{"e10":"productive","lot":"L9"}'
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_qos1_data_sent_while_away_arrives_after_restart_of_fabd(mosquitto_server, sessions,
+                                                                        protocol) -> None:
+    config = broker(mosquitto_server, client_id=f"fabd-persist-{protocol}", protocol=protocol)
+    first = sessions.start(MqttSession(config, RecordingSink()))
+    await first.wait_state(MqttSessionState.CONNECTED)
+    await sessions.stop()  # fabd goes away; the broker keeps its session and subscriptions
+
+    await publish(mosquitto_server, [("fab/IMP01/pv/beam_ma", str(i).encode()) for i in range(5)])
+    sink = RecordingSink()
+    second = sessions.start(MqttSession(config, sink))
+    await second.wait_state(MqttSessionState.CONNECTED)
+    await eventually(lambda: len(sink.point_list) == 5, what="backlog delivered")
+    assert [p.value for p in sink.point_list] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_bad_topic_mappings_fail_with_their_key() -> None:
+    with pytest.raises(MqttConfigError, match=r"subscriptions\[0\]\.topic"):
+        MqttBrokerConfig(subscriptions=[TopicMapping(topic="fab/x{tool_id}/d")]).validate()
+    with pytest.raises(MqttConfigError, match=r"name the tool"):
+        MqttBrokerConfig(subscriptions=[TopicMapping(topic="fab/+/d")]).validate()
+    with pytest.raises(MqttConfigError, match="state_topic"):
+        MqttBrokerConfig(state_topic="fab/state").validate()
