@@ -207,17 +207,39 @@ def load_policy(source: str | Path | dict[str, Any] | Policy) -> Policy:
             data = data.get("dispatch", data)
         else:
             data = source
-        try:
-            policy = msgspec.convert(data, Policy)
-        except msgspec.ValidationError as exc:
-            msg = str(exc)
-            m = _LOC.search(msg)
-            path = m.group(1).lstrip(".").replace("[", ".").replace("]", "") if m else ""
-            raise PolicyError([(path, _LOC.sub("", msg).strip())], where) from None
+        policy = _convert(data, where)
     problems = _validate(policy)
     if problems:
         raise PolicyError(problems, where)
     return policy
+
+
+def _convert(data: Any, where: str) -> Policy:
+    """Convert a dict to a Policy; a type error names its key path (group names included)."""
+    problems: list[tuple[str, str]] = []
+
+    def convert(obj: Any, typ: type, prefix: str) -> Any:
+        try:
+            return msgspec.convert(obj, typ)
+        except msgspec.ValidationError as exc:
+            msg = str(exc)
+            m = _LOC.search(msg)
+            path = m.group(1).lstrip(".").replace("[", ".").replace("]", "") if m else ""
+            problems.append((f"{prefix}{path}".rstrip("."), _LOC.sub("", msg).strip()))
+            return None
+
+    groups_in = data.get("groups", {}) if isinstance(data, dict) else {}
+    groups: dict[str, GroupPolicy] = {}
+    if isinstance(groups_in, dict):
+        for name, g in groups_in.items():
+            gp = convert(g, GroupPolicy, f"groups.{name}.")
+            if gp is not None:
+                groups[str(name)] = gp
+        data = {k: v for k, v in data.items() if k != "groups"}
+    policy = convert(data, Policy, "")
+    if problems:
+        raise PolicyError(problems, where)
+    return msgspec.structs.replace(policy, groups=groups)
 
 
 def _validate(policy: Policy) -> list[tuple[str, str]]:

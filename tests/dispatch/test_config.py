@@ -1,0 +1,78 @@
+"""Dispatch policy config: validation with key paths, per-group overrides, reload keeps the old policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatch.config import compile_policy, load_policy
+from dispatch.errors import PolicyError
+from dispatch.scorer import Dispatcher
+from tests.dispatch.fabs import line
+
+
+def problems(source) -> list[tuple[str, str]]:
+    with pytest.raises(PolicyError) as exc:
+        load_policy(source)
+    return exc.value.problems
+
+
+def test_errors_name_the_key_path():
+    assert problems({"preset": "lifo"})[0][0] == "preset"
+    assert problems({"rules": {"cr": {"level": 12}}})[0][0] == "rules.cr.level"
+    assert problems({"groups": {"Litho": {"batch_fill": 1.5}}})[0][0] == "groups.Litho.batch_fill"
+    assert problems({"groups": {"Litho": {"lookahead_min": "soon"}}})[0][0] == "groups.Litho.lookahead_min"
+    assert problems({"rules": {"hotness": {"level": 0}}})[0][0] == "rules"
+    assert problems({"max_list": 0})[0][0] == "max_list"
+    many = problems({"qt_gate_factor": 0.0, "rules": {"fifo": {"weight": float("nan")}}})
+    assert {p for p, _ in many} == {"qt_gate_factor", "rules.fifo.weight"}
+
+
+def test_toml_file_with_group_overrides(tmp_path):
+    path = tmp_path / "fabd.toml"
+    path.write_text("""
+[dispatch]
+preset = "fabd"
+max_list = 4
+[dispatch.rules]
+setup = { level = 1, weight = 3.0 }
+[dispatch.groups.N1]
+preset = "cr"
+lookahead_min = 15.0
+""")
+    policy = load_policy(path)
+    m = line()
+    pa = compile_policy(policy, m)
+    g, n1 = m.group_index["G"], m.group_index["N1"]
+    assert pa.level[g, 4] == 1 and pa.weight[g, 4] == 3.0       # fab-wide override
+    assert pa.level[n1, 4] == 2 and pa.level[n1, 5] == 4        # cr preset: setup L2, cr L4
+    assert pa.lookahead_min[n1] == 15.0 and pa.lookahead_min[g] == 5.0
+
+
+def test_bad_toml_reports_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[dispatch\n")
+    with pytest.raises(PolicyError, match=r"bad\.toml"):
+        load_policy(path)
+
+
+def test_unknown_tool_group_is_an_error_at_compile():
+    with pytest.raises(PolicyError) as exc:
+        compile_policy(load_policy({"groups": {"Nope": {}}}), line())
+    assert exc.value.problems[0][0] == "groups.Nope"
+
+
+def test_reload_keeps_the_old_policy_when_the_new_one_is_invalid():
+    m = line()
+    m.add_lot("old", "PA", arrival_min=-60.0, due_min=90000.0)
+    m.add_lot("urgent", "PA", arrival_min=0.0, due_min=100.0)
+    d = Dispatcher(m)
+    assert d.reload({"preset": "fifo"}) == []
+    d.score(0.0)
+    assert d.top("G1") == "old"
+    assert d.reload({"preset": "cr", "groups": {"Nope": {}}})[0][0] == "groups.Nope"
+    assert d.reload({"preset": "cr", "max_list": -1})[0][0] == "max_list"
+    d.score(0.0)
+    assert d.policy.preset == "fifo" and d.top("G1") == "old"
+    assert d.reload({"preset": "cr"}) == []
+    d.score(0.0)
+    assert d.top("G1") == "urgent"

@@ -1,0 +1,171 @@
+"""Each dispatch rule moves lots in a tool's list the way its definition says."""
+
+from __future__ import annotations
+
+from dispatch.config import Policy, load_policy
+from dispatch.scorer import Dispatcher
+from equipment.events import E10State
+from tests.dispatch.fabs import line, only, rank
+
+
+def test_fifo_is_the_tie_break_then_due_date_then_lot_order():
+    m = line()
+    m.add_lot("late", "PA", arrival_min=-10.0, due_min=5000.0)
+    m.add_lot("early", "PA", arrival_min=-60.0, due_min=5000.0)
+    m.add_lot("same-arrival-due-sooner", "PA", arrival_min=-10.0, due_min=4000.0)
+    m.add_lot("same-as-late", "PA", arrival_min=-10.0, due_min=5000.0)
+    assert rank(m, only()) == ["early", "same-arrival-due-sooner", "late", "same-as-late"]
+
+
+def test_hot_lots_first():
+    m = line()
+    m.add_lot("normal", "PA", arrival_min=-120.0, due_min=9000.0)
+    m.add_lot("hot", "PA", hot=1, priority=20, arrival_min=0.0, due_min=9000.0)
+    m.add_lot("super", "PA", hot=2, priority=30, arrival_min=0.0, due_min=9000.0)
+    assert rank(m, only(hot=0, fifo=1)) == ["super", "hot", "normal"]
+    assert rank(m, only(fifo=0)) == ["normal", "hot", "super"]
+    assert rank(m, {"preset": "fabd"})[:2] == ["super", "hot"]
+
+
+def test_priority_level_of_the_fifo_preset():
+    m = line()
+    m.add_lot("p10", "PA", priority=10, arrival_min=-60.0)
+    m.add_lot("p20", "PA", priority=20, arrival_min=0.0)
+    assert rank(m, {"preset": "fifo"}) == ["p20", "p10"]
+
+
+def test_queue_time_urgency_grows_as_the_deadline_nears():
+    m = line()
+    m.add_lot("free", "PA", step=3, arrival_min=-300.0)
+    far = m.add_lot("far", "PA", step=3, arrival_min=0.0)
+    near = m.add_lot("near", "PA", step=3, arrival_min=0.0)
+    for i, left in ((far, 200.0), (near, 10.0)):
+        m._lots["lot_qt_step"][i] = m.lot_step[i]
+        m._lots["lot_qt_deadline_min"][i] = left
+    # graded urgency (fabd): nearer deadline first, then the one further away
+    assert rank(m, {"preset": "fabd", "rules": {"cr": {"level": -1}}}) == ["near", "far", "free"]
+    # PySCFabSim (binary): both windowed lots first, among them FIFO (then due, index)
+    assert rank(m, {"preset": "fifo"})[2] == "free"
+    assert rank(m, only(fifo=0)) == ["free", "far", "near"]
+
+
+def test_queue_time_gate_holds_back_a_lot_whose_downstream_group_is_saturated():
+    m = line(qt_min=60.0)
+    m.add_lot("a", "PA")
+    # downstream N1 idle: the lot may start
+    assert rank(m, {"preset": "fabd"}) == ["a"]
+    # N1's only tool down: the 60 min window cannot be met, never start it
+    m.set_tool_state("N1a", E10State.UNSCHEDULED_DOWN)
+    d = Dispatcher(m, Policy(preset="fabd"))
+    d.score(0.0)
+    assert d.explain("G1") == []
+    assert d.blocked() == {"a": "downstream_qt_at_risk"}
+    # N1 up but 3 h of work queued in front of it: still saturated
+    m.set_tool_state("N1a", E10State.STANDBY)
+    for k in range(3):
+        m.add_lot(f"q{k}", "PA", step=2)
+    assert rank(m, {"preset": "fabd"}) == []
+    # the gate is a policy choice: off, the lot is offered
+    assert rank(m, {"preset": "fabd", "qt_gate": False}) == ["a"]
+
+
+def test_critical_ratio_and_slack_prefer_the_lot_closest_to_its_due_date():
+    m = line()
+    m.add_lot("relaxed", "PA", arrival_min=-60.0, due_min=20000.0)
+    m.add_lot("urgent", "PA", arrival_min=0.0, due_min=500.0)
+    assert rank(m, {"preset": "cr"}) == ["urgent", "relaxed"]
+    assert rank(m, only(slack=0)) == ["urgent", "relaxed"]
+    assert rank(m, {"preset": "fifo"}) == ["relaxed", "urgent"]
+
+
+def test_setup_avoidance_prefers_lots_matching_the_tool_setup():
+    m = line(setups=True)
+    m.set_tool_setup("G1", "SB")
+    m._tools["tool_setup_runs"][m.tool("G1")] = 5
+    m.add_lot("needs-A", "PA", arrival_min=-60.0)
+    m.add_lot("needs-B", "PB", arrival_min=0.0)
+    assert rank(m, {"preset": "fifo"}) == ["needs-B", "needs-A"]
+    assert rank(m, only(fifo=0)) == ["needs-A", "needs-B"]
+    d = Dispatcher(m, Policy(preset="fifo"))
+    d.score(0.0)
+    rows = {c.lot_id: c for c in d.explain("G1")}
+    assert rows["needs-A"].features["setup"] == -0.5   # 30 min SB -> SA
+    assert rows["needs-B"].features["setup"] == 0.0
+
+
+def test_minimum_run_keeps_a_setup_until_its_run_is_done():
+    m = line(setups=True)
+    m.set_tool_setup("G1", "SA")
+    m.add_lot("needs-B", "PB", arrival_min=-60.0)
+    m.add_lot("needs-A", "PA", arrival_min=0.0)
+    m._tools["tool_setup_runs"][m.tool("G1")] = 1        # 1 of 3 lots run on SA
+    assert rank(m, only(minrun=0, fifo=1)) == ["needs-A", "needs-B"]
+    m._tools["tool_setup_runs"][m.tool("G1")] = 3        # minimum run done
+    assert rank(m, only(minrun=0, fifo=1)) == ["needs-B", "needs-A"]
+
+
+def test_batch_forming_waits_for_the_minimum_and_for_a_fuller_batch():
+    m = line(batch=True)
+    m.add_lot("a1", "PA", arrival_min=0.0)
+    # 25 wafers < batch minimum 50: nobody may start it
+    assert rank(m, {"preset": "fifo"}) == []
+    m.add_lot("a2", "PA", arrival_min=0.0)
+    # 50 wafers: PySCFabSim-like presets go at the minimum
+    assert rank(m, {"preset": "fifo"}) == ["a1", "a2"]
+    # fabd waits for a full batch (100 wafers) up to batch_max_wait_min (60) ...
+    assert rank(m, {"preset": "fabd"}, now=30.0) == []
+    # ... then goes with what it has
+    assert rank(m, {"preset": "fabd"}, now=61.0) == ["a1", "a2"]
+    # a fuller batch of another recipe ranks first
+    for k in range(4):
+        m.add_lot(f"b{k}", "PB", arrival_min=10.0)
+    assert rank(m, {"preset": "fabd"}, now=61.0)[:4] == ["b0", "b1", "b2", "b3"]
+    assert rank(m, only(fifo=0), now=61.0)[:2] == ["a1", "a2"]
+
+
+def test_line_balance_feeds_the_starving_group_and_holds_back_the_overloaded_one():
+    m = line()
+    m.add_lot("to-N2", "PB", arrival_min=-60.0)
+    m.add_lot("to-N1", "PA", arrival_min=0.0)
+    for k in range(6):       # 6 h of work queued at N2
+        m.add_lot(f"n2-{k}", "PB", step=2)
+    assert rank(m, only(balance=0, fifo=1)) == ["to-N1", "to-N2"]
+    assert rank(m, only(fifo=0)) == ["to-N2", "to-N1"]
+    d = Dispatcher(m, Policy(preset="fabd"))
+    d.score(0.0)
+    rows = {c.lot_id: c for c in d.explain("G1")}
+    assert rows["to-N1"].features["balance"] == 1.0
+    assert rows["to-N2"].features["balance"] == -0.5   # 360 min queued vs 240 target
+
+
+def test_only_qualified_available_tools_get_lots_not_on_hold():
+    m = line()
+    m.add_lot("ok", "PA")
+    m.add_lot("held", "PA", hold=True)
+    m.add_lot("b", "PB")
+    m.qualify("G2", ["B-1"], qualified=False)
+    assert rank(m, only(), tool="G1") == ["ok", "b"]
+    assert rank(m, only(), tool="G2") == ["ok"]
+    m.set_inhibit("G1", True)
+    assert rank(m, only(), tool="G1") == []
+    m.set_inhibit("G1", False)
+    m.set_tool_state("G1", E10State.SCHEDULED_DOWN)
+    assert rank(m, only(), tool="G1") == []
+    m.set_tool_state("G1", E10State.PRODUCTIVE)
+    m._tools["tool_busy_until_min"][m.tool("G1")] = 30.0   # busy beyond the lookahead
+    assert rank(m, {"preset": "fabd"}, tool="G1") == []
+    m._tools["tool_busy_until_min"][m.tool("G1")] = 3.0    # about to be idle (lookahead 5)
+    assert rank(m, {"preset": "fabd"}, tool="G1") == ["ok", "b"]
+
+
+def test_explain_shows_weights_levels_and_contributions():
+    m = line()
+    m.add_lot("x", "PA", hot=1, priority=20, due_min=600.0, arrival_min=-90.0)
+    d = Dispatcher(m, load_policy({"preset": "fabd", "rules": {"fifo": {"level": 3, "weight": 2.0}}}))
+    d.score(0.0)
+    (row,) = d.explain("G1")
+    assert row.rank == 1 and row.step == "A:1" and row.recipe == "A-1"
+    assert row.features["fifo"] == 1.5 and row.contributions["fifo"] == 3.0
+    assert row.levels["hot"] == 0 and row.keys[0] == 1.0
+    assert row.levels["slack"] == -1 and row.contributions["slack"] == 0.0
+    assert d.top("G1") == "x"
