@@ -422,6 +422,7 @@ class SpcEngine:
                 d = 0.0
             if ch.limits is None:
                 collected += 1
+                self._ist[cid, kn.S_SEQ] += 1  # phase-I points keep their place in the numbering
                 ch.phase_means.append(x)
                 ch.phase_disps.append(d)
                 if len(ch.phase_means) >= ch.spec.phase_i_points:

@@ -1,0 +1,269 @@
+"""The engine the daemon runs: ticks, resets, limit versions, phase I, subgroups, reactions."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+import numpy as np
+import pytest
+
+import spc
+from spc import constants as K
+from spc.config import ChartOverride, ChartSpec, ChartType, Reaction, RuleParams, SpcConfig
+from spc.engine import SpcEngine
+from spc.errors import SpcConfigError, UnknownChartError
+
+KNOWN = ChartSpec(center=0.0, sigma=1.0)
+
+
+def _tests(result) -> list[tuple[int, int]]:
+    return sorted((v.test, v.seq) for v in result.violations)
+
+
+def test_a_run_spanning_two_ticks_fires_with_points_from_both():
+    eng = SpcEngine()
+    cid = eng.register("ETCH01/PM1/rf", spec=KNOWN, tool_id="ETCH01", chamber="PM1")
+    for i in range(5):
+        eng.add(cid, 0.5, float(i), lot_id="LOT1")
+    assert eng.evaluate().violations == []
+    for i in range(5, 9):
+        eng.add(cid, 0.5, float(i), lot_id="LOT2")
+    (v,) = eng.evaluate().violations
+    assert (v.test, v.seq, v.first_seq) == (2, 8, 0)
+    assert v.lot_ids == ("LOT1",) * 5 + ("LOT2",) * 4
+    assert v.ts == tuple(float(i) for i in range(9))
+    assert v.chart_key == "ETCH01/PM1/rf" and v.tool_id == "ETCH01" and v.chamber == "PM1"
+    assert v.description == "9 points in a row on one side of the centre line"
+
+
+def test_a_run_spanning_many_small_ticks_fires_once_per_window():
+    eng = SpcEngine()
+    cid = eng.register("k", spec=KNOWN)
+    seen = []
+    for i in range(12):
+        eng.add(cid, -0.5, float(i))
+        seen += _tests(eng.evaluate())
+    assert seen == [(2, 8), (2, 9), (2, 10), (2, 11)]
+
+
+def test_explicit_reset_breaks_windows_and_is_a_versioned_event():
+    eng = SpcEngine()
+    cid = eng.register("k", spec=KNOWN)
+    assert [c.version for c in eng.evaluate().limit_changes] == [1]
+    for i in range(5):
+        eng.add(cid, 0.5, float(i))
+    eng.evaluate()
+    change = eng.reset("k")
+    assert (change.version, change.reason, change.limits) == (2, "reset", eng.limits(cid))
+    for i in range(5, 13):
+        eng.add(cid, 0.5, float(i))
+    assert eng.evaluate().violations == []  # 8 after the reset: the 5 before do not count
+    eng.add(cid, 0.5, 13.0)
+    (v,) = eng.evaluate().violations
+    assert (v.test, v.seq, v.first_seq, v.limits_version) == (2, 13, 5, 2)
+
+
+def test_set_limits_returns_the_change_and_new_points_use_the_new_limits():
+    eng = SpcEngine()
+    cid = eng.register("k", spec=KNOWN)
+    eng.add(cid, 2.5, 0.0)
+    assert eng.evaluate().violations == []
+    change = eng.set_limits(cid, center=0.0, sigma=0.5)
+    assert change.version == 2 and change.reason == "set"
+    assert change.limits.ucl == pytest.approx(1.5)
+    eng.add(cid, 2.5, 1.0)
+    assert (1, 1) in _tests(eng.evaluate())
+
+
+def test_tests_5_and_6_restart_with_the_points_after_a_reset():
+    eng = SpcEngine()
+    cid = eng.register("k", spec=KNOWN)
+    eng.add(cid, 2.5, 0.0)
+    eng.evaluate()
+    eng.reset(cid)
+    eng.add(cid, 2.5, 1.0)
+    assert _tests(eng.evaluate()) == []  # the 2.5 before the reset is forgotten
+    eng.add(cid, 2.5, 2.0)
+    (v,) = [v for v in eng.evaluate().violations if v.test == 5]
+    assert (v.seq, v.first_seq, v.values) == (2, 1, (2.5, 2.5))
+
+
+def test_phase_i_estimates_limits_then_watches_the_next_points_in_the_same_tick():
+    eng = SpcEngine()
+    cid = eng.register("k", spec=ChartSpec(phase_i_points=10))
+    base = [10.0, 10.2, 9.9, 10.1, 10.0, 9.8, 10.1, 10.2, 9.9, 10.0]
+    for i, x in enumerate([*base, 13.0]):
+        eng.add(cid, x, float(i))
+    res = eng.evaluate()
+    (change,) = res.limit_changes
+    mr_bar = np.mean(np.abs(np.diff(base)))
+    assert change.reason == "phase_i" and change.version == 1
+    assert change.limits.center == pytest.approx(np.mean(base))
+    assert change.limits.sigma == pytest.approx(mr_bar / K.d2(2))
+    assert change.limits.disp_ucl == pytest.approx(K.d4_factor(2) * mr_bar)
+    assert res.points_collected == 10 and res.points_evaluated == 1
+    assert _tests(res) == [(1, 10)]  # the phase-I points themselves are not tested
+    assert {v.series for v in res.violations} == {"x"}
+
+
+def test_reset_with_reestimate_goes_back_to_phase_i():
+    eng = SpcEngine()
+    cid = eng.register("k", spec=ChartSpec(phase_i_points=3, center=0.0, sigma=1.0))
+    change = eng.reset(cid, reestimate=True)
+    assert change.limits is None and change.version == 2
+    for i, x in enumerate([5.0, 5.2, 5.1, 9.0]):
+        eng.add(cid, x, float(i))
+    res = eng.evaluate()
+    assert [c.reason for c in res.limit_changes] == ["config", "phase_i"]
+    assert eng.limits(cid).center == pytest.approx(5.1)
+    assert (1, 3) in _tests(res)
+
+
+def test_a_flat_baseline_stays_in_phase_i_and_warns_once(caplog):
+    eng = SpcEngine()
+    cid = eng.register("FLAT01/setpoint", spec=ChartSpec(phase_i_points=3))
+    with caplog.at_level(logging.WARNING, logger="spc.engine"):
+        for i in range(9):
+            eng.add(cid, 1.0, float(i))
+        res = eng.evaluate()
+    assert res.limit_changes == [] and eng.limits(cid) is None
+    assert sum("FLAT01/setpoint" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_moving_range_chart_signals_a_jump():
+    eng = SpcEngine()
+    cid = eng.register("k", spec=KNOWN)
+    for i, x in enumerate([0.0, 2.9, -2.9]):
+        eng.add(cid, x, float(i))
+    (v,) = eng.evaluate().violations
+    assert (v.series, v.test, v.seq, v.values) == ("mr", 1, 2, (2.9, -2.9))
+    assert v.statistic == pytest.approx(5.8)
+    assert v.description == "MR chart beyond its control limits"
+
+
+def test_xbar_r_chart_from_phase_i_subgroups():
+    spec = ChartSpec(chart_type=ChartType.XBAR_R, subgroup_size=5, phase_i_points=4)
+    eng = SpcEngine()
+    cid = eng.register("CMP01/thk", spec=spec)
+    groups = [[10, 11, 9, 10, 10], [10, 10.5, 9.5, 10, 10], [11, 10, 10, 9, 10],
+              [10, 10, 10.5, 9.5, 10]]
+    for g in groups:
+        for x in g:
+            eng.add(cid, x, 0.0)
+    (change,) = eng.evaluate().limit_changes
+    r_bar = np.mean([max(g) - min(g) for g in groups])
+    lim = change.limits
+    assert lim.ucl == pytest.approx(np.mean(groups) + K.a2(5) * r_bar)
+    assert lim.disp_ucl == pytest.approx(K.d4_factor(5) * r_bar)
+    for x in (10, 10, 10, 10):  # an incomplete subgroup is not a point yet
+        eng.add(cid, x, 1.0)
+    assert eng.evaluate().points_evaluated == 0
+    eng.add(cid, 20, 2.0, lot_id="LOT7")  # mean 12 beyond the UCL, range 10 beyond D4 R-bar
+    res = eng.evaluate()
+    assert sorted((v.series, v.test) for v in res.violations) == [("r", 1), ("xbar", 1)]
+    r = next(v for v in res.violations if v.series == "r")
+    assert r.statistic == pytest.approx(10.0) and r.lot_id == "LOT7"
+
+
+def test_xbar_s_chart_limits_from_known_sigma():
+    eng = SpcEngine()
+    cid = eng.register("k", spec=ChartSpec(chart_type=ChartType.XBAR_S, subgroup_size=4,
+                                           center=5.0, sigma=2.0))
+    lim = eng.limits(cid)
+    assert lim.ucl == pytest.approx(5.0 + 3 * 2.0 / 2)
+    assert lim.disp_ucl == pytest.approx(K.b6(4) * 2.0)
+
+
+def test_ewma_chart_signals_a_small_sustained_shift_individuals_miss():
+    eng = SpcEngine()
+    ew = eng.register("ew", spec=ChartSpec(chart_type=ChartType.EWMA, center=0.0, sigma=1.0,
+                                           ewma_lambda=0.2))
+    ind = eng.register("i", spec=ChartSpec(center=0.0, sigma=1.0, tests=(1,)))
+    for i in range(30):
+        eng.add(ew, 1.2, float(i))
+        eng.add(ind, 1.2, float(i))
+    res = eng.evaluate()
+    assert {v.chart_key for v in res.violations} == {"ew"}
+    assert {v.test for v in res.violations} == {1}  # EWMA runs test 1 only by default
+
+
+@pytest.mark.parametrize(("reaction", "tool", "chamber", "lot", "action"), [
+    (Reaction.HOLD_LOT, "T1", "PM1", "LOT9", Reaction.HOLD_LOT),
+    (Reaction.HOLD_LOT, "T1", "PM1", "", Reaction.NOTIFY),
+    (Reaction.INHIBIT_CHAMBER, "T1", "PM1", "", Reaction.INHIBIT_CHAMBER),
+    (Reaction.INHIBIT_CHAMBER, "T1", "", "", Reaction.INHIBIT_TOOL),
+    (Reaction.INHIBIT_TOOL, "", "", "", Reaction.NOTIFY),
+    (Reaction.NOTIFY, "T1", "PM1", "LOT9", Reaction.NOTIFY),
+])
+def test_each_violation_carries_the_action_of_its_reaction_plan(reaction, tool, chamber, lot,
+                                                                 action):
+    eng = SpcEngine()
+    spec = ChartSpec(center=0.0, sigma=1.0, reaction=reaction)
+    cid = eng.register("k", spec=spec, tool_id=tool, chamber=chamber)
+    eng.add(cid, 4.0, 0.0, lot_id=lot)
+    (v,) = eng.evaluate().violations
+    assert v.action is action and v.lot_id == lot
+
+
+def test_overrides_pick_a_spec_by_key_pattern_first_match_wins():
+    cfg = SpcConfig(default=ChartSpec(reaction=Reaction.NOTIFY), overrides=(
+        ChartOverride(pattern="ETCH*/*/rf_power", spec=ChartSpec(reaction=Reaction.INHIBIT_CHAMBER)),
+        ChartOverride(pattern="ETCH*", spec=ChartSpec(reaction=Reaction.INHIBIT_TOOL)),
+    ))
+    eng = SpcEngine(cfg)
+    assert eng.spec_of(eng.register("ETCH03/PM2/rf_power")).reaction is Reaction.INHIBIT_CHAMBER
+    assert eng.spec_of(eng.register("ETCH03/PM2/pressure")).reaction is Reaction.INHIBIT_TOOL
+    assert eng.spec_of(eng.register("CVD01/PM1/rf_power")).reaction is Reaction.NOTIFY
+
+
+def test_add_many_mixes_charts_in_any_order_and_drops_non_finite_points():
+    eng = SpcEngine()
+    a = eng.register("a", spec=KNOWN)
+    b = eng.register("b", spec=KNOWN)
+    ids = np.array([b, a] * 9 + [a])
+    vals = np.array([-0.5, 0.5] * 9 + [np.nan])
+    assert eng.add_many(ids, vals, np.arange(19.0), [f"L{i}" for i in range(19)]) == 19
+    res = eng.evaluate()
+    assert sorted((eng.key_of(v.chart_id), v.test, v.seq) for v in res.violations) == [
+        ("a", 2, 8), ("b", 2, 8)]
+    va = next(v for v in res.violations if v.chart_key == "a")
+    assert va.lot_id == "L17" and va.ts[-1] == 17.0
+    assert eng.points_dropped_total == 1 and res.points_evaluated == 18
+
+
+def test_a_full_queue_refuses_and_counts():
+    eng = SpcEngine(SpcConfig(max_pending_points=3))
+    cid = eng.register("k", spec=KNOWN)
+    assert [eng.add(cid, 0.0, 0.0) for _ in range(4)] == [True, True, True, False]
+    assert eng.add_many(np.array([cid, cid]), np.zeros(2), 0.0) == 0
+    assert eng.points_dropped_total == 3
+    assert eng.evaluate().points_evaluated == 3
+
+
+def test_unknown_charts_and_bad_config_fail_with_what_to_fix():
+    eng = SpcEngine()
+    with pytest.raises(UnknownChartError, match="nope"):
+        eng.add("nope", 1.0, 0.0)
+    with pytest.raises(SpcConfigError, match="history_points"):
+        eng.register("long", spec=ChartSpec(k=RuleParams(k2_points=40)))
+    with pytest.raises(msgspec.ValidationError, match=r"k2_points.*\$\.default\.k"):
+        msgspec.convert({"default": {"k": {"k2_points": 1}}}, SpcConfig)
+    with pytest.raises(msgspec.ValidationError, match="both center and sigma"):
+        msgspec.convert({"default": {"center": 1.0}}, SpcConfig)
+    assert SpcEngine(SpcConfig(history_points=40)).history_capacity == 64
+
+
+def test_many_charts_grow_and_keep_their_state():
+    eng = SpcEngine(SpcConfig(default=KNOWN))
+    ids = np.array([eng.register(f"T{i}") for i in range(300)])
+    for _ in range(8):
+        eng.add_many(ids, np.full(300, 0.5), 0.0)
+        assert eng.evaluate().violations == []
+    eng.add_many(ids, np.full(300, 0.5), 0.0)
+    assert len(eng.evaluate().violations) == 300
+    assert eng.points_evaluated_total == 2700
+
+
+def test_warm_compiles_the_kernels():
+    spc.warm()
