@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from daemon.errors import FabdError
 
-class SecsError(Exception):
+
+class SecsError(FabdError):
     """Root of every SECS-II / HSMS error fabd raises.
 
     `s9_function` is the S9Fx function the receiver answers with (0: none).
