@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     h = 16
     best = float("inf")
     ref_flags = None
-    for rep in range(1 if args.quick else 3):
+    for rep in range(1 if args.quick else 5):
         fpar, ipar, ist, fst = _kernel_state(n_charts)
         hs, ht, hl = np.zeros((n_charts, h)), np.zeros((n_charts, h)), np.zeros((n_charts, h), np.int32)
         flags = np.empty(n_pts, np.uint16)

@@ -109,8 +109,9 @@ def _window(test: int, spec: ChartSpec) -> int:
 class _Chart:
     """Python-side facts of one chart (the kernel's side lives in the engine's arrays)."""
 
-    __slots__ = ("chamber", "disp_window", "key", "limits", "phase_disps", "phase_means",
-                 "spec", "sub_lot", "sub_ts", "sub_values", "tool_id", "version", "warned")
+    __slots__ = ("action", "chamber", "descriptions", "key", "limits", "phase_disps",
+                 "phase_means", "series", "spec", "sub_lot", "sub_ts", "sub_values", "tool_id",
+                 "version", "warned", "widths")
 
     def __init__(self, key: str, spec: ChartSpec, tool_id: str, chamber: str) -> None:
         self.key = key
@@ -125,7 +126,19 @@ class _Chart:
         self.sub_ts = 0.0
         self.sub_lot = 0
         self.warned = False
-        self.disp_window = 2 if spec.chart_type is ChartType.I_MR else 1
+        prim, disp = _SERIES[spec.chart_type]
+        # per flag bit 0..8: the series tested, its description, the points a pattern spans
+        self.series = (prim,) * 8 + (disp,)
+        self.descriptions = (*(describe(t, spec, prim) for t in range(1, 9)),
+                             describe(1, spec, disp) if disp else "")
+        self.widths = [_window(t, spec) for t in range(1, 9)] + [
+            2 if spec.chart_type is ChartType.I_MR else 1]
+        action = spec.reaction
+        if action is Reaction.INHIBIT_CHAMBER and not chamber:
+            action = Reaction.INHIBIT_TOOL
+        if action is Reaction.INHIBIT_TOOL and not tool_id:
+            action = Reaction.NOTIFY
+        self.action = action
 
 
 class SpcEngine:
@@ -174,6 +187,7 @@ class SpcEngine:
         self._charts.append(ch)
         self._ids[key] = cid
         self._ipar[cid] = self._ipar_row(spec)
+        self._widths[cid] = ch.widths
         self._route[cid] = True
         if spec.center is not None and spec.sigma is not None:
             self._queued_changes.append(self._set(cid, known_limits(spec, spec.center, spec.sigma),
@@ -331,6 +345,7 @@ class SpcEngine:
         fpar, ipar, ist, fst = kn.empty_state(cap)
         new = {"_fpar": fpar, "_ipar": ipar, "_ist": ist, "_fst": fst,
                "_reset_seq": np.zeros(cap, np.int64), "_route": np.zeros(cap, bool),
+               "_widths": np.ones((cap, 9), np.int64),
                "_hist_stat": np.zeros((cap, h)), "_hist_ts": np.zeros((cap, h)),
                "_hist_lot": np.zeros((cap, h), np.int32)}
         for name, arr in new.items():
@@ -454,56 +469,48 @@ class SpcEngine:
                     flags: np.ndarray, stats: np.ndarray, disp: np.ndarray, seqs: np.ndarray,
                     ts: np.ndarray, lots: np.ndarray) -> list[Violation]:
         """Turn flagged points into Violations with the points each pattern involves."""
-        row_lo = offsets[np.searchsorted(offsets, hot, side="right") - 1]
-        hmask = self.history_capacity - 1
+        # one row per (flagged point, fired bit), in point order then test order
+        f = flags[hot].astype(np.int64)
+        which, bit = np.nonzero((f[:, None] >> np.arange(9)) & 1)
+        pi = hot[which]
+        cid = ids[pi]
+        seq = seqs[pi]
+        batch_first = seq - (pi - offsets[np.searchsorted(offsets, pi, side="right") - 1])
+        first = np.maximum(seq - self._widths[cid, bit] + 1, self._reset_seq[cid])
+        cnt = seq - first + 1
+        # every involved point, flattened: from this batch, or from the chart's ring buffer
+        ends = np.cumsum(cnt)
+        rep = np.repeat(np.arange(cnt.size), cnt)
+        q = first[rep] + (np.arange(int(ends[-1])) - (ends - cnt)[rep])
+        in_batch = q >= batch_first[rep]
+        p = np.where(in_batch, pi[rep] - (seq[rep] - q), 0)
+        slot = q & (self.history_capacity - 1)
+        cq = cid[rep]
+        vals_a = np.where(in_batch, stats[p], self._hist_stat[cq, slot])
+        tss = np.where(in_batch, ts[p], self._hist_ts[cq, slot]).tolist()
+        lot_codes = np.where(in_batch, lots[p], self._hist_lot[cq, slot]).tolist()
+        statistic = np.where(bit == 8, disp[pi], stats[pi])
+        is_mr = (bit == 8) & (cnt == 2)
+        if is_mr.any():  # the moving range is |x_i − x_(i−1)|, both points reported
+            last = ends - 1
+            statistic = np.where(is_mr, np.abs(vals_a[last] - vals_a[np.maximum(last - 1, 0)]),
+                                 statistic)
+        vals = vals_a.tolist()
+        lot_names = self._lots
         out: list[Violation] = []
-        for i, lo in zip(hot.tolist(), row_lo.tolist(), strict=True):
-            cid = int(ids[i])
-            ch = self._charts[cid]
-            f = int(flags[i])
-            seq = int(seqs[i])
-            batch_first = seq - (i - lo)
-            reset_seq = int(self._reset_seq[cid])
-            prim, dser = _SERIES[ch.spec.chart_type]
-            for bit in range(9):
-                if not f >> bit & 1:
-                    continue
-                test = 1 if bit == 8 else bit + 1
-                series = dser if bit == 8 else prim
-                width = ch.disp_window if bit == 8 else _window(test, ch.spec)
-                first = max(seq - width + 1, reset_seq)
-                vals: list[float] = []
-                tss: list[float] = []
-                lids: list[str] = []
-                for q in range(first, seq + 1):
-                    if q >= batch_first:
-                        p = i - (seq - q)
-                        vals.append(float(stats[p]))
-                        tss.append(float(ts[p]))
-                        lids.append(self._lots[lots[p]])
-                    else:
-                        p = q & hmask
-                        vals.append(float(self._hist_stat[cid, p]))
-                        tss.append(float(self._hist_ts[cid, p]))
-                        lids.append(self._lots[self._hist_lot[cid, p]])
-                statistic = float(stats[i])
-                if bit == 8:
-                    statistic = abs(vals[-1] - vals[0]) if ch.disp_window == 2 else float(disp[i])
-                out.append(Violation(
-                    chart_key=ch.key, chart_id=cid, tool_id=ch.tool_id, chamber=ch.chamber,
-                    series=series, test=test, description=describe(test, ch.spec, series),
-                    rule_set=str(ch.spec.rules), seq=seq, first_seq=first, statistic=statistic,
-                    values=tuple(vals), ts=tuple(tss), lot_ids=tuple(lids), lot_id=lids[-1],
-                    limits_version=ch.version, action=self._action(ch, lids[-1])))
+        a = 0
+        for c, b, sq, fs, e, st in zip(cid.tolist(), bit.tolist(), seq.tolist(), first.tolist(),
+                                       ends.tolist(), statistic.tolist(), strict=True):
+            ch = self._charts[c]
+            lids = tuple(lot_names[x] for x in lot_codes[a:e])
+            action = ch.action
+            if action is Reaction.HOLD_LOT and not lids[-1]:
+                action = Reaction.NOTIFY
+            out.append(Violation(
+                chart_key=ch.key, chart_id=c, tool_id=ch.tool_id, chamber=ch.chamber,
+                series=ch.series[b], test=1 if b == 8 else b + 1, description=ch.descriptions[b],
+                rule_set=ch.spec.rules.value, seq=sq, first_seq=fs, statistic=st,
+                values=tuple(vals[a:e]), ts=tuple(tss[a:e]), lot_ids=lids, lot_id=lids[-1],
+                limits_version=ch.version, action=action))
+            a = e
         return out
-
-    @staticmethod
-    def _action(ch: _Chart, lot_id: str) -> Reaction:
-        r = ch.spec.reaction
-        if r is Reaction.INHIBIT_CHAMBER and not ch.chamber:
-            r = Reaction.INHIBIT_TOOL
-        if r is Reaction.INHIBIT_TOOL and not ch.tool_id:
-            r = Reaction.NOTIFY
-        if r is Reaction.HOLD_LOT and not lot_id:
-            r = Reaction.NOTIFY
-        return r

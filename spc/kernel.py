@@ -109,69 +109,46 @@ def evaluate_batch(chart_of_row, offsets, values, disp, fpar, ipar, ist, fst,
                 dv = disp[i]
                 if dv > ducl or dv < dlcl:
                     f |= DISPERSION_BIT
+            # Branch-free on purpose: on noisy data these comparisons are coin flips, and a
+            # mispredicted branch costs more than computing both sides.
             # test 1: beyond K σ, strictly
-            if s > uk or s < lk:
-                f |= 1
+            f |= (s > uk) | (s < lk)
             # test 2: K in a row strictly on one side; a point on the centre breaks it
-            if s > center:
-                side = side + 1 if side > 0 else 1
-            elif s < center:
-                side = side - 1 if side < 0 else -1
-            else:
-                side = 0
-            if side >= k2 or -side >= k2:
-                f |= 2
-            # tests 3 and 4: consecutive differences; an equal pair breaks both
-            if n > 0:
-                if s > prev:
-                    ds = 1
-                elif s < prev:
-                    ds = -1
-                else:
-                    ds = 0
-                if ds == 0:
-                    mono = 0
-                    alt = 0
-                else:
-                    # alt > 0 means the previous difference was non-zero, and its sign is mono's
-                    if alt > 0 and ((mono > 0 and ds < 0) or (mono < 0 and ds > 0)):
-                        alt += 1
-                    else:
-                        alt = 1
-                    if (mono > 0 and ds > 0) or (mono < 0 and ds < 0):
-                        mono += ds
-                    else:
-                        mono = ds
-                if mono >= k3m1 or -mono >= k3m1:
-                    f |= 4
-                if alt >= k4m1:
-                    f |= 8
+            up = np.int64(s > center)
+            dn = np.int64(s < center)
+            side = up * (max(side, 0) + 1) - dn * (max(-side, 0) + 1)
+            f |= np.int64(abs(side) >= k2) << 1
+            # tests 3 and 4: consecutive differences (none before the first point since the
+            # reset); an equal pair breaks both. alt > 0 means the previous difference was
+            # non-zero, and then its sign is mono's.
+            first = np.int64(n > 0)
+            du = np.int64(s > prev) * first
+            dd = np.int64(s < prev) * first
+            flip = (np.int64(mono > 0) & dd) | (np.int64(mono < 0) & du)
+            alt = (du | dd) * (1 + flip * alt)
+            mono = du * (max(mono, 0) + 1) - dd * (max(-mono, 0) + 1)
+            f |= np.int64(abs(mono) >= k3m1) << 2
+            f |= np.int64(alt >= k4m1) << 3
             # test 5: K of the last K+1 beyond 2σ on the point's side (the point included)
-            b2u = 1 if s > u2 else 0
-            b2d = 1 if s < l2 else 0
+            b2u = np.int64(s > u2)
+            b2d = np.int64(s < l2)
             r2u = ((r2u << 1) | b2u) & w5
             r2d = ((r2d << 1) | b2d) & w5
             if (b2u and _popcount(r2u) >= k5) or (b2d and _popcount(r2d) >= k5):
                 f |= 16
             # test 6: K of the last K+1 beyond 1σ on the point's side
-            b1u = 1 if s > u1 else 0
-            b1d = 1 if s < l1 else 0
+            b1u = np.int64(s > u1)
+            b1d = np.int64(s < l1)
             r1u = ((r1u << 1) | b1u) & w6
             r1d = ((r1d << 1) | b1d) & w6
             if (b1u and _popcount(r1u) >= k6) or (b1d and _popcount(r1d) >= k6):
                 f |= 32
-            # test 7: K in a row within 1σ (exactly 1σ counts as within)
-            if b1u == 0 and b1d == 0:
-                in1 += 1
-                out1 = 0
-            else:
-                in1 = 0
-                out1 += 1
-            if in1 >= k7:
-                f |= 64
-            # test 8: K in a row beyond 1σ, either side
-            if out1 >= k8:
-                f |= 128
+            # tests 7 and 8: K in a row within 1σ (exactly 1σ is within) / beyond 1σ, either side
+            o = b1u | b1d
+            in1 = (1 - o) * (in1 + 1)
+            out1 = o * (out1 + 1)
+            f |= np.int64(in1 >= k7) << 6
+            f |= np.int64(out1 >= k8) << 7
             flags[i] = f & mask
             stats[i] = s
             seqs[i] = seq
