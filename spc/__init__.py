@@ -13,7 +13,7 @@ from spc.config import (
     RuleSet,
     SpcConfig,
 )
-from spc.engine import LimitChange, SpcEngine, TickResult, Violation
+from spc.engine import LimitChange, SpcEngine, TickResult, Violation, chart_key
 from spc.errors import SpcConfigError, SpcError, SpcInputError, UnknownChartError
 from spc.kernel import warm
 from spc.limits import Limits
@@ -35,5 +35,6 @@ __all__ = [
     "TickResult",
     "UnknownChartError",
     "Violation",
+    "chart_key",
     "warm",
 ]

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
@@ -28,6 +29,9 @@ from spc import kernel as kn
 from spc.config import ChartSpec, ChartType, Reaction, SpcConfig
 from spc.errors import SpcConfigError, UnknownChartError
 from spc.limits import Limits, estimate_limits, known_limits
+
+if TYPE_CHECKING:
+    from equipment.events import ProcessPoint
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,34 @@ def _window(test: int, spec: ChartSpec) -> int:
             6: k.k6_of_k_plus_1 + 1, 7: k.k7_points, 8: k.k8_points}[test]
 
 
+def chart_key(tool_id: str, parameter: str, *, chamber: str = "", step: str = "") -> str:
+    """Return the canonical chart key "<tool>/<chamber>/<step>/<parameter>" ("-" for none)."""
+    return f"{tool_id}/{chamber or '-'}/{step or '-'}/{parameter}"
+
+
+class _ChartState(msgspec.Struct, array_like=True):
+    """One chart's Python-side facts in a snapshot."""
+
+    key: str
+    spec: ChartSpec
+    tool_id: str
+    chamber: str
+    limits: Limits | None
+    version: int
+    phase_means: list[float]
+    phase_disps: list[float]
+    sub_values: list[float]
+
+
+class _Snapshot(msgspec.Struct, array_like=True):
+    """Everything the engine needs to carry its windows across a daemon restart."""
+
+    history_capacity: int
+    charts: list[_ChartState]
+    lots: list[str]
+    arrays: dict[str, bytes]
+
+
 class _Chart:
     """Python-side facts of one chart (the kernel's side lives in the engine's arrays)."""
 
@@ -139,6 +171,10 @@ class _Chart:
         if action is Reaction.INHIBIT_TOOL and not tool_id:
             action = Reaction.NOTIFY
         self.action = action
+
+
+_SNAPSHOT_ARRAYS = ("_fpar", "_ipar", "_ist", "_fst", "_reset_seq", "_route", "_hist_stat",
+                    "_hist_ts", "_hist_lot")
 
 
 class SpcEngine:
@@ -240,7 +276,63 @@ class SpcEngine:
             return self._change(cid, "reset")
         return self._set(cid, ch.limits, "reset")
 
+    def snapshot(self) -> bytes:
+        """Return the engine's state (charts, limits, run windows, history) as bytes.
+
+        Pending points are not included: call it right after evaluate().
+        """
+        n = len(self._charts)
+        charts = [_ChartState(key=c.key, spec=c.spec, tool_id=c.tool_id, chamber=c.chamber,
+                              limits=c.limits, version=c.version, phase_means=c.phase_means,
+                              phase_disps=c.phase_disps, sub_values=c.sub_values)
+                  for c in self._charts]
+        arrays = {name: np.ascontiguousarray(getattr(self, name)[:n]).tobytes()
+                  for name in _SNAPSHOT_ARRAYS}
+        return msgspec.msgpack.encode(_Snapshot(history_capacity=self.history_capacity,
+                                                charts=charts, lots=self._lots, arrays=arrays))
+
+    def restore(self, data: bytes) -> None:
+        """Load a snapshot into an empty engine: windows continue where they were."""
+        if self._charts:
+            raise SpcConfigError("restore() needs an engine with no charts registered")
+        snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        if snap.history_capacity != self.history_capacity:
+            raise SpcConfigError(f"snapshot history capacity {snap.history_capacity} differs "
+                                 f"from this engine's {self.history_capacity}")
+        for st in snap.charts:
+            cid = self.register(st.key, spec=st.spec, tool_id=st.tool_id, chamber=st.chamber)
+            ch = self._charts[cid]
+            ch.limits, ch.version = st.limits, st.version
+            ch.phase_means, ch.phase_disps, ch.sub_values = (st.phase_means, st.phase_disps,
+                                                             st.sub_values)
+        self._queued_changes.clear()  # restoring publishes nothing
+        n = len(snap.charts)
+        for name in _SNAPSHOT_ARRAYS:
+            arr = getattr(self, name)
+            arr[:n] = np.frombuffer(snap.arrays[name], arr.dtype).reshape((n, *arr.shape[1:]))
+        self._lots = snap.lots
+        self._lot_codes = {lot: i for i, lot in enumerate(snap.lots)}
+
     # ---- points -------------------------------------------------------------
+
+    def add_points(self, points: Iterable[ProcessPoint], *,
+                   step_of: Callable[[str], str] | None = None) -> int:
+        """Buffer process points, registering a chart per tool/chamber/step/parameter on first sight.
+
+        step_of maps a lot id to the step it is on (the daemon knows); without it the
+        key's step is "-". Returns how many points were accepted.
+        """
+        accepted = 0
+        ids = self._ids
+        for p in points:
+            key = chart_key(p.tool_id, p.parameter, chamber=p.chamber,
+                            step=step_of(p.lot_id) if step_of is not None else "")
+            cid = ids.get(key)
+            if cid is None:
+                cid = self.register(key, tool_id=p.tool_id, chamber=p.chamber)
+            accepted += self.add(cid, p.value, p.ts, p.lot_id)
+        return accepted
+
 
     def add(self, chart: str | int, value: float, ts: float, lot_id: str = "") -> bool:
         """Buffer one point for the next evaluate(); False if refused (queue full)."""
@@ -377,7 +469,9 @@ class SpcEngine:
 
     def _change(self, cid: int, reason: str) -> LimitChange:
         ch = self._charts[cid]
-        log.info("spc chart %s: limits v%d (%s)", ch.key, ch.version, reason)
+        # limits from config arrive for every chart at start-up: not worth a line each
+        log.log(logging.DEBUG if reason == "config" else logging.INFO,
+                "spc chart %s: limits v%d (%s)", ch.key, ch.version, reason)
         return LimitChange(chart_key=ch.key, chart_id=cid, tool_id=ch.tool_id, chamber=ch.chamber,
                            version=ch.version, reason=reason, limits=ch.limits, ts=self._clock())
 

@@ -267,3 +267,38 @@ def test_many_charts_grow_and_keep_their_state():
 
 def test_warm_compiles_the_kernels():
     spc.warm()
+
+
+def test_process_points_register_their_chart_on_first_sight():
+    from equipment.events import ProcessPoint
+
+    eng = SpcEngine(SpcConfig(default=ChartSpec(center=400.0, sigma=2.0,
+                                                reaction=Reaction.INHIBIT_CHAMBER)))
+    pts = [ProcessPoint(tool_id="ETCH01", parameter="rf_power", value=400.5, ts=float(i),
+                        lot_id="LOT3", chamber="PM2") for i in range(9)]
+    assert eng.add_points(pts, step_of=lambda lot: "STEP12") == 9
+    (v,) = eng.evaluate().violations
+    assert v.chart_key == spc.chart_key("ETCH01", "rf_power", chamber="PM2", step="STEP12")
+    assert v.chart_key == "ETCH01/PM2/STEP12/rf_power"
+    assert (v.test, v.action, v.chamber, v.tool_id) == (2, Reaction.INHIBIT_CHAMBER, "PM2",
+                                                        "ETCH01")
+
+
+def test_a_snapshot_carries_windows_limits_and_history_across_a_restart():
+    eng = SpcEngine()
+    cid = eng.register("T1/-/-/p", spec=ChartSpec(phase_i_points=4), tool_id="T1")
+    for i, x in enumerate([1.0, 1.2, 0.9, 1.1] + [1.1] * 5):  # phase I, then 5 above centre
+        eng.add(cid, x, float(i), lot_id=f"L{i}")
+    eng.evaluate()
+    data = eng.snapshot()
+
+    again = SpcEngine()
+    again.restore(data)
+    assert again.limits("T1/-/-/p") == eng.limits(cid) and again.version(cid) == 1
+    for i in range(9, 13):
+        again.add("T1/-/-/p", 1.1, float(i), lot_id=f"L{i}")
+    res = again.evaluate()
+    assert res.limit_changes == []
+    (v,) = res.violations
+    assert (v.test, v.seq, v.first_seq) == (2, 12, 4)
+    assert v.lot_ids == tuple(f"L{i}" for i in range(4, 13))
