@@ -18,9 +18,10 @@ import math
 import sys
 from collections.abc import Iterable
 
+import msgspec
 import numpy as np
 
-from spc.config import ChartSpec, ChartType, RuleSet
+from spc.config import ChartSpec, ChartType, RuleParams, RuleSet
 from spc.engine import SpcEngine
 from spc.errors import SpcConfigError, SpcInputError
 from spc.limits import estimate_limits
@@ -37,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--sigma", type=float, help="process sigma (default: MR-bar/d2 of the series)")
         p.add_argument("--rules", choices=[r.value for r in RuleSet], default="nelson",
                        help="nelson: the eight tests; we: Western Electric (tests 1, 2 with K=8, 5, 6)")
+        k = p.add_argument_group("Nelson K parameters (Minitab's; defaults 3, 9, 6, 14, 2, 4, 15, 8)")
+        k.add_argument("--k1", type=float, metavar="SIGMA", help="test 1: beyond K sigma")
+        for t, what in ((2, "in a row on one side"), (3, "points rising or falling"),
+                        (4, "points alternating"), (5, "of K+1 beyond 2 sigma"),
+                        (6, "of K+1 beyond 1 sigma"), (7, "in a row within 1 sigma"),
+                        (8, "in a row beyond 1 sigma")):
+            k.add_argument(f"--k{t}", type=int, metavar="K", help=f"test {t}: K {what}")
         if name == "plot":
             p.add_argument("--out", required=True, help="PNG file to write")
             p.add_argument("--title", default="", help="chart title (default: the file name)")
@@ -60,10 +68,11 @@ def parse_values(lines: Iterable[str]) -> list[float]:
 
 
 def check_series(values: list[float], center: float, sigma: float,
-                 rules: RuleSet = RuleSet.NELSON) -> dict[int, list[int]]:
+                 rules: RuleSet = RuleSet.NELSON, k: RuleParams | None = None
+                 ) -> dict[int, list[int]]:
     """Return, for each test of the rule set, the 0-based indices where it fires."""
     spec = ChartSpec(chart_type=ChartType.I_MR, rules=rules, center=center, sigma=sigma,
-                     dispersion_test=False)
+                     k=k or RuleParams(), dispersion_test=False)
     engine = SpcEngine()
     cid = engine.register("cli", spec=spec)
     engine.add_many(np.zeros(len(values), np.int64) + cid, np.asarray(values, float),
@@ -90,6 +99,21 @@ def _limits_for(values: list[float], center: float | None, sigma: float | None
     return c, s
 
 
+_K_FIELDS = {"k1": "k1_sigma", "k2": "k2_points", "k3": "k3_points", "k4": "k4_points",
+             "k5": "k5_of_k_plus_1", "k6": "k6_of_k_plus_1", "k7": "k7_points", "k8": "k8_points"}
+
+
+def _rule_params(args: argparse.Namespace) -> RuleParams:
+    given = {field: getattr(args, opt) for opt, field in _K_FIELDS.items()
+             if getattr(args, opt) is not None}
+    if given and args.rules == RuleSet.WESTERN_ELECTRIC:
+        raise SpcInputError("--k1..--k8 apply to --rules nelson; the Western Electric K's are fixed")
+    try:
+        return msgspec.convert(given, RuleParams)
+    except msgspec.ValidationError as exc:
+        raise SpcInputError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `fabd spc check|plot`."""
     try:
@@ -98,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
                 values = parse_values(fh)
         else:
             values = parse_values(sys.stdin)
+        k = _rule_params(args)
         center, sigma = _limits_for(values, args.center, args.sigma)
-        fired = check_series(values, center, sigma, RuleSet(args.rules))
+        fired = check_series(values, center, sigma, RuleSet(args.rules), k)
     except (OSError, SpcInputError, SpcConfigError) as exc:
         print(f"fabd spc {args.spc_command}: {exc}", file=sys.stderr)
         return 2
@@ -110,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     title = args.title or (args.file or "stdin")
     try:
-        plot_chart(values, center, sigma, fired, args.out, title=title)
+        plot_chart(values, center, sigma, fired, args.out, title=title, k1_sigma=k.k1_sigma)
     except OSError as exc:
         print(f"fabd spc plot: cannot write {args.out}: {exc}", file=sys.stderr)
         return 2

@@ -73,3 +73,18 @@ def test_plot_writes_a_png_chart(capsys, series_file, tmp_path):
     assert rc == 0 and "5 signals" in out
     data = out_png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_k_parameters_change_the_tests(capsys, series_file):
+    rc, out, _ = _run(capsys, "check", "--center", "0", "--sigma", "1", "--k2", "5",
+                      "--k1", "2.9", str(series_file))
+    assert rc == 0
+    got = json.loads(out)
+    assert got["2"] == [5, 6, 7, 8, 9, 10, 11]
+    assert got["1"] == [10, 11]  # 3.0 is beyond 2.9 sigma
+
+
+def test_an_impossible_k_is_refused_with_its_range(capsys, series_file):
+    rc, _, err = _run(capsys, "check", "--center", "0", "--sigma", "1", "--k2", "1",
+                      str(series_file))
+    assert rc == 2 and "k2_points must be in 2..62" in err
