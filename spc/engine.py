@@ -333,7 +333,6 @@ class SpcEngine:
             accepted += self.add(cid, p.value, p.ts, p.lot_id)
         return accepted
 
-
     def add(self, chart: str | int, value: float, ts: float, lot_id: str = "") -> bool:
         """Buffer one point for the next evaluate(); False if refused (queue full)."""
         if self._n_pending >= self.config.max_pending_points:

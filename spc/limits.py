@@ -21,15 +21,19 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     sigma_stat: float  # σ of the plotted statistic (σ/√n for X-bar, the asymptotic σ for EWMA)
     ucl: float  # centre + K1 σ_stat
     lcl: float  # centre − K1 σ_stat
-    disp_center: float  # dispersion chart (MR, R, S) centre; NaN when the chart has none
-    disp_ucl: float  # +inf when the chart has none
-    disp_lcl: float  # −inf when the chart has none (0 floors never fire: the test is strict)
+    # The dispersion chart (MR, R, S); None for an EWMA chart, which has none.
+    # A lower limit of 0 never fires: the test is strict.
+    disp_center: float | None
+    disp_ucl: float | None
+    disp_lcl: float | None
 
     def zones(self) -> Zones:
         """Return the boundaries the rule tests compare with."""
         c, s = self.center, self.sigma_stat
         return Zones(center=c, u1=c + s, l1=c - s, u2=c + 2.0 * s, l2=c - 2.0 * s,
-                     uk=self.ucl, lk=self.lcl, disp_ucl=self.disp_ucl, disp_lcl=self.disp_lcl)
+                     uk=self.ucl, lk=self.lcl,
+                     disp_ucl=math.inf if self.disp_ucl is None else self.disp_ucl,
+                     disp_lcl=-math.inf if self.disp_lcl is None else self.disp_lcl)
 
 
 def known_limits(spec: ChartSpec, center: float, sigma: float) -> Limits:
@@ -44,7 +48,7 @@ def known_limits(spec: ChartSpec, center: float, sigma: float) -> Limits:
     elif t is ChartType.EWMA:
         lam = spec.ewma_lambda
         s_stat = sigma * math.sqrt(lam / (2.0 - lam))
-        dc, du, dl = math.nan, math.inf, -math.inf
+        dc, du, dl = None, None, None
     else:
         n = spec.subgroup_size
         s_stat = sigma / math.sqrt(n)

@@ -302,3 +302,17 @@ def test_a_snapshot_carries_windows_limits_and_history_across_a_restart():
     (v,) = res.violations
     assert (v.test, v.seq, v.first_seq) == (2, 12, 4)
     assert v.lot_ids == tuple(f"L{i}" for i in range(4, 13))
+
+
+def test_events_round_trip_through_json_for_the_streams():
+    eng = SpcEngine()
+    cid = eng.register("ew", spec=ChartSpec(chart_type=ChartType.EWMA, center=0.0, sigma=1.0))
+    for i in range(12):
+        eng.add(cid, 2.0, float(i), lot_id="LOT1")
+    res = eng.evaluate()
+    (change,) = res.limit_changes
+    assert change.limits.disp_ucl is None  # an EWMA chart has no dispersion chart
+    for ev in [change, *res.violations]:
+        again = msgspec.json.decode(msgspec.json.encode(ev), type=type(ev))
+        assert again == ev
+    assert res.violations and res.violations[0].series == "ewma"
