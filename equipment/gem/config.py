@@ -19,6 +19,7 @@ class GemToolConfig(msgspec.Struct, frozen=True, kw_only=True):
     trace_group_size: int = 1  # REPGSZ: samples per S6F1
     set_clock: bool = True  # send S2F31 with our UTC clock at start-up
     request_spooled: bool = True  # send S6F23 (transmit) after every start-up
+    spool_settle_s: float = 0.5  # after S6F23: quiet time before the status read (E30 order)
     inbox_max: int = 1000  # primaries waiting for the ordered worker; beyond: left unacked
 
     def validate(self, where: str = "tool") -> None:

@@ -187,6 +187,26 @@ class _ListenerSettings(secsgem.hsms.HsmsSettings):
     def create_connection(self) -> secsgem.common.Connection:
         return _ListenerConnection(self)
 
+    def create_protocol(self) -> secsgem.common.Protocol:
+        return _Protocol(self)
+
+
+class _Protocol(secsgem.hsms.HsmsProtocol):
+    """secsgem's HSMS protocol, minus a leak: it never stops a connection's dispatcher thread.
+
+    Every reconnect would add one more thread dispatching the same queue, so two
+    messages of one connection could be handled at once and out of order.
+    """
+
+    def _on_disconnected(self, data: dict[str, Any]) -> None:
+        super()._on_disconnected(data)
+        dispatcher = self._thread
+        thread = dispatcher._dispatcher_thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            dispatcher._stop_dispatcher_thread = True
+            dispatcher._dispatcher_thread_trigger.set()
+            thread.join(2.0)
+
 
 class _ListenerConnection(TcpConnection):
     """secsgem's TcpServerConnection, but the port stays bound across reconnects (port 0 works)."""
@@ -241,11 +261,13 @@ class _ListenerConnection(TcpConnection):
             sock.setblocking(False)
             self._sock = sock
             self._connected = True
-            self._start_receiver()
+            # secsgem starts the receiver first; a host that sends Select.req at once then
+            # races the protocol's CONNECTED transition and stays NOT SELECTED. Connect first.
             try:
                 self.on_connected({"source": self})
             except Exception:
                 log.exception("gem sim: on_connected handler failed")
+            self._start_receiver()
             return
 
     def kill(self) -> None:
@@ -291,6 +313,7 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
         self._lot_resume.set()
         self._lot_thread: threading.Thread | None = None
         self._traces: dict[Any, threading.Event] = {}
+        self._generation = 0  # +1 on every connection loss
 
         for svid, name, vtype in (
             (FabdSim.SV_CONTROL_STATE, "ControlState", sv.U1),
@@ -424,13 +447,21 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
             HsmsStreamFunctionHeader(system, function.stream, function.function, True,
                                      self.settings.session_id),
             function.encode())
+        generation = self._generation
+        deadline = time.monotonic() + (timeout_s or self._cfg.t3_reply_timeout_s)
         try:
             if not protocol.send_message(message):
                 return None
-            try:
-                return replies.get(True, timeout_s or self._cfg.t3_reply_timeout_s)
-            except queue.Empty:
-                return None
+            # secsgem leaves a waiter hanging until T3 when the link drops: watch for it.
+            while generation == self._generation and not self._stopping.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    return replies.get(True, min(0.05, remaining))
+                except queue.Empty:
+                    continue
+            return None
         finally:
             protocol._remove_queue(system)
 
@@ -443,18 +474,19 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
                 continue
             if item is None:
                 return
-            with self._lock:
-                spooling = bool(self._spool) or not self._communicating()
-                if spooling:
-                    self._spool_item(item)
-                    continue
-            sent_at = time.monotonic()
-            reply = self.request(item.function)
-            if reply is None:
+            for _attempt in range(3):
                 with self._lock:
-                    self._spool_item(item)
-                continue
-            self._sim._acks.append((item.what, sent_at, time.monotonic()))
+                    # E30: spool while no host communicates, and keep order behind the spool.
+                    if self._spool or not self._communicating():
+                        self._spool_item(item)
+                        break
+                sent_at = time.monotonic()
+                if self.request(item.function) is not None:
+                    self._sim._acks.append((item.what, sent_at, time.monotonic()))
+                    break
+                log.info("tool %s: no ack for %s", self._cfg.tool_id, item.what)
+            else:
+                self._sim._lost.append(item.what)
 
     def _spool_item(self, item: _Spooled) -> None:
         if self._cfg.spool_max_messages <= 0:
@@ -504,7 +536,14 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
             self._e10_reason = reason
         self.emit_event(FabdSim.CE_E10_CHANGED)
 
+    def _on_communicating(self, data: Any) -> None:
+        # A new host selected before secsgem processed the old connection's loss: catch up.
+        if self._communication_state.current == CommunicationState.COMMUNICATING:
+            self._communication_state.communicationfail()
+        super()._on_communicating(data)
+
     def on_connection_closed(self, connection: Any) -> None:
+        self._generation += 1
         super().on_connection_closed(connection)
         self.check_control_state()
         self._sim._on_disconnect()
@@ -634,7 +673,9 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
         with self._lock:
             body = self.recipes.get(ppid)
         if body is None:
-            return self.stream_function(7, 6)([])  # E5: zero-length list, PPID not found
+            # E5: a zero-length list means "PPID not found"; secsgem cannot encode that shape.
+            self._reply_raw(message, 7, 6, b"\x01\x00")
+            return None
         return self.stream_function(7, 6)({"PPID": ppid, "PPBODY": sv.Binary(body)})
 
     def _on_s07f17(self, handler: Any, message: Any) -> Any:
@@ -652,6 +693,11 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
     def _on_s07f19(self, handler: Any, message: Any) -> Any:
         with self._lock:
             return self.stream_function(7, 20)(sorted(self.recipes))
+
+    def _reply_raw(self, message: Any, stream: int, function: int, body: bytes) -> None:
+        reply = HsmsMessage(HsmsStreamFunctionHeader(
+            message.header.system, stream, function, False, self.settings.session_id), body)
+        self.protocol.send_message(reply)
 
     # ---- trace -------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from equipment.events import (
 from equipment.gem import messages as m
 from equipment.gem.config import GemToolConfig
 from equipment.gem.errors import GemConfigError, GemProtocolError
+from equipment.gem.messages import recipe_report
 from equipment.gem.profile import (
     FABD_SIM,
     EventLink,
@@ -26,7 +27,6 @@ from equipment.gem.profile import (
     ReportDef,
     get_profile,
 )
-from equipment.gem.messages import recipe_report
 from equipment.hsms.config import HsmsConfig
 from equipment.secs import U1, U4, A, B, L, decode, encode
 

@@ -1,0 +1,339 @@
+"""GEM host session against the secsgem tool simulator, over real loopback sockets.
+
+One simulator serves the whole module (secsgem is slow to start); every test
+runs its own host session and stops it at the end, so the tool sees a new host
+each time (and re-definitions on every start-up, as after a reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import struct
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from equipment.events import (
+    AlarmCleared,
+    AlarmSet,
+    ControlState,
+    ControlStateChanged,
+    E10State,
+    E10StateChanged,
+    ProcessCompleted,
+    ProcessStarted,
+    RecordingSink,
+    RemoteCommand,
+    TerminalMessage,
+    ToolConnected,
+    ToolControl,
+)
+from equipment.gem.config import GemToolConfig
+from equipment.gem.errors import GemNotCommunicatingError, GemProtocolError, GemTimeoutError
+from equipment.gem.session import GemHostSession
+from equipment.hsms.config import HsmsConfig
+from equipment.secs import U4, A, L, encode
+from equipment.sim.gem_tool import GemToolSim, GemToolSimConfig, hsms_frame
+from tests.support import eventually
+
+_lots = itertools.count(1)
+
+
+def _lot() -> str:
+    return f"LOT-{next(_lots):04d}"
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[GemToolSim]:
+    tool = GemToolSim(GemToolSimConfig(tool_id="SIM01", process_time_s=0.3,
+                                       t3_reply_timeout_s=5.0))
+    asyncio.run(tool.start())
+    yield tool
+    asyncio.run(tool.stop())
+
+
+@pytest.fixture(autouse=True)
+def _reset_knobs(sim: GemToolSim) -> Iterator[None]:
+    sim.reply_delay_s = 0.0
+    yield
+    sim.reply_delay_s = 0.0
+    sim._drop_on.clear()
+
+
+def _config(sim: GemToolSim, **overrides: object) -> GemToolConfig:
+    t3 = float(overrides.pop("hsms_t3", 3.0))  # type: ignore[arg-type]
+    hsms = HsmsConfig(host="127.0.0.1", port=sim.port, t3_reply_timeout_s=t3,
+                      t5_connect_separation_s=0.2, t6_control_timeout_s=3.0,
+                      t7_not_selected_timeout_s=5.0, reconnect_backoff_max_s=0.5,
+                      linktest_interval_s=0, e37_ranges=False)
+    values: dict[str, object] = {"tool_id": "SIM01", "hsms": hsms, "comm_retry_s": 0.3,
+                                 "spool_settle_s": 0.2}
+    values.update(overrides)
+    return GemToolConfig(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(sim: GemToolSim, sink: RecordingSink | None = None,
+                  **overrides: object) -> AsyncIterator[GemHostSession]:
+    session = GemHostSession(_config(sim, **overrides), sink or RecordingSink())
+    task = asyncio.create_task(session.run(), name="hsms[SIM01]")
+    try:
+        await session.wait_for(lambda s: s.communicating, timeout_s=20)
+        await eventually(lambda: sim.communicating, what="tool communicating")
+        yield session
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await eventually(lambda: not sim.communicating, what="tool saw the host go")
+
+
+async def _run_lot(session: GemHostSession, recipe: str = "ETCH-A") -> str:
+    lot = _lot()
+    assert (await session.command(RemoteCommand.PP_SELECT, {"PPID": recipe})).code == 0
+    result = await session.command(RemoteCommand.START, {"LOTID": lot})
+    assert result.accepted and result.code == 4, result
+    return lot
+
+
+def _completed(sink: RecordingSink, lot: str) -> list[ProcessCompleted]:
+    return [e for e in sink.of(ProcessCompleted) if e.lot_id == lot]
+
+
+async def test_startup_brings_the_tool_online_with_reports_alarms_clock_and_state(
+        sim: GemToolSim) -> None:
+    sink = RecordingSink()
+    async with running(sim, sink) as session:
+        state = session.state
+        control: ToolControl = session  # the daemon drives it through this protocol
+        assert control.tool_id == "SIM01"
+        assert state.hsms == "SELECTED" and state.communicating
+        assert state.control is ControlState.ONLINE_REMOTE
+        assert state.e10 is E10State.STANDBY
+        assert {"ETCH-A", "DEP-B"} <= set(state.recipes)
+        assert sim.enabled_ceids == [3001, 3002, 3003, 3004, 3005]
+        assert sim.enabled_alids == [5001, 5002, 5003]
+        assert len(sim.clock_set_to) == 16
+        await eventually(lambda: sink.of(ToolConnected), what="ToolConnected")
+        assert sink.of(ControlStateChanged)[-1].state is ControlState.ONLINE_REMOTE
+        assert sink.of(E10StateChanged)[-1].state is E10State.STANDBY
+
+
+async def test_a_lot_runs_through_remote_commands_and_arrives_as_domain_events(
+        sim: GemToolSim) -> None:
+    sink = RecordingSink()
+    async with running(sim, sink) as session:
+        lot = await _run_lot(session)
+        # The tool is busy: a second START cannot be done now.
+        busy = await session.command(RemoteCommand.START, {"LOTID": _lot()})
+        assert (busy.accepted, busy.code) == (False, 2)
+        await eventually(lambda: _completed(sink, lot), what="ProcessCompleted")
+        [done] = _completed(sink, lot)
+        assert done.recipe_id == "ETCH-A" and done.ok
+        assert set(done.parameters) == {"Temperature_C", "Pressure_Pa", "RFPower_W",
+                                        "Thickness_nm"}
+        assert abs(done.parameters["Temperature_C"] - 65.0) < 5
+        started = [e for e in sink.of(ProcessStarted) if e.lot_id == lot]
+        assert started and sink.events.index(started[0]) < sink.events.index(done)
+        e10 = [e.state for e in sink.of(E10StateChanged)]
+        assert E10State.PRODUCTIVE in e10
+        await eventually(lambda: session.state.e10 is E10State.STANDBY, what="back to standby")
+        assert session.state.lot_id == ""
+        unknown = await session.command("DANCE", {})
+        assert (unknown.accepted, unknown.code) == (False, 1)
+        bad = await session.command(RemoteCommand.START, {"COLOR": "red"})
+        assert (bad.accepted, bad.code) == (False, 3)
+
+
+async def test_a_parameter_shift_shows_in_the_collected_parameters(sim: GemToolSim) -> None:
+    sink = RecordingSink()
+    async with running(sim, sink) as session:
+        sim.shift("Thickness_nm", 25.0)
+        try:
+            lot = await _run_lot(session)
+            await eventually(lambda: _completed(sink, lot), what="ProcessCompleted")
+        finally:
+            sim.shift("Thickness_nm", -25.0)
+        assert _completed(sink, lot)[0].parameters["Thickness_nm"] > 140.0
+
+
+async def test_alarms_set_and_clear(sim: GemToolSim) -> None:
+    sink = RecordingSink()
+    async with running(sim, sink):
+        await sim.raise_alarm(5001)
+        await sim.clear_alarm(5001)
+        await eventually(lambda: sink.of(AlarmCleared), what="AlarmCleared")
+        assert [(e.alid, e.text) for e in sink.of(AlarmSet)] == [(5001, "chamber pressure high")]
+        assert sink.of(AlarmCleared)[0].alid == 5001
+        await eventually(lambda: "S5F1 ALID 5001 clear" in sim.acked, what="S5F2 seen")
+
+
+async def test_recipes_download_list_upload_verify_delete(sim: GemToolSim) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB, binary
+    async with running(sim) as session:
+        assert await session.recipe_download("BIG-1", body)
+        assert "BIG-1" in await session.recipe_list()
+        assert await session.recipe_upload("BIG-1") == body
+        report = await session.recipe_report("BIG-1")
+        assert report.size_bytes == len(body) and len(report.checksum) == 64
+        assert await session.recipe_delete(["BIG-1"])
+        assert "BIG-1" not in await session.recipe_list()
+        assert not await session.recipe_delete(["NO-SUCH"])
+        with pytest.raises(GemProtocolError, match="not on the tool"):
+            await session.recipe_upload("NO-SUCH")
+
+
+async def test_status_constants_and_terminal_both_ways(sim: GemToolSim) -> None:
+    sink = RecordingSink()
+    async with running(sim, sink) as session:
+        status = await session.read_status([1001, 1002, 1003, 1005])
+        assert status[1001] == 5 and status[1002] == 0 and status[1003] == "standby"
+        assert len(status[1005]) == 16
+        constants = await session.read_constants([1, 2])
+        assert set(constants) == {1, 2}
+        assert await session.send_terminal("lot LOT-1 on hold, call process eng.")
+        assert sim.terminal_received[-1] == "lot LOT-1 on hold, call process eng."
+        assert await sim.send_terminal("operator: chamber wet-cleaned")
+        await eventually(lambda: sink.of(TerminalMessage), what="TerminalMessage")
+        assert sink.of(TerminalMessage)[0].text == "operator: chamber wet-cleaned"
+
+
+async def test_trace_data_becomes_spc_points_and_a_per_lot_summary(sim: GemToolSim) -> None:
+    sink = RecordingSink()
+    async with running(sim, sink, trace_period_s=0.05) as session:
+        await eventually(lambda: len(sink.point_list) >= 6, what="trace points")
+        assert {p.parameter for p in sink.point_list} == {"Temperature_C", "Pressure_Pa",
+                                                         "RFPower_W"}
+        lot = await _run_lot(session)
+        await eventually(lambda: _completed(sink, lot), what="ProcessCompleted")
+        params = _completed(sink, lot)[0].parameters
+        assert params["Temperature_C_trace_n"] >= 1
+        assert params["Temperature_C_trace_min"] <= params["Temperature_C_trace_mean"]
+        assert any(p.lot_id == lot for p in sink.point_list)
+        assert await session.trace_init(1, 0.05, 0, [2010]) == 0  # TOTSMP 0 stops the trace
+
+
+class GatedSink(RecordingSink):
+    """A sink whose submit() waits until the test opens the gate (a slow durable store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def submit(self, events: list) -> None:
+        if any(isinstance(e, ProcessStarted) for e in events):
+            self.waiting += 1
+            await self.gate.wait()
+        await super().submit(events)
+
+
+async def test_event_is_acknowledged_only_after_the_sink_made_it_durable(
+        sim: GemToolSim) -> None:
+    sink = GatedSink()
+    async with running(sim, sink) as session:
+        acked_before = len(sim.acked)
+        await _run_lot(session)
+        await eventually(lambda: sink.waiting, what="submit called")
+        await asyncio.sleep(0.3)  # give a wrong implementation time to ack early
+        assert "S6F11 CEID 3001" not in sim.acked[acked_before:]
+        sink.gate.set()
+        await eventually(lambda: "S6F11 CEID 3001" in sim.acked[acked_before:],
+                         what="S6F12 after durable")
+        await eventually(lambda: sink.of(ProcessCompleted), what="lot completed")
+
+
+async def test_tool_drops_the_connection_mid_transaction_and_the_host_resyncs(
+        sim: GemToolSim) -> None:
+    sink = RecordingSink()
+    async with running(sim, sink) as session:
+        first = session.state.connects_total
+        sim.drop_on(2, 41)
+        with pytest.raises(GemNotCommunicatingError):
+            await session.command(RemoteCommand.PP_SELECT, {"PPID": "ETCH-A"})
+        await session.wait_for(lambda s: s.communicating and s.connects_total > first, 20)
+        assert sim.enabled_ceids == [3001, 3002, 3003, 3004, 3005]
+        lot = await _run_lot(session)
+        await eventually(lambda: _completed(sink, lot), what="lot after reconnect")
+
+
+async def test_power_cycled_tool_is_back_in_sync_without_anyone_touching_it(
+        sim: GemToolSim) -> None:
+    sink = RecordingSink()
+    async with running(sim, sink) as session:
+        first = session.state.connects_total
+        await sim.power_cycle()  # every report, link and alarm enable is gone on the tool
+        await session.wait_for(lambda s: s.communicating and s.connects_total > first, 20)
+        assert sim.enabled_ceids == [3001, 3002, 3003, 3004, 3005]
+        assert sim.enabled_alids == [5001, 5002, 5003]
+        lot = await _run_lot(session)
+        await eventually(lambda: _completed(sink, lot), what="lot after power cycle")
+
+
+async def test_t3_timeout_fails_the_request_but_not_the_session(sim: GemToolSim) -> None:
+    async with running(sim, hsms_t3=0.5) as session:
+        sim.reply_delay_s = 1.0
+        with pytest.raises(GemTimeoutError):
+            await session.read_status([1001])
+        sim.reply_delay_s = 0.0
+        # The late S1F4 arrives with system bytes nobody waits for any more: dropped.
+        await asyncio.sleep(1.0)
+        assert session.state.communicating
+        assert (await session.read_status([1002]))[1002] == 0
+
+
+async def test_odd_frames_from_the_tool_get_s9_answers_and_the_session_survives(
+        sim: GemToolSim) -> None:
+    async with running(sim) as session:
+        before = session.state.connects_total
+        seen = len(sim.received)
+        # A reply nobody asked for (unknown system bytes): logged and dropped.
+        await sim.send_raw(hsms_frame(1, 4, encode(L(A("x"))), system=0x7EADBEEF, wbit=False))
+        # Malformed item: an A item that claims 200 bytes but carries 3 → S9F7.
+        await sim.send_raw(hsms_frame(6, 11, bytes([0x41, 200]) + b"abc", system=0x7E000001))
+        # Well-formed SECS-II but not an S6F11 shape → S9F7 from the GEM layer.
+        await sim.send_raw(hsms_frame(6, 11, encode(L(U4(1))), system=0x7E000002))
+        # Unknown stream → S9F3; unknown function → S9F5; wrong device id → S9F1.
+        await sim.send_raw(hsms_frame(99, 1, b"", system=0x7E000003))
+        await sim.send_raw(hsms_frame(6, 99, b"", system=0x7E000004))
+        await sim.send_raw(hsms_frame(1, 1, b"", system=0x7E000005, session_id=7))
+        await eventually(
+            lambda: {(9, 1), (9, 3), (9, 5)} <= set(sim.received[seen:])
+            and sim.received[seen:].count((9, 7)) >= 2, what="S9F1/3/5/7 at the tool")
+        assert session.state.communicating and session.state.connects_total == before
+        assert (await session.read_status([1002]))[1002] == 0
+
+
+async def test_oversize_length_field_closes_and_the_host_reconnects(sim: GemToolSim) -> None:
+    async with running(sim) as session:
+        before = session.state.connects_total
+        await sim.send_raw(struct.pack(">I", 0x7FFFFFF0) + b"\x00" * 10)
+        await session.wait_for(lambda s: s.communicating and s.connects_total > before, 20)
+        assert (await session.read_status([1001]))[1001] == 5
+
+
+async def test_events_spooled_while_no_host_was_connected_arrive_after_reconnect(
+        sim: GemToolSim) -> None:
+    async with running(sim):
+        pass  # the tool now has our reports linked and enabled, and nobody listens
+    await sim.set_e10("engineering", "PM kit swap")
+    await eventually(lambda: sim.spooled >= 1, what="event spooled")
+    sink = RecordingSink()
+    async with running(sim, sink) as session:
+        await eventually(lambda: any(e.reason == "PM kit swap"
+                                     for e in sink.of(E10StateChanged)), what="spooled event")
+        assert session.state.spooled_requested and sim.spooled == 0
+        # The status read comes after the spool: the last word is the current state.
+        await eventually(lambda: sink.of(ToolConnected), what="ToolConnected")
+        assert sink.of(E10StateChanged)[-1].reason == "status read at connect"
+        assert session.state.e10 is E10State.ENGINEERING
+        await sim.set_e10("standby", "PM done")
+        await eventually(lambda: session.state.e10 is E10State.STANDBY, what="standby again")
+
+
+async def test_commands_while_disconnected_fail_fast(sim: GemToolSim) -> None:
+    session = GemHostSession(_config(sim), RecordingSink())
+    with pytest.raises(GemNotCommunicatingError):
+        await session.command(RemoteCommand.STOP, {})
