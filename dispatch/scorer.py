@@ -36,6 +36,26 @@ All kernels are `@njit(cache=True)` and pure: arrays in, arrays out.
         tool (out_n[t] = 0 for the others); tools of a group with the same
         setup, minimum-run state and qualifications share one ranking.
 
+    Per candidate, from scalars (for a simulation with its own lot arrays; the
+    kernels above are built from these same functions):
+
+    candidate_key(now_min, level, weight, qt_horizon_min, balance_target_wait_min,
+                  hot, priority, due_min, arrival_min, qt_active, qt_deadline_min,
+                  remaining_min, batch_wafers, batch_max_wafers, next_wait_min,
+                  minrun_feature, setup_min, feat, out_key) -> None
+        level/weight = pol.level[g], pol.weight[g] (the tool group's policy row);
+        feat float64[R] scratch (ends holding the features), out_key float64[NL].
+    key_better(ka, arrival_a, due_a, id_a, kb, arrival_b, due_b, id_b) -> bool
+    block_code(now_min, hold, qt_gate, qt_gate_factor, qt_limit_min,
+               qt_target_wait_min, batch_max_wafers, batch_min_wafers, batch_wafers,
+               batch_oldest_min, batch_fill, batch_max_wait_min) -> BLOCK_* code
+        with the policy row's parameters (pol.qt_gate[g], ...); BLOCK_OK = may start.
+    setup_time_min(need, cur, step_setup_time_min, setup_change_min) -> minutes
+    minrun_violation(need, cur, runs, setup_min_runs) -> -1.0 | 0.0
+
+Note: numba's cache does not notice when a kernel called from another
+module changes; after editing this file, clear the callers' __pycache__/*.nb*.
+
 Ordering: keys compared level by level (larger first), then earlier arrival at
 the step, earlier due date, lower lot index. A lot's key at level l is
 sum(weight[g, r] * feature[r]) over the rules r at level l, summed in RULES
@@ -71,7 +91,13 @@ __all__ = [
     "DispatchLists",
     "Dispatcher",
     "Workspace",
+    "add_tool_terms",
+    "base_key",
+    "block_code",
     "candidate_features",
+    "candidate_key",
+    "key_better",
+    "lot_features",
     "new_workspace",
     "prepare",
     "score_all",
@@ -143,16 +169,18 @@ def new_workspace(fab: FabArrays, pol: PolicyArrays) -> Workspace:
 # --- kernels ------------------------------------------------------------------------------
 
 
+# Helpers take arrays and scalars, not the FabArrays tuple: numba passes a named tuple by
+# value, and copying 32 array structs per call cost more than the work itself.
+
+
 @njit(cache=True)
-def lot_ptime_min(fab, i, s):
-    """Return the minutes lot i occupies a tool at step s (its share of a batch)."""
-    per = fab.step_ptime_per[s]
-    pt = fab.step_ptime_min[s]
+def lot_ptime_min(per, ptime_min, wafers, batch_max):
+    """Return the minutes a lot of `wafers` occupies a tool at a step (its share of a batch)."""
     if per == 1:
-        return pt * fab.lot_wafers[i]
-    if per == 2 and fab.step_batch_max[s] > 0:
-        return pt * fab.lot_wafers[i] / fab.step_batch_max[s]
-    return pt
+        return ptime_min * wafers
+    if per == 2 and batch_max > 0:
+        return ptime_min * wafers / batch_max
+    return ptime_min
 
 
 @njit(cache=True)
@@ -164,40 +192,35 @@ def tool_available(t, now_min, fab, pol):
 
 
 @njit(cache=True)
-def setup_time_min(fab, t, s):
-    """Return the setup minutes tool t needs before step s (0 if none)."""
-    need = fab.step_setup[s]
-    cur = fab.tool_setup[t]
+def setup_time_min(need, cur, step_setup_time_min, setup_change_min):
+    """Return the setup minutes a tool in setup `cur` needs for a step needing `need` (0 if none)."""
     if need < 0 or cur == need:
         return 0.0
-    if fab.step_setup_time_min[s] > 0.0:
-        return fab.step_setup_time_min[s]
-    v = fab.setup_change_min[cur + 1, need]
+    if step_setup_time_min > 0.0:
+        return step_setup_time_min
+    v = setup_change_min[cur + 1, need]
     if v == v:   # not NaN
         return v
-    v = fab.setup_change_min[0, need]
+    v = setup_change_min[0, need]
     if v == v:
         return v
     return 0.0
 
 
 @njit(cache=True)
-def minrun_violation(fab, t, s):
-    """Return -1.0 if running step s on tool t leaves its setup before the minimum run, else 0.0."""
-    cur = fab.tool_setup[t]
-    if cur >= 0 and fab.tool_setup_runs[t] < fab.setup_min_runs[cur] and fab.step_setup[s] != cur:
+def minrun_violation(need, cur, runs, setup_min_runs):
+    """Return -1.0 if a step needing `need` leaves setup `cur` before its minimum run, else 0.0."""
+    if cur >= 0 and runs < setup_min_runs[cur] and need != cur:
         return -1.0
     return 0.0
 
 
 @njit(cache=True)
-def qualified(fab, t, recipe):
-    """Return whether tool t is qualified for `recipe` (binary search in its CSR row)."""
-    lo = fab.qual_ptr[t]
-    hi = fab.qual_ptr[t + 1]
+def qualified(qual_recipe, lo, hi, recipe):
+    """Return whether `recipe` is in the sorted CSR row qual_recipe[lo:hi]."""
     while lo < hi:
         mid = (lo + hi) // 2
-        v = fab.qual_recipe[mid]
+        v = qual_recipe[mid]
         if v < recipe:
             lo = mid + 1
         elif v > recipe:
@@ -211,7 +234,6 @@ def qualified(fab, t, recipe):
 def prepare(now_min, fab, pol, ws):
     """Compute per-group workload and queues and per-lot blocks, features and base keys."""
     G = ws.group_ptr.shape[0] - 1
-    NL = ws.lot_base.shape[1]
     n_slots = fab.lot_state.shape[0]
     ws.group_up[:] = 0
     ws.group_work_min[:] = 0.0
@@ -233,7 +255,8 @@ def prepare(now_min, fab, pol, ws):
         ws.group_fill[g] += 1
         if fab.lot_hold[i]:
             continue
-        ws.group_work_min[g] += lot_ptime_min(fab, i, s)
+        ws.group_work_min[g] += lot_ptime_min(fab.step_ptime_per[s], fab.step_ptime_min[s],
+                                              fab.lot_wafers[i], fab.step_batch_max[s])
         if fab.step_batch_max[s] > 0:
             r = fab.step_recipe[s]
             ws.recipe_wafers[r] += fab.lot_wafers[i]
@@ -255,84 +278,149 @@ def prepare(now_min, fab, pol, ws):
         g = fab.step_group[s]
         ws.group_lots[ws.group_fill[g]] = i
         ws.group_fill[g] += 1
-        f = ws.lot_feat[i]
-        # queue-time urgency
-        if fab.lot_qt_step[i] >= 0:
-            h = pol.qt_horizon_min[g]
-            if h <= 0.0:
-                f[R_QTIME] = 1.0
-            else:
-                slack = fab.lot_qt_deadline_min[i] - now_min
-                if slack < 0.0:
-                    slack = 0.0
-                f[R_QTIME] = h / (h + slack)
-        else:
-            f[R_QTIME] = 0.0
-        f[R_HOT] = float(fab.lot_hot[i])
-        f[R_PRIORITY] = float(fab.lot_priority[i])
-        rpt = fab.step_rpt_min[s]
-        if rpt < 1.0:
-            rpt = 1.0
-        to_due = fab.lot_due_min[i] - now_min
-        f[R_CR] = -(to_due / rpt)
-        f[R_SLACK] = -((to_due - rpt) / 1440.0)
         bmax = fab.step_batch_max[s]
-        if bmax > 0:
-            w = ws.recipe_wafers[fab.step_recipe[s]]
-            f[R_BATCH] = min(w, bmax) / bmax
-        else:
-            f[R_BATCH] = 0.0
+        r = fab.step_recipe[s]
         sn = fab.step_next[s]
-        if sn >= 0:
-            tgt = pol.balance_target_wait_min[g]
-            v = (tgt - ws.group_wait_min[fab.step_group[sn]]) / tgt
-            f[R_BALANCE] = min(1.0, max(-1.0, v))
-        else:
-            f[R_BALANCE] = 0.0
-        f[R_FIFO] = (now_min - fab.lot_arrival_min[i]) / 60.0
-        f[R_MINRUN] = 0.0
-        f[R_SETUP] = 0.0
-        # tool-independent key contributions, in RULES order
-        base = ws.lot_base[i]
-        for lv in range(NL):
-            base[lv] = 0.0
-        for r in range(N_RULES):
-            if r == R_MINRUN or r == R_SETUP:
-                continue
-            lv = pol.level[g, r]
-            if lv >= 0:
-                base[lv] += pol.weight[g, r] * f[r]
-        # blocks
-        block = BLOCK_OK
-        if fab.lot_hold[i]:
-            block = BLOCK_HOLD
-        else:
-            tq = fab.step_qt_to[s]
-            if tq >= 0 and pol.qt_gate[g]:
-                if ws.group_wait_min[fab.step_group[tq]] > pol.qt_gate_factor[g] * fab.step_qt_limit_min[s]:
-                    block = BLOCK_QT_GATE
-            if block == BLOCK_OK and bmax > 0:
-                r = fab.step_recipe[s]
-                w = ws.recipe_wafers[r]
-                if w < fab.step_batch_min[s]:
-                    block = BLOCK_BATCH_WAIT
-                elif (w < pol.batch_fill[g] * bmax
-                      and now_min - ws.recipe_oldest_min[r] < pol.batch_max_wait_min[g]):
-                    block = BLOCK_BATCH_WAIT
-        ws.lot_block[i] = block
+        tq = fab.step_qt_to[s]
+        f = ws.lot_feat[i]
+        lot_features(now_min, pol.qt_horizon_min[g], pol.balance_target_wait_min[g],
+                     fab.lot_hot[i], fab.lot_priority[i], fab.lot_due_min[i],
+                     fab.lot_arrival_min[i], fab.lot_qt_step[i] >= 0,
+                     fab.lot_qt_deadline_min[i], fab.step_rpt_min[s],
+                     ws.recipe_wafers[r] if bmax > 0 else 0, bmax,
+                     ws.group_wait_min[fab.step_group[sn]] if sn >= 0 else -1.0, f)
+        base_key(pol.level[g], pol.weight[g], f, ws.lot_base[i])
+        ws.lot_block[i] = block_code(
+            now_min, fab.lot_hold[i], pol.qt_gate[g], pol.qt_gate_factor[g],
+            fab.step_qt_limit_min[s], ws.group_wait_min[fab.step_group[tq]] if tq >= 0 else -1.0,
+            bmax, fab.step_batch_min[s], ws.recipe_wafers[r] if bmax > 0 else 0,
+            ws.recipe_oldest_min[r] if bmax > 0 else now_min, pol.batch_fill[g],
+            pol.batch_max_wait_min[g])
+
+
+# --- per-candidate kernels: the policy itself, from scalars (the simulation calls these) ---
 
 
 @njit(cache=True)
-def _better(ka, a, kb, b, fab):
-    """Return whether candidate a (keys ka) ranks before candidate b (keys kb)."""
+def lot_features(now_min, qt_horizon_min, balance_target_wait_min, hot, priority, due_min,
+                 arrival_min, qt_active, qt_deadline_min, remaining_min, batch_wafers,
+                 batch_max_wafers, next_wait_min, out_feat):
+    """Write a lot's tool-independent rule features (RULES order) to out_feat[R].
+
+    batch_wafers: wafers of the lot's recipe waiting (batch steps, else 0);
+    next_wait_min: work per up tool queued at the next step's group, < 0 at
+    the end of the route. MINRUN and SETUP columns are set to 0 (tool terms).
+    """
+    if qt_active:
+        if qt_horizon_min <= 0.0:
+            out_feat[R_QTIME] = 1.0
+        else:
+            slack = qt_deadline_min - now_min
+            if slack < 0.0:
+                slack = 0.0
+            out_feat[R_QTIME] = qt_horizon_min / (qt_horizon_min + slack)
+    else:
+        out_feat[R_QTIME] = 0.0
+    out_feat[R_HOT] = float(hot)
+    out_feat[R_PRIORITY] = float(priority)
+    rpt = remaining_min
+    if rpt < 1.0:
+        rpt = 1.0
+    to_due = due_min - now_min
+    out_feat[R_CR] = -(to_due / rpt)
+    out_feat[R_SLACK] = -((to_due - rpt) / 1440.0)
+    if batch_max_wafers > 0:
+        out_feat[R_BATCH] = min(batch_wafers, batch_max_wafers) / batch_max_wafers
+    else:
+        out_feat[R_BATCH] = 0.0
+    if next_wait_min >= 0.0:
+        v = (balance_target_wait_min - next_wait_min) / balance_target_wait_min
+        out_feat[R_BALANCE] = min(1.0, max(-1.0, v))
+    else:
+        out_feat[R_BALANCE] = 0.0
+    out_feat[R_FIFO] = (now_min - arrival_min) / 60.0
+    out_feat[R_MINRUN] = 0.0
+    out_feat[R_SETUP] = 0.0
+
+
+@njit(cache=True)
+def base_key(level, weight, feat, out_base):
+    """Sum weight x feature of the tool-independent rules into their levels (RULES order)."""
+    for lv in range(out_base.shape[0]):
+        out_base[lv] = 0.0
+    for r in range(N_RULES):
+        if r == R_MINRUN or r == R_SETUP:
+            continue
+        lv = level[r]
+        if lv >= 0:
+            out_base[lv] += weight[r] * feat[r]
+
+
+@njit(cache=True)
+def add_tool_terms(level, weight, minrun_feature, setup_min, key):
+    """Add the tool-dependent terms (minimum-run violation, then setup hours) to a base key."""
+    lv = level[R_MINRUN]
+    if lv >= 0:
+        key[lv] += weight[R_MINRUN] * minrun_feature
+    lv = level[R_SETUP]
+    if lv >= 0:
+        key[lv] += weight[R_SETUP] * (-(setup_min / 60.0))
+
+
+@njit(cache=True)
+def block_code(now_min, hold, qt_gate, qt_gate_factor, qt_limit_min, qt_target_wait_min,
+               batch_max_wafers, batch_min_wafers, batch_wafers, batch_oldest_min, batch_fill,
+               batch_max_wait_min):
+    """Return why a waiting lot may not start anywhere now (BLOCK_*), BLOCK_OK if it may.
+
+    qt_target_wait_min: wait at the group of the step that closes this step's
+    queue-time window (< 0 if the step opens none).
+    """
+    if hold:
+        return BLOCK_HOLD
+    if qt_gate and qt_target_wait_min >= 0.0 and qt_target_wait_min > qt_gate_factor * qt_limit_min:
+        return BLOCK_QT_GATE
+    if batch_max_wafers > 0:
+        if batch_wafers < batch_min_wafers:
+            return BLOCK_BATCH_WAIT
+        if (batch_wafers < batch_fill * batch_max_wafers
+                and now_min - batch_oldest_min < batch_max_wait_min):
+            return BLOCK_BATCH_WAIT
+    return BLOCK_OK
+
+
+@njit(cache=True)
+def candidate_key(now_min, level, weight, qt_horizon_min, balance_target_wait_min, hot,
+                  priority, due_min, arrival_min, qt_active, qt_deadline_min, remaining_min,
+                  batch_wafers, batch_max_wafers, next_wait_min, minrun_feature, setup_min,
+                  feat, out_key):
+    """Compute one (tool, lot) key from scalars: what score_tool computes for each candidate.
+
+    level/weight: the tool group's policy row (pol.level[g], pol.weight[g]);
+    minrun_feature: -1.0 on a minimum-run violation else 0.0; setup_min: setup
+    minutes the tool needs. feat (float64[R]) is scratch and ends with the
+    features; out_key (float64[NL]) gets the key. Rank with key_better.
+    """
+    lot_features(now_min, qt_horizon_min, balance_target_wait_min, hot, priority, due_min,
+                 arrival_min, qt_active, qt_deadline_min, remaining_min, batch_wafers,
+                 batch_max_wafers, next_wait_min, feat)
+    base_key(level, weight, feat, out_key)
+    add_tool_terms(level, weight, minrun_feature, setup_min, out_key)
+    feat[R_MINRUN] = minrun_feature
+    feat[R_SETUP] = -(setup_min / 60.0)
+
+
+@njit(cache=True)
+def key_better(ka, arrival_a, due_a, id_a, kb, arrival_b, due_b, id_b):
+    """Return whether candidate a ranks before b: keys larger level by level, then FIFO, due, id."""
     for lv in range(ka.shape[0]):
         if ka[lv] != kb[lv]:
             return ka[lv] > kb[lv]
-    if fab.lot_arrival_min[a] != fab.lot_arrival_min[b]:
-        return fab.lot_arrival_min[a] < fab.lot_arrival_min[b]
-    if fab.lot_due_min[a] != fab.lot_due_min[b]:
-        return fab.lot_due_min[a] < fab.lot_due_min[b]
-    return a < b
+    if arrival_a != arrival_b:
+        return arrival_a < arrival_b
+    if due_a != due_b:
+        return due_a < due_b
+    return id_a < id_b
 
 
 @njit(cache=True)
@@ -341,34 +429,43 @@ def score_tool(t, now_min, fab, pol, ws, out_lot, out_key):
     g = fab.tool_group[t]
     K = out_lot.shape[0]
     NL = ws.lot_base.shape[1]
-    lv_minrun = pol.level[g, R_MINRUN]
-    lv_setup = pol.level[g, R_SETUP]
-    w_minrun = pol.weight[g, R_MINRUN]
-    w_setup = pol.weight[g, R_SETUP]
+    level, weight = pol.level[g], pol.weight[g]
+    cur = fab.tool_setup[t]
+    runs = fab.tool_setup_runs[t]
+    q_lo, q_hi = fab.qual_ptr[t], fab.qual_ptr[t + 1]
+    qual_recipe, step_recipe, lot_step = fab.qual_recipe, fab.step_recipe, fab.lot_step
+    step_setup, step_setup_time, setup_change = (fab.step_setup, fab.step_setup_time_min,
+                                                 fab.setup_change_min)
+    setup_min_runs = fab.setup_min_runs
+    arrival, due = fab.lot_arrival_min, fab.lot_due_min
+    group_lots, lot_block, lot_base = ws.group_lots, ws.lot_block, ws.lot_base
     key = ws.key_tmp
     n = 0
     for j in range(ws.group_ptr[g], ws.group_ptr[g + 1]):
-        i = ws.group_lots[j]
-        if ws.lot_block[i] != BLOCK_OK:
+        i = group_lots[j]
+        if lot_block[i] != BLOCK_OK:
             continue
-        s = fab.lot_step[i]
-        if not qualified(fab, t, fab.step_recipe[s]):
+        s = lot_step[i]
+        if not qualified(qual_recipe, q_lo, q_hi, step_recipe[s]):
             continue
         for lv in range(NL):
-            key[lv] = ws.lot_base[i, lv]
-        if lv_minrun >= 0:
-            key[lv_minrun] += w_minrun * minrun_violation(fab, t, s)
-        if lv_setup >= 0:
-            key[lv_setup] += w_setup * (-(setup_time_min(fab, t, s) / 60.0))
+            key[lv] = lot_base[i, lv]
+        add_tool_terms(level, weight,
+                       minrun_violation(step_setup[s], cur, runs, setup_min_runs),
+                       setup_time_min(step_setup[s], cur, step_setup_time[s], setup_change), key)
         # insert into the sorted top-K
         if n == K:
-            if not _better(key, i, out_key[K - 1], out_lot[K - 1], fab):
+            b = out_lot[K - 1]
+            if not key_better(key, arrival[i], due[i], i, out_key[K - 1], arrival[b], due[b], b):
                 continue
             pos = K - 1
         else:
             pos = n
             n += 1
-        while pos > 0 and _better(key, i, out_key[pos - 1], out_lot[pos - 1], fab):
+        while pos > 0:
+            b = out_lot[pos - 1]
+            if not key_better(key, arrival[i], due[i], i, out_key[pos - 1], arrival[b], due[b], b):
+                break
             out_lot[pos] = out_lot[pos - 1]
             for lv in range(NL):
                 out_key[pos, lv] = out_key[pos - 1, lv]
@@ -385,8 +482,10 @@ def candidate_features(t, i, now_min, fab, ws, out_feat):
     s = fab.lot_step[i]
     for r in range(N_RULES):
         out_feat[r] = ws.lot_feat[i, r]
-    out_feat[R_MINRUN] = minrun_violation(fab, t, s)
-    out_feat[R_SETUP] = -(setup_time_min(fab, t, s) / 60.0)
+    need, cur = fab.step_setup[s], fab.tool_setup[t]
+    out_feat[R_MINRUN] = minrun_violation(need, cur, fab.tool_setup_runs[t], fab.setup_min_runs)
+    out_feat[R_SETUP] = -(setup_time_min(need, cur, fab.step_setup_time_min[s],
+                                         fab.setup_change_min) / 60.0)
 
 
 @njit(cache=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dispatch import smt2020
@@ -10,7 +12,7 @@ from dispatch.model import NO_QT, FabModel, LotState, StepSpec, from_smt2020
 from dispatch.scorer import Dispatcher
 from tests.dispatch.fabs import line
 
-HVLM = "/work/shared/data/smt2020/HVLM"
+HVLM = Path(__file__).resolve().parents[3] / "shared" / "data" / "smt2020" / "HVLM"
 
 
 def rework_fab() -> FabModel:
