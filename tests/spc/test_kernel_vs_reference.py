@@ -90,7 +90,7 @@ def _reference_violations(spec: ChartSpec, values: list[float]) -> set[tuple[int
     return out
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.lists(series(), min_size=len(SPECS), max_size=len(SPECS)),
        cuts=st.lists(st.floats(0.0, 1.0), max_size=4))
 def test_kernel_equals_reference_for_many_charts_across_ticks(data, cuts):
@@ -127,3 +127,33 @@ def test_points_involved_come_from_this_tick_and_the_history(values, tick):
             span = v.seq - v.first_seq + 1
             if v.test in (2, 3, 4, 7, 8):
                 assert span == {2: 9, 3: 6, 4: 14, 7: 15, 8: 8}[v.test]
+
+
+def test_kernel_equals_reference_on_long_mixed_series_in_uneven_ticks():
+    """Long series (runs far beyond K, long alternations) cut into uneven ticks, all specs."""
+    rng = np.random.default_rng(2024)
+    n = 1500
+    i = np.arange(n)
+    base = np.concatenate([
+        CENTER + rng.standard_normal(n // 3) * SIGMA,  # in control
+        CENTER + 0.4 * SIGMA + rng.standard_normal(n // 6) * 0.2 * SIGMA,  # long shift
+        CENTER + np.where(i[: n // 6] % 2 == 0, 0.5, -0.5) * SIGMA,  # long oscillation
+        CENTER + np.linspace(-3.5, 3.5, n // 6) * SIGMA,  # long trend through every zone
+        np.array(GRID)[rng.integers(0, len(GRID), n - 2 * (n // 3) - n // 6)],  # exact limits
+    ])
+    data = [np.round(np.roll(base, 97 * c), 4).tolist() for c in range(len(SPECS))]
+    eng = SpcEngine()
+    ids = [eng.register(f"L{c}", spec=spec) for c, spec in enumerate(SPECS)]
+    got: dict[int, set] = {c: set() for c in ids}
+    pos = 0
+    while pos < n:
+        step = int(rng.integers(1, 60))
+        for c, vals in zip(ids, data, strict=True):
+            eng.add_many(np.full(len(vals[pos:pos + step]), c), np.array(vals[pos:pos + step]), 0.0)
+        for v in eng.evaluate().violations:
+            got[v.chart_id].add((v.test, v.series, v.seq))
+        pos += step
+    for c, spec in enumerate(SPECS):
+        want = _reference_violations(spec, data[c])
+        assert want, spec  # the series exercise the chart
+        assert got[ids[c]] == want, spec
