@@ -95,6 +95,9 @@ class ChartSpec(msgspec.Struct, frozen=True, kw_only=True):
     # Also signal when the dispersion chart (MR, R, S) is beyond its limits (test 1 there).
     dispersion_test: bool = True
     reaction: Reaction = Reaction.NOTIFY
+    # Per-test exceptions to `reaction`, e.g. {1 = "hold_lot"} to hold on a point beyond
+    # the limits but only notify on run patterns. The dispersion chart counts as test 1.
+    test_reactions: dict[int, Reaction] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.center is None) != (self.sigma is None):
@@ -103,6 +106,8 @@ class ChartSpec(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
         if self.tests is not None and not set(self.tests) <= set(ALL_TESTS):
             raise ValueError(f"tests must be a subset of 1..8, got {list(self.tests)}")
+        if not set(self.test_reactions) <= set(ALL_TESTS):
+            raise ValueError(f"test_reactions keys must be tests 1..8, got {sorted(self.test_reactions)}")
         if not 2 <= self.subgroup_size <= 25:
             raise ValueError(f"subgroup_size must be in 2..25, got {self.subgroup_size}")
         if self.phase_i_points < 2:

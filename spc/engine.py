@@ -138,10 +138,18 @@ class _Snapshot(msgspec.Struct, array_like=True):
     arrays: dict[str, bytes]
 
 
+def _downgrade(action: Reaction, tool_id: str, chamber: str) -> Reaction:
+    if action is Reaction.INHIBIT_CHAMBER and not chamber:
+        action = Reaction.INHIBIT_TOOL
+    if action is Reaction.INHIBIT_TOOL and not tool_id:
+        action = Reaction.NOTIFY
+    return action
+
+
 class _Chart:
     """Python-side facts of one chart (the kernel's side lives in the engine's arrays)."""
 
-    __slots__ = ("action", "chamber", "descriptions", "key", "limits", "phase_disps",
+    __slots__ = ("actions", "chamber", "descriptions", "key", "limits", "phase_disps",
                  "phase_means", "series", "spec", "sub_lot", "sub_ts", "sub_values", "tool_id",
                  "version", "warned", "widths")
 
@@ -165,12 +173,9 @@ class _Chart:
                              describe(1, spec, disp) if disp else "")
         self.widths = [_window(t, spec) for t in range(1, 9)] + [
             2 if spec.chart_type is ChartType.I_MR else 1]
-        action = spec.reaction
-        if action is Reaction.INHIBIT_CHAMBER and not chamber:
-            action = Reaction.INHIBIT_TOOL
-        if action is Reaction.INHIBIT_TOOL and not tool_id:
-            action = Reaction.NOTIFY
-        self.action = action
+        # per flag bit: the reaction plan, downgraded when its target is unknown
+        self.actions = tuple(_downgrade(spec.test_reactions.get(t, spec.reaction), tool_id, chamber)
+                             for t in (1, 2, 3, 4, 5, 6, 7, 8, 1))
 
 
 _SNAPSHOT_ARRAYS = ("_fpar", "_ipar", "_ist", "_fst", "_reset_seq", "_route", "_hist_stat",
@@ -596,7 +601,7 @@ class SpcEngine:
                                        ends.tolist(), statistic.tolist(), strict=True):
             ch = self._charts[c]
             lids = tuple(lot_names[x] for x in lot_codes[a:e])
-            action = ch.action
+            action = ch.actions[b]
             if action is Reaction.HOLD_LOT and not lids[-1]:
                 action = Reaction.NOTIFY
             out.append(Violation(

@@ -49,3 +49,12 @@ def test_a_bad_value_is_reported_with_its_key_path(toml, where):
     with pytest.raises(msgspec.ValidationError) as exc:
         msgspec.toml.decode(toml, type=SpcConfig)
     assert where in str(exc.value)
+
+
+def test_per_test_reactions_from_toml():
+    cfg = msgspec.toml.decode('[default]\nreaction = "notify"\n'
+                              'test_reactions = { 1 = "hold_lot", 5 = "inhibit_tool" }',
+                              type=SpcConfig)
+    assert cfg.default.test_reactions == {1: Reaction.HOLD_LOT, 5: Reaction.INHIBIT_TOOL}
+    with pytest.raises(msgspec.ValidationError, match="test_reactions"):
+        msgspec.toml.decode("[default]\ntest_reactions = { 9 = 'notify' }", type=SpcConfig)

@@ -316,3 +316,16 @@ def test_events_round_trip_through_json_for_the_streams():
         again = msgspec.json.decode(msgspec.json.encode(ev), type=type(ev))
         assert again == ev
     assert res.violations and res.violations[0].series == "ewma"
+
+
+def test_per_test_reactions_hold_on_out_of_control_and_notify_on_runs():
+    eng = SpcEngine()
+    spec = ChartSpec(center=0.0, sigma=1.0, reaction=Reaction.NOTIFY,
+                     test_reactions={1: Reaction.HOLD_LOT})
+    cid = eng.register("k", spec=spec, tool_id="T1")
+    for i, x in enumerate([0.5] * 9 + [3.5]):
+        eng.add(cid, x, float(i), lot_id=f"L{i}")
+    got = {(v.series, v.test, v.seq): (v.action, v.lot_id) for v in eng.evaluate().violations}
+    assert got[("x", 2, 8)] == (Reaction.NOTIFY, "L8")
+    assert got[("x", 1, 9)] == (Reaction.HOLD_LOT, "L9")
+    assert got[("x", 2, 9)] == (Reaction.NOTIFY, "L9")
