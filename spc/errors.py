@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from daemon.errors import FabdError
 
-class SpcError(Exception):
-    """Root of every SPC error (a FabdError once the daemon defines that root)."""
+
+class SpcError(FabdError):
+    """Root of every SPC error."""
 
 
 class SpcConfigError(SpcError, ValueError):
