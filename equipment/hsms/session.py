@@ -341,9 +341,7 @@ class HsmsSession:
                 if msg.wbit:
                     self.send_s9(3, msg.header)
             else:
-                result = self.handler(self, msg)
-                if result is not None and inspect.isawaitable(result):
-                    self._spawn(result, msg.sf)
+                self._dispatch(msg)
         elif stype == SType.SELECT_REQ:
             if self.selected:
                 self._control(SType.SELECT_RSP, msg.system, SelectStatus.ALREADY_ACTIVE)
@@ -394,6 +392,16 @@ class HsmsSession:
                         msg.function))
                 return
         if self.handler is not None:
+            self._dispatch(msg)
+
+    def _dispatch(self, msg: Message) -> None:
+        try:
             result = self.handler(self, msg)
-            if result is not None and inspect.isawaitable(result):
-                self._spawn(result, msg.sf)
+        except HsmsConnectionLostError:
+            return
+        except Exception:
+            # a bug in the GEM layer must not take the connection down with it
+            log.exception("hsms %s: handler failed on %r", self.tool_id, msg)
+            return
+        if result is not None and inspect.isawaitable(result):
+            self._spawn(result, msg.sf)
