@@ -81,6 +81,8 @@ def test_random_byte_streams_never_escape_the_reader(chunks: list[bytes]) -> Non
 def mutated_streams(draw: st.DrawFn) -> list[bytes]:
     stream = bytearray(b"".join(draw(st.lists(st.sampled_from(VALID), min_size=1, max_size=6))))
     for _ in range(draw(st.integers(0, 6))):
+        if not stream:
+            break
         i = draw(st.integers(0, len(stream) - 1))
         op = draw(st.sampled_from(["flip", "insert", "delete"]))
         if op == "flip":
