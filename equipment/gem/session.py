@@ -83,7 +83,7 @@ _TRID = 1
 class GemSessionState(msgspec.Struct, frozen=True, kw_only=True):
     """What the daemon can read about one tool's GEM session at any time."""
 
-    hsms: str = "NOT_CONNECTED"  # E37: NOT_CONNECTED, NOT_SELECTED, SELECTED
+    hsms: HsmsState = HsmsState.NOT_CONNECTED  # E37: NOT_CONNECTED, NOT_SELECTED, SELECTED
     communicating: bool = False  # start-up finished; commands may be sent
     control: ControlState | None = None
     e10: E10State | None = None
@@ -185,16 +185,27 @@ class GemHostSession:
                 self._startup_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._startup_task
-            self._set(hsms=HsmsState.NOT_CONNECTED.value, communicating=False)
+            self._set(hsms=HsmsState.NOT_CONNECTED, communicating=False)
 
     def _on_hsms_state(self, state: HsmsState) -> None:
-        self._set(hsms=state.value)
+        self._set(hsms=state)
 
     def _on_selected(self, _session: HsmsSession) -> None:
         if self._startup_task is not None and not self._startup_task.done():
             self._startup_task.cancel()
+        # Not a TaskGroup child on purpose: a loss cancels it, the next SELECTED starts anew;
+        # run() cancels and awaits it on the way out.
         self._startup_task = asyncio.get_running_loop().create_task(
             self._startup_loop(), name=f"gem-startup[{self.tool_id}]")
+        self._startup_task.add_done_callback(self._startup_done)
+
+    def _startup_done(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug, not the tool: say so, and drop the connection so the next one starts clean.
+        log.error("tool %s: GEM start-up crashed", self.tool_id, exc_info=task.exception())
+        if self._link is not None and self._link.session is not None:
+            self._link.session.close("GEM start-up crashed")
 
     def _on_lost(self, reason: str) -> None:
         if self._startup_task is not None and not self._startup_task.done():
@@ -217,13 +228,15 @@ class GemHostSession:
 
     async def _startup_loop(self) -> None:
         """Run the start-up; on a refusal or timeout retry after CommDelay while SELECTED."""
+        level = logging.WARNING  # once per connection, then quieter
         while True:
             try:
                 await self._startup()
                 return
             except (GemTimeoutError, GemStartupError, GemProtocolError) as exc:
-                log.warning("tool %s: GEM start-up failed (%s); retrying in %.1f s",
-                            self.tool_id, exc, self.config.comm_retry_s)
+                log.log(level, "tool %s: GEM start-up failed (%s); retrying every %.1f s",
+                        self.tool_id, exc, self.config.comm_retry_s)
+                level = logging.DEBUG
                 await asyncio.sleep(self.config.comm_retry_s)
             except GemNotCommunicatingError:
                 return  # the link went down; the next SELECTED starts again
@@ -294,8 +307,9 @@ class GemHostSession:
         self._set(communicating=True, recipes=recipes, connects_total=connects,
                   spooled_requested=spooled)
         if self._was_up:
-            log.info("tool %s: GEM session back (%s, %s)", self.tool_id,
-                     self._state.control, self._state.e10)
+            # The HSMS supervisor logged the one INFO "back" line; this is detail.
+            log.debug("tool %s: GEM communicating again (%s, %s)", self.tool_id,
+                      self._state.control, self._state.e10)
         else:
             log.info("tool %s: GEM session up (%s, %s, %d recipes)", self.tool_id,
                      self._state.control, self._state.e10, len(recipes))

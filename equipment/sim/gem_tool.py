@@ -947,6 +947,12 @@ class GemToolSim:
         """Make a process parameter drift by `per_lot` after every completed lot."""
         self._drift_per_lot[parameter] = per_lot
 
+    def reset_process(self) -> None:
+        """Forget every shift and drift: parameters go back around their set points."""
+        self._shift.clear()
+        self._drift_per_lot.clear()
+        self._drift_total.clear()
+
     async def raise_alarm(self, alid: int) -> None:
         """Set an alarm (S5F1 with ALCD bit 7 when the host enabled it)."""
         await asyncio.to_thread(self.handler.emit_alarm, alid, True)

@@ -34,6 +34,7 @@ from equipment.gem.config import GemToolConfig
 from equipment.gem.errors import GemNotCommunicatingError, GemProtocolError, GemTimeoutError
 from equipment.gem.session import GemHostSession
 from equipment.hsms.config import HsmsConfig
+from equipment.hsms.message import HsmsState
 from equipment.secs import U4, A, L, encode
 from equipment.sim.gem_tool import GemToolSim, GemToolSimConfig, hsms_frame
 from tests.support import eventually
@@ -109,7 +110,7 @@ async def test_startup_brings_the_tool_online_with_reports_alarms_clock_and_stat
         state = session.state
         control: ToolControl = session  # the daemon drives it through this protocol
         assert control.tool_id == "SIM01"
-        assert state.hsms == "SELECTED" and state.communicating
+        assert state.hsms is HsmsState.SELECTED and state.communicating
         assert state.control is ControlState.ONLINE_REMOTE
         assert state.e10 is E10State.STANDBY
         assert {"ETCH-A", "DEP-B"} <= set(state.recipes)
@@ -147,7 +148,8 @@ async def test_a_lot_runs_through_remote_commands_and_arrives_as_domain_events(
         assert (bad.accepted, bad.code) == (False, 3)
 
 
-async def test_a_parameter_shift_shows_in_the_collected_parameters(sim: GemToolSim) -> None:
+async def test_a_parameter_shift_or_drift_shows_in_the_collected_parameters(
+        sim: GemToolSim) -> None:
     sink = RecordingSink()
     async with running(sim, sink) as session:
         sim.shift("Thickness_nm", 25.0)
@@ -157,6 +159,17 @@ async def test_a_parameter_shift_shows_in_the_collected_parameters(sim: GemToolS
         finally:
             sim.shift("Thickness_nm", -25.0)
         assert _completed(sink, lot)[0].parameters["Thickness_nm"] > 140.0
+        sim.drift("Pressure_Pa", 2.0)  # +2 Pa after every lot
+        try:
+            lots = []
+            for _ in range(2):
+                lots.append(await _run_lot(session))
+                await eventually(lambda: _completed(sink, lots[-1]), what="ProcessCompleted")
+                await eventually(lambda: sim.process_state == 0, what="tool idle")
+        finally:
+            sim.reset_process()
+        first, second = (_completed(sink, lot)[0].parameters["Pressure_Pa"] for lot in lots)
+        assert second - first > 1.0
 
 
 async def test_alarms_set_and_clear(sim: GemToolSim) -> None:
