@@ -13,7 +13,7 @@ from dispatch import smt2020
 from dispatch.config import Policy, compile_policy
 from dispatch.model import FabModel, from_smt2020
 from dispatch.reference import reference_lists
-from dispatch.scorer import Dispatcher, prepare, score_tool, tool_available
+from dispatch.scorer import Dispatcher, assign, prepare, score_tool, tool_available
 
 NAME = "dispatch"
 DEFAULT_DATA = os.environ.get("FABD_SMT2020",
@@ -78,6 +78,10 @@ def _run_scale(model: FabModel, policy: Policy, tag: str, *, repeat: int, refere
     n_one = 200
     t_one = best_of(lambda: _repeat_score_tool(n_one, t0, 0.0, fab, pol, ws, lots, keys),
                     repeat=repeat) / n_one
+    t_assign = best_of(lambda: d.assign(0.0), repeat=max(3, repeat // 3))
+    n_assigned = sum(len(v) for v in d.assign(0.0).values())
+    lot_tool = d._lot_tool
+    t_assign_k = best_of(lambda: assign(0.0, fab, pol, ws, lot_tool), repeat=max(3, repeat // 3))
     if reference:
         progress(f"{tag}: plain-Python reference (slow)")
         t = time.perf_counter()
@@ -88,6 +92,10 @@ def _run_scale(model: FabModel, policy: Policy, tag: str, *, repeat: int, refere
              ref_s * 1e3, as_json=js)
         emit(NAME, f"{tag}_speedup_vs_reference", ref_s / t_kernel, "x", "target_x", 100.0,
              as_json=js)
+    emit(NAME, f"{tag}_assign_{n_assigned}_lots_kernel_ms", t_assign_k * 1e3, "ms",
+         f"{tag}_full_rescore_ms", t_kernel * 1e3, as_json=js)
+    emit(NAME, f"{tag}_assign_{n_assigned}_lots_with_ids_ms", t_assign * 1e3, "ms",
+         f"{tag}_assign_kernel_ms", t_assign_k * 1e3, as_json=js)
     emit(NAME, f"{tag}_full_rescore_unshared_ms", t_each * 1e3, "ms", f"{tag}_full_rescore_ms",
          t_kernel * 1e3, as_json=js)
     emit(NAME, f"{tag}_prepare_us", t_prep * 1e6, "us", f"{tag}_full_rescore_us",

@@ -12,7 +12,7 @@ import math
 from dispatch.config import RULES, PolicyArrays, n_levels
 from dispatch.model import FabArrays
 
-__all__ = ["reference_lists"]
+__all__ = ["reference_assign", "reference_lists"]
 
 _UP_MAX = 1
 _SATURATED_MIN = 1.0e9
@@ -155,3 +155,40 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
                                    a["lot_due_min"][row[0]], row[0]))
         out[t] = rows[:max_list]
     return out
+
+
+def reference_assign(now_min: float, fab: FabArrays, pol: PolicyArrays) -> dict[int, int]:
+    """Return {lot index: tool index}: each available tool, in index order, takes its best free lot.
+
+    On a batch step the tool takes the free lots of the lead lot's recipe in its
+    rank order up to the batch maximum, only if they reach the batch minimum.
+    """
+    lists = reference_lists(now_min, fab, pol, max_list=1 << 30)
+    step, recipe = fab.lot_step.tolist(), fab.step_recipe.tolist()
+    bmax_of, bmin_of, wafers = fab.step_batch_max.tolist(), fab.step_batch_min.tolist(), \
+        fab.lot_wafers.tolist()
+    taken: dict[int, int] = {}
+    for t in sorted(lists):
+        rows = [row[0] for row in lists[t]]
+        failed = -1
+        for p, lead in enumerate(rows):
+            if lead in taken:
+                continue
+            s = step[lead]
+            if bmax_of[s] <= 0:
+                taken[lead] = t
+                break
+            rec = recipe[s]
+            if rec == failed:
+                continue
+            picked, total = [], 0
+            for i in rows[p:]:
+                if i in taken or recipe[step[i]] != rec or total + wafers[i] > bmax_of[s]:
+                    continue
+                picked.append(i)
+                total += wafers[i]
+            if total >= bmin_of[s]:
+                taken.update(dict.fromkeys(picked, t))
+                break
+            failed = rec
+    return taken

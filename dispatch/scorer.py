@@ -92,6 +92,7 @@ __all__ = [
     "Dispatcher",
     "Workspace",
     "add_tool_terms",
+    "assign",
     "base_key",
     "block_code",
     "candidate_features",
@@ -548,6 +549,164 @@ def score_all(now_min, fab, pol, ws, out_n, out_lot, out_key, out_feat):
     return scored
 
 
+@njit(cache=True)
+def _rank_full(t, fab, pol, ws, out_lot, out_key):
+    """Rank every candidate of tool t (merge sort, best first) into out_lot/out_key; return n."""
+    g = fab.tool_group[t]
+    NL = ws.lot_base.shape[1]
+    level, weight = pol.level[g], pol.weight[g]
+    cur, runs = fab.tool_setup[t], fab.tool_setup_runs[t]
+    q_lo, q_hi = fab.qual_ptr[t], fab.qual_ptr[t + 1]
+    n = 0
+    for j in range(ws.group_ptr[g], ws.group_ptr[g + 1]):
+        i = ws.group_lots[j]
+        if ws.lot_block[i] != BLOCK_OK:
+            continue
+        s = fab.lot_step[i]
+        if not qualified(fab.qual_recipe, q_lo, q_hi, fab.step_recipe[s]):
+            continue
+        out_lot[n] = i
+        for lv in range(NL):
+            out_key[n, lv] = ws.lot_base[i, lv]
+        need = fab.step_setup[s]
+        add_tool_terms(level, weight, minrun_violation(need, cur, runs, fab.setup_min_runs),
+                       setup_time_min(need, cur, fab.step_setup_time_min[s], fab.setup_change_min),
+                       out_key[n])
+        n += 1
+    arrival, due = fab.lot_arrival_min, fab.lot_due_min
+    src = np.arange(n)
+    dst = np.empty(n, np.int64)
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            a, b, k = lo, mid, lo
+            while a < mid and b < hi:
+                ia, ib = out_lot[src[a]], out_lot[src[b]]
+                if key_better(out_key[src[b]], arrival[ib], due[ib], ib,
+                              out_key[src[a]], arrival[ia], due[ia], ia):
+                    dst[k] = src[b]
+                    b += 1
+                else:
+                    dst[k] = src[a]
+                    a += 1
+                k += 1
+            while a < mid:
+                dst[k] = src[a]
+                a += 1
+                k += 1
+            while b < hi:
+                dst[k] = src[b]
+                b += 1
+                k += 1
+        src, dst = dst, src
+        width *= 2
+    lots = out_lot[:n].copy()
+    keys = out_key[:n].copy()
+    for k in range(n):
+        out_lot[k] = lots[src[k]]
+        for lv in range(NL):
+            out_key[k, lv] = keys[src[k], lv]
+    return n
+
+
+@njit(cache=True)
+def assign(now_min, fab, pol, ws, lot_tool):
+    """Hand each available tool its best lot (a batch on batch steps) not given to another tool.
+
+    Tools take their turn in index order within their group; each takes the
+    first lot of its own ranking that is still free. On a batch step it takes
+    the free lots of the lead lot's recipe in rank order up to the batch
+    maximum, and only if they reach the batch minimum. Writes the tool index
+    of every assigned lot to lot_tool (int32[L], -1 = not assigned); returns
+    the number of lots assigned.
+    """
+    prepare(now_min, fab, pol, ws)
+    T = fab.tool_group.shape[0]
+    G = ws.group_ptr.shape[0] - 1
+    NL = ws.lot_base.shape[1]
+    lot_tool[:] = -1
+    tptr = np.zeros(G + 1, np.int64)
+    for t in range(T):
+        if tool_available(t, now_min, fab, pol):
+            tptr[fab.tool_group[t] + 1] += 1
+    for g in range(G):
+        tptr[g + 1] += tptr[g]
+    fill = tptr[:G].copy()
+    tools = np.empty(tptr[G], np.int32)
+    for t in range(T):
+        if tool_available(t, now_min, fab, pol):
+            g = fab.tool_group[t]
+            tools[fill[g]] = t
+            fill[g] += 1
+    cls = np.empty(T, np.int32)
+    n_assigned = 0
+    for g in range(G):
+        nt = tptr[g + 1] - tptr[g]
+        q = ws.group_ptr[g + 1] - ws.group_ptr[g]
+        if nt == 0 or q == 0:
+            continue
+        reps = np.empty(nt, np.int32)
+        n_cls = 0
+        for k in range(nt):
+            t = tools[tptr[g] + k]
+            c = -1
+            for r in range(n_cls):
+                if _same_class(fab, reps[r], t):
+                    c = r
+                    break
+            if c < 0:
+                reps[n_cls] = t
+                c = n_cls
+                n_cls += 1
+            cls[t] = c
+        rl = np.empty((n_cls, q), np.int32)
+        rk = np.empty((n_cls, q, NL))
+        rn = np.zeros(n_cls, np.int64)
+        head = np.zeros(n_cls, np.int64)
+        for c in range(n_cls):
+            rn[c] = _rank_full(reps[c], fab, pol, ws, rl[c], rk[c])
+        for k in range(nt):
+            t = tools[tptr[g] + k]
+            c = cls[t]
+            while head[c] < rn[c] and lot_tool[rl[c, head[c]]] >= 0:
+                head[c] += 1
+            failed_recipe = -1
+            for p in range(head[c], rn[c]):
+                lead = rl[c, p]
+                if lot_tool[lead] >= 0:
+                    continue
+                s = fab.lot_step[lead]
+                bmax = fab.step_batch_max[s]
+                if bmax <= 0:
+                    lot_tool[lead] = t
+                    n_assigned += 1
+                    break
+                rec = fab.step_recipe[s]
+                if rec == failed_recipe:
+                    continue
+                wafers = 0
+                taken = 0
+                for p2 in range(p, rn[c]):
+                    i = rl[c, p2]
+                    if lot_tool[i] >= 0 or fab.step_recipe[fab.lot_step[i]] != rec:
+                        continue
+                    if wafers + fab.lot_wafers[i] > bmax:
+                        continue
+                    lot_tool[i] = t
+                    wafers += fab.lot_wafers[i]
+                    taken += 1
+                if wafers >= fab.step_batch_min[s]:
+                    n_assigned += taken
+                    break
+                for p2 in range(p, rn[c]):   # too small a batch for this tool: give them back
+                    if lot_tool[rl[c, p2]] == t:
+                        lot_tool[rl[c, p2]] = -1
+                failed_recipe = rec
+    return n_assigned
+
+
 # --- Python side --------------------------------------------------------------------------
 
 
@@ -574,6 +733,7 @@ class Dispatcher:
         self._ws: Workspace | None = None
         self._out: DispatchLists | None = None
         self._shape: tuple = ()
+        self._lot_tool: np.ndarray | None = None
 
     def reload(self, source: str | Path | dict[str, Any] | Policy) -> list[tuple[str, str]]:
         """Load a new policy; on any problem keep the current one and return the problems."""
@@ -609,6 +769,26 @@ class Dispatcher:
         score_all(now_min, fab, pol, ws, out.n, out.lot, out.key, out.feat)
         self._out = out._replace(now_min=now_min)
         return self._out
+
+    def assign(self, now_min: float) -> dict[str, list[str]]:
+        """Return tool id -> lot ids to start now (a batch on batch tools), no lot given twice."""
+        fab, pol, ws = self._ensure()
+        if self._lot_tool is None or self._lot_tool.shape[0] != fab.lot_state.shape[0]:
+            self._lot_tool = np.full(fab.lot_state.shape[0], -1, np.int32)
+        assign(now_min, fab, pol, ws, self._lot_tool)
+        idx = np.flatnonzero(self._lot_tool >= 0)
+        tools = self._lot_tool[idx]
+        order = np.argsort(tools, kind="stable")
+        lot_ids, tool_ids = self.model.lot_ids, self.model.tool_ids
+        out: dict[str, list[str]] = {}
+        for i, t in zip(idx[order].tolist(), tools[order].tolist(), strict=True):
+            out.setdefault(tool_ids[t], []).append(lot_ids[i])
+        return out
+
+    def explain_json(self, tool_id: str) -> bytes:
+        """Return a tool's latest dispatch list as JSON (for the HTTP endpoint or a log line)."""
+        return msgspec.json.encode({"tool_id": tool_id, "now_min": self._out.now_min if self._out
+                                    else None, "candidates": self.explain(tool_id)})
 
     def top(self, tool_id: str) -> str | None:
         """Return the lot id at the head of a tool's latest dispatch list, if any."""
@@ -662,6 +842,7 @@ def warm() -> None:
     m = random_fab(0, n_groups=3, n_lots=8)
     d = Dispatcher(m, Policy(preset="fabd"))
     d.score(0.0)
+    d.assign(0.0)
     fab, pol, ws = d._ensure()
     out_lot = np.zeros(4, np.int32)
     out_key = np.zeros((4, ws.lot_base.shape[1]))

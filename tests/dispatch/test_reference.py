@@ -64,3 +64,22 @@ def test_single_tool_entry_point_matches_the_batch_one():
     for t in np.flatnonzero(out.n):
         n = score_tool(int(t), 10.0, fab, pol, ws, lots, keys)
         assert lots[:n].tolist() == out.lot[t, : out.n[t]].tolist()
+
+
+@pytest.mark.parametrize("block", range(2))
+def test_assignment_equals_reference_and_never_gives_a_lot_twice(block):
+    from dispatch.reference import reference_assign
+
+    assigned_total = 0
+    for seed in range(1000 + block * 100, 1000 + block * 100 + 100):
+        rnd = random.Random(seed)
+        m = random_fab(seed, n_groups=rnd.randint(2, 6), n_lots=rnd.randint(1, 60),
+                       tools_per_group=(1, rnd.randint(1, 6)))
+        policy = load_policy(random_policy(rnd))
+        d = Dispatcher(m, policy)
+        got = d.assign(30.0)
+        want = reference_assign(30.0, m.arrays(), compile_policy(policy, m))
+        flat = {m.lot_ids[i]: m.tool_ids[t] for i, t in want.items()}
+        assert {lot: tool for tool, lots in got.items() for lot in lots} == flat, seed
+        assigned_total += len(flat)
+    assert assigned_total > 50

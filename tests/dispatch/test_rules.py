@@ -169,3 +169,21 @@ def test_explain_shows_weights_levels_and_contributions():
     assert row.levels["hot"] == 0 and row.keys[0] == 1.0
     assert row.levels["slack"] == -1 and row.contributions["slack"] == 0.0
     assert d.top("G1") == "x"
+
+
+def test_assign_gives_each_idle_tool_its_own_lot_best_first():
+    m = line()
+    m.add_lot("first", "PA", arrival_min=-90.0)
+    m.add_lot("second", "PA", arrival_min=-60.0)
+    m.add_lot("third", "PA", arrival_min=-30.0)
+    d = Dispatcher(m, Policy(preset="fifo"))
+    assert d.assign(0.0) == {"G1": ["first"], "G2": ["second"]}
+
+
+def test_assign_forms_a_batch_of_one_recipe_within_min_and_max():
+    m = line(batch=True)
+    for k in range(5):
+        m.add_lot(f"a{k}", "PA", arrival_min=-float(k))   # 125 wafers of A-1 waiting
+    m.add_lot("b0", "PB", arrival_min=-100.0)            # 25 wafers of B-1: below the minimum
+    got = Dispatcher(m, Policy(preset="fifo")).assign(0.0)
+    assert got == {"G1": ["a1", "a2", "a3", "a4"]}        # oldest first, up to 100 wafers
