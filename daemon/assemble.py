@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+from pathlib import Path
 
 from daemon.app import App
 from daemon.config import FabdConfig
+from daemon.core import FabCore
 from daemon.http import HttpEndpoint
 
 log = logging.getLogger("fabd.assemble")
 
 
-def build(config: FabdConfig) -> App:
-    """Return an App with every component the config asks for (nothing runs yet)."""
+def build(config: FabdConfig, *, config_path: str | Path | None = None,
+          recipes: dict[str, bytes] | None = None) -> tuple[App, FabCore]:
+    """Return the App and its FabCore with every component the config asks for (nothing runs yet)."""
     app = App(config)
+    core = FabCore(config, recipes=recipes)
+    core.install(app)
     if config.http.enabled:
-        http = HttpEndpoint(app)
+        http = HttpEndpoint(app, status=core.status)
+        app.add_warmup("http", http.start)
         app.add_component("http", http.run)
         app.http = http  # type: ignore[attr-defined]
-    return app
+    if config_path is not None:
+        app.add_warmup("sighup", lambda: _install_sighup(core, Path(config_path)))
+    return app, core
+
+
+def _install_sighup(core: FabCore, path: Path) -> None:
+    """SIGHUP (systemctl reload) re-reads the config file and swaps the dispatch policy."""
+    from daemon import config as config_mod
+    from daemon.errors import ConfigError
+
+    def reload() -> None:
+        try:
+            cfg = config_mod.load(path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running policy: %s", exc)
+            return
+        problems = core.reload_policy(cfg.dispatch.policy)
+        if problems:
+            log.error("reload refused, keeping the running policy: %s", problems)
+        else:
+            log.info("reloaded dispatch policy from %s", path)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)

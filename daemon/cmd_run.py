@@ -26,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     from daemon import assemble, log, runner
 
     log.setup(cfg.service.log_level)
-    app = assemble.build(cfg)
+    app, _ = assemble.build(cfg, config_path=args.config)
     return runner.run(app.run(), cfg.service.event_loop)

@@ -18,7 +18,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from daemon.busconfig import BusConfig, RedisConfig, StoreConfig
 from daemon.errors import ConfigError
+from dispatch.config import Policy
+from equipment.gem.config import GemToolConfig
+from equipment.mqtt.config import MqttBrokerConfig
+from equipment.opcua.config import OpcUaToolConfig
+from spc.config import SpcConfig
 
 PositiveSeconds = Annotated[float, Meta(gt=0)]
 
@@ -69,12 +75,50 @@ class TickConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     stale_after_intervals: Annotated[int, Meta(ge=2)] = 5  # /healthz fails when the tick is this late
 
 
+Mode = Literal["auto", "advisory"]
+
+
+class DispatchSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the dispatcher does with its lists, and the policy it ranks lots by."""
+
+    # auto: fabd verifies the recipe, enforces, and starts the chosen lot (PP-SELECT + START);
+    # advisory: fabd publishes the dispatch list for operators and the AMHS, and starts nothing.
+    mode: Mode = "advisory"
+    group_modes: dict[str, Mode] = {}  # per tool group, e.g. { ETCH = "auto" }
+    publish_lists: bool = True  # advisory lists go to <prefix>:equipment as dispatch_list events
+    recipe_directory: str = ""  # approved recipe bodies as <recipe_id>.v<version>; "" = none
+    download_missing_recipes: bool = True  # S7F3 the approved body when the tool lacks it
+    command_timeout_s: PositiveSeconds = 10.0  # S2F41 / S7 exchanges before giving up on a tool
+    policy: Policy = Policy()  # ranking rules and weights (reloaded on SIGHUP)
+
+
+class EquipmentSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every tool fabd talks to, by protocol."""
+
+    hsms: list[GemToolConfig] = []  # SECS/GEM tools: one HSMS host session each
+    opcua: list[OpcUaToolConfig] = []  # OPC UA tools
+    mqtt: list[MqttBrokerConfig] = []  # MQTT brokers (sensors, gateways)
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for t in [*self.hsms, *self.opcua]:
+            if t.tool_id in seen:
+                raise ValueError(f"hsms: tool id {t.tool_id!r} appears twice")
+            seen.add(t.tool_id)
+
+
 class FabdConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration file."""
 
     service: ServiceConfig = ServiceConfig()
     http: HttpConfig = HttpConfig()
     tick: TickConfig = TickConfig()
+    redis: RedisConfig = RedisConfig()
+    store: StoreConfig = StoreConfig()
+    bus: BusConfig = BusConfig()
+    spc: SpcConfig = SpcConfig()
+    dispatch: DispatchSection = DispatchSection()
+    equipment: EquipmentSection = EquipmentSection()
 
 
 def load(path: str | Path) -> FabdConfig:
@@ -99,9 +143,30 @@ def loads(text: str, source: str = "<config>") -> FabdConfig:
     if problems:
         raise ConfigError(problems, source)
     try:
-        return msgspec.convert(raw, FabdConfig)
+        cfg = msgspec.convert(raw, FabdConfig)
     except msgspec.ValidationError as exc:  # a cross-field check the walk did not see
         raise ConfigError([_split_msgspec_error(str(exc))], source) from None
+    problems = _semantic_checks(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _semantic_checks(cfg: FabdConfig) -> list[tuple[str, str]]:
+    """Checks that need more than one section or another package's validator."""
+    from dispatch.config import load_policy
+    from dispatch.errors import PolicyError
+
+    problems: list[tuple[str, str]] = []
+    try:
+        load_policy(cfg.dispatch.policy)
+    except PolicyError as exc:
+        problems += [(_join("dispatch.policy", p) if p else "dispatch.policy", r)
+                     for p, r in exc.problems]
+    if cfg.dispatch.recipe_directory and not Path(cfg.dispatch.recipe_directory).is_dir():
+        problems.append(("dispatch.recipe_directory",
+                         f"not a directory: {cfg.dispatch.recipe_directory}"))
+    return problems
 
 
 def check(raw: Any, struct_type: type, path: str = "") -> list[tuple[str, str]]:

@@ -40,15 +40,25 @@ class HttpEndpoint:
         }
         self.bound_port: int | None = None
         self.started = asyncio.Event()
+        self._server: asyncio.Server | None = None
 
-    async def run(self) -> None:
-        """Listen and serve until cancelled."""
+    async def start(self) -> None:
+        """Bind the listening socket (a warm-up: probes work as soon as READY is sent)."""
+        if self._server is not None:
+            return
         cfg = self.app.config.http
-        server = await asyncio.start_server(self._handle, cfg.host, cfg.port, reuse_address=True)
-        self.bound_port = server.sockets[0].getsockname()[1]
+        self._server = await asyncio.start_server(self._handle, cfg.host, cfg.port,
+                                                  reuse_address=True)
+        self.bound_port = self._server.sockets[0].getsockname()[1]
         log.info("HTTP on http://%s:%d (/metrics /healthz /readyz /status)", cfg.host,
                  self.bound_port)
         self.started.set()
+
+    async def run(self) -> None:
+        """Serve until cancelled (binding first if start() was not called)."""
+        await self.start()
+        assert self._server is not None
+        server, self._server = self._server, None
         async with server:
             await server.serve_forever()
 

@@ -28,7 +28,11 @@ class DaemonProcess:
             f'[service]\nstate_directory = "{tmp}/state"\ncache_directory = "{tmp}/cache"\n'
             f'event_loop = "asyncio"\n'
             f'[http]\nlisten = "127.0.0.1:{self.http_port}"\n'
-            f'[tick]\ninterval_s = {interval_s}\n' + extra_toml)
+            f'[tick]\ninterval_s = {interval_s}\n'
+            # No Redis here unless the test brings one: a port nobody listens on.
+            + (f'[redis]\nurl = "redis://127.0.0.1:{free_port()}/0"\n'
+               if "[redis]" not in extra_toml else "")
+            + extra_toml)
         (tmp / "state").mkdir(exist_ok=True)
         self.notify_path = str(tmp / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -39,8 +43,8 @@ class DaemonProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path,
-                   NUMBA_CACHE_DIR=str(self.tmp / "cache"))
+        # NUMBA_CACHE_DIR stays as the test run has it, so kernels compile once per machine.
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
         env.pop("JOURNAL_STREAM", None)
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)

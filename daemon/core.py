@@ -1,0 +1,503 @@
+"""The running fab: equipment, state of record, SPC, dispatch and the bus wired into one daemon.
+
+`FabCore.install(app)` adds everything to the App:
+
+- components: the bus loops (writer, relay, ERP intake, WIP snapshots), one
+  session per tool (`hsms[<tool>]`, `opcua[<tool>]`), one per MQTT broker, and
+  the dispatch action workers;
+- warm-ups before READY: open the store and rebuild the state, compile the
+  SPC and dispatch kernels, build the dispatch model;
+- tick steps, in the order ARCHITECTURE.md fixes: `spc` (tests on the points
+  that came in, then holds and inhibits), `sync` (dispatch model ← state of
+  record), `dispatch` (score idle tools; auto groups get their lot started,
+  advisory groups get their list published), `gauges` (metrics);
+- stop hooks: stop ERP intake, commit and drain the outbox, separate sessions.
+
+Every state change goes through `MesState` (the one writer); equipment events
+come in through `CoreSink`, which the adapters await before they acknowledge
+their tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from daemon import metrics
+from daemon.app import App
+from daemon.bus import Bus
+from daemon.config import FabdConfig
+from daemon.fabsync import FabSync
+from daemon.mes import COMPLETED, PROCESSING, QUEUED, MesError
+from dispatch import enforce
+from dispatch.scorer import Dispatcher
+from equipment import events as dom
+from equipment.events import RemoteCommand
+
+log = logging.getLogger("fabd.core")
+
+_E10_STATES = [s.value for s in dom.E10State]
+
+
+class CoreSink:
+    """The EventSink the adapters get: state of record first, then the fab metrics."""
+
+    def __init__(self, core: FabCore) -> None:
+        self.core = core
+
+    async def submit(self, events: list[dom.DomainEvent]) -> None:
+        core = self.core
+        mes = core.bus.mes
+        before: list[tuple[dom.ProcessCompleted, str, float, str, float]] = []
+        for e in events:
+            if isinstance(e, dom.ProcessCompleted):
+                lot = mes.lots.get(e.lot_id)
+                if lot is not None and lot.state == PROCESSING:
+                    before.append((e, lot.step_id, lot.arrived_ts, lot.product_id,
+                                   lot.created_ts))
+        await core.bus.sink.submit(events)
+        for e, step_id, arrived, product, created in before:
+            lot = mes.lots.get(e.lot_id)
+            metrics.CYCLE_TIME_STEP.labels(step_id).observe(max(0.0, e.ts - arrived))
+            tool = mes.tools.get(e.tool_id)
+            metrics.MOVES.labels(tool.tool_group if tool else "").inc()
+            if lot is not None and lot.state == COMPLETED:
+                metrics.COMPLETIONS.labels(product).inc()
+                metrics.CYCLE_TIME_LOT.labels(product).observe(max(0.0, e.ts - created))
+            core.tool_freed(e.tool_id)
+
+    def points(self, points: list[dom.ProcessPoint]) -> None:
+        self.core.bus.sink.points(points)
+
+
+class FabCore:
+    """Owns the bus, the SPC engine, the dispatcher and the equipment sessions."""
+
+    def __init__(self, config: FabdConfig, *, recipes: dict[str, bytes] | None = None) -> None:
+        self.config = config
+        self.bus = Bus(redis=config.redis, store=config.store, bus=config.bus,
+                       state_dir=config.service.state_directory)
+        self.sink = CoreSink(self)
+        self.sessions: dict[str, Any] = {}  # tool id -> ToolControl session
+        self.mqtt: list[Any] = []
+        self.spc = None
+        self.fabsync: FabSync | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._dispatch_generation = -1
+        # Approved recipe bodies for S7F3 download, by recipe id (demo / recipe_directory).
+        self._recipe_bodies: dict[str, bytes] = dict(recipes or {})
+        self._actions: asyncio.Queue[tuple[str, list[str]]] = asyncio.Queue(maxsize=10_000)
+        self._reserved_tools: dict[str, float] = {}  # tool -> monotonic deadline of its start
+        self._reserved_lots: set[str] = set()
+        self._last_lists: dict[str, tuple[str, ...]] = {}
+        self._state_since: dict[str, tuple[str, float]] = {}  # tool -> (E10 state, since)
+        self.counters: dict[str, int] = defaultdict(int)
+        self._redis_ok = False
+
+    # -- assembly -------------------------------------------------------------------------
+    def install(self, app: App) -> None:
+        """Register warm-ups, components, tick steps and stop hooks with the App."""
+        app.add_warmup("store", self.start)
+        app.add_warmup("spc-kernels", self._warm_spc)
+        app.add_warmup("dispatch-kernels", self._warm_dispatch)
+        bus = self.bus
+        app.add_component("bus.writer", bus.writer_loop, critical=True)
+        app.add_component("bus.relay", bus.relay_loop)
+        app.add_component("bus.erp", bus.erp_loop)
+        app.add_component("bus.snapshot", bus.snapshot_loop)
+        for tool in self.config.equipment.hsms:
+            from equipment.gem.session import GemHostSession
+
+            s = GemHostSession(tool, self.sink)
+            self.sessions[tool.tool_id] = s
+            app.add_component(f"hsms[{tool.tool_id}]", s.run)
+        for tool in self.config.equipment.opcua:
+            from equipment.opcua.session import OpcUaSession
+
+            s = OpcUaSession(tool, self.sink)
+            self.sessions[tool.tool_id] = s
+            app.add_component(f"opcua[{tool.tool_id}]", s.run)
+        for broker in self.config.equipment.mqtt:
+            from equipment.mqtt.session import MqttSession
+
+            s = MqttSession(broker, self.sink, current_lot=self.current_lot)
+            self.mqtt.append(s)
+            app.add_component(f"mqtt[{broker.broker_id}]", s.run)
+        for i in range(4):
+            app.add_component(f"dispatch.actions[{i}]", self._actions_loop)
+        app.tick.add_step("spc", self.step_spc)
+        app.tick.add_step("sync", self.step_sync)
+        app.tick.add_step("dispatch", self.step_dispatch)
+        app.tick.add_step("gauges", self.step_gauges)
+        app.add_readiness_check("store", lambda: self.bus.store is not None)
+        app.add_readiness_check("redis", self._redis_reachable)
+        app.add_stop_hook("intake", "erp", self._stop_intake)
+        app.add_stop_hook("flush", "outbox", self._flush)
+        app.add_stop_hook("sessions", "equipment", self._stop_sessions)
+
+    async def start(self) -> None:
+        """Open the store, rebuild the state of record and the dispatch model."""
+        await self.bus.start()
+        self.bus.sink.forward = self._on_points
+        self.fabsync = FabSync(self.bus.mes)
+        self.fabsync.sync()
+        self._load_recipe_bodies()
+
+    def _load_recipe_bodies(self) -> None:
+        """Approved bodies from [dispatch] recipe_directory, named <recipe_id>.v<version>."""
+        directory = self.config.dispatch.recipe_directory
+        if directory:
+            for path in sorted(Path(directory).glob("*.v*")):
+                self._recipe_bodies[path.name.rsplit(".v", 1)[0]] = path.read_bytes()
+
+    def _warm_spc(self) -> None:
+        from spc import kernel
+        from spc.engine import SpcEngine
+
+        kernel.warm()
+        self.spc = SpcEngine(self.config.spc)
+
+    def _warm_dispatch(self) -> None:
+        from dispatch import scorer
+
+        scorer.warm()
+        self._dispatcher()
+
+    def _dispatcher(self) -> Dispatcher:
+        assert self.fabsync is not None
+        if self.dispatcher is None or self._dispatch_generation != self.fabsync.generation:
+            policy = self.dispatcher.policy if self.dispatcher else self.config.dispatch.policy
+            self.dispatcher = Dispatcher(self.fabsync.model, policy)
+            self._dispatch_generation = self.fabsync.generation
+        return self.dispatcher
+
+    def reload_policy(self, policy: Any) -> list[tuple[str, str]]:
+        """Swap the dispatch policy (SIGHUP); keep the old one when the new one is invalid."""
+        return self._dispatcher().reload(policy)
+
+    # -- reads for adapters and status --------------------------------------------------------
+    def current_lot(self, tool_id: str) -> str:
+        tool = self.bus.mes.tools.get(tool_id)
+        return tool.lot_id if tool else ""
+
+    def tool_freed(self, tool_id: str) -> None:
+        self._reserved_tools.pop(tool_id, None)
+
+    async def _redis_reachable(self) -> bool:
+        relay = self.bus.relay
+        return bool(relay is not None and getattr(relay, "connected", True))
+
+    # -- tick steps ---------------------------------------------------------------------------
+    def _on_points(self, points: list[dom.ProcessPoint]) -> None:
+        if self.spc is None:
+            return
+        mes = self.bus.mes
+
+        def step_of(lot_id: str) -> str:
+            lot = mes.lots.get(lot_id)
+            return lot.step_id if lot is not None else ""
+
+        accepted = self.spc.add_points(points, step_of=step_of)
+        metrics.SPC_POINTS.inc(accepted)
+        if accepted < len(points):
+            metrics.SPC_POINTS_DROPPED.inc(len(points) - accepted)
+
+    def step_spc(self) -> None:
+        """Run the SPC tests on the new points; hold lots and inhibit tools as the charts say."""
+        if self.spc is None:
+            return
+        mes = self.bus.mes
+        result = self.spc.evaluate()
+        for ch in result.limit_changes:
+            lim = ch.limits
+            if lim is not None:
+                mes.spc_limits_changed(ch.chart_key, lim.center, lim.lcl, lim.ucl, ch.reason)
+        for v in result.violations:
+            metrics.SPC_VIOLATIONS.labels(str(v.test)).inc()
+            parameter = v.chart_key.rsplit("/", 1)[-1]
+            action = str(v.action)
+            mes.spc_violation(v.chart_key, v.tool_id, parameter, f"nelson{v.test}", v.statistic,
+                              v.lot_id, action)
+            reason = f"spc:{v.chart_key}"
+            try:
+                if action == "hold_lot" and v.lot_id:
+                    lot = mes.lots.get(v.lot_id)
+                    if lot is not None and not any(h.reason == reason for h in lot.holds):
+                        mes.hold(v.lot_id, reason, "spc")
+                        self.counters["spc_holds"] += 1
+                elif action in ("inhibit_tool", "inhibit_chamber"):
+                    mes.inhibit(v.tool_id, reason, True, v.description)
+            except MesError as exc:
+                log.warning("SPC reaction on %s not applied: %s", v.chart_key, exc)
+            log.warning("SPC test %d on %s (tool %s, lot %s): %s -> %s", v.test, v.chart_key,
+                        v.tool_id, v.lot_id or "-", v.description, action)
+
+    def step_sync(self) -> None:
+        """Bring the dispatch model up to date with the state of record."""
+        assert self.fabsync is not None
+        self.fabsync.sync()
+
+    def step_dispatch(self) -> None:
+        """Score the idle tools; start lots on auto groups, publish lists for advisory ones."""
+        assert self.fabsync is not None
+        dispatcher = self._dispatcher()
+        model = self.fabsync.model
+        if model.n_tools == 0:
+            return
+        mes = self.bus.mes
+        now = mes.clock()
+        lists = dispatcher.score(model.minutes(now))
+        mono = time.monotonic()
+        for tool_id in model.tool_ids:
+            t = model.tool(tool_id)
+            n = int(lists.n[t])
+            tool = mes.tools.get(tool_id)
+            if n == 0 or tool is None or tool.lot_id or not tool.connected:
+                continue
+            lots = [model.lot_ids[int(lists.lot[t, k])] for k in range(n)]
+            group = tool.tool_group
+            mode = self.config.dispatch.group_modes.get(group, self.config.dispatch.mode)
+            if mode == "advisory":
+                if self.config.dispatch.publish_lists and tuple(lots) != self._last_lists.get(
+                        tool_id):
+                    self._last_lists[tool_id] = tuple(lots)
+                    mes.dispatch_list(tool_id, lots, [float(lists.key[t, k, 0])
+                                                      for k in range(n)])
+                    metrics.DISPATCH_DECISIONS.labels(group, "advised").inc()
+                continue
+            if tool_id in self._reserved_tools and self._reserved_tools[tool_id] > mono:
+                continue
+            if tool_id not in self.sessions:
+                continue
+            chosen = self._choose(model, lots)
+            if not chosen:
+                continue
+            self._reserved_tools[tool_id] = mono + 2 * self.config.dispatch.command_timeout_s
+            self._reserved_lots.update(chosen)
+            try:
+                self._actions.put_nowait((tool_id, chosen))
+            except asyncio.QueueFull:
+                self._reserved_tools.pop(tool_id, None)
+                self._reserved_lots.difference_update(chosen)
+                metrics.DISPATCH_DECISIONS.labels(group, "queue_full").inc()
+
+    def _choose(self, model, lots: list[str]) -> list[str]:
+        """The head of the list, plus the lots that batch with it (same step) up to the limit."""
+        mes = self.bus.mes
+        free = [x for x in lots if x not in self._reserved_lots]
+        if not free:
+            return []
+        head = mes.lots.get(free[0])
+        if head is None or head.state != QUEUED:
+            return []
+        step = mes.step_of(head)
+        if step.batch_max_lots <= 1:
+            return [head.lot_id]
+        batch = [head.lot_id]
+        for lot_id in free[1:]:
+            lot = mes.lots.get(lot_id)
+            if (lot is not None and lot.state == QUEUED and lot.route_id == head.route_id
+                    and lot.step_index == head.step_index and len(batch) < step.batch_max_lots):
+                batch.append(lot_id)
+        return batch
+
+    def step_gauges(self) -> None:
+        """Refresh the gauges a shift lead watches (tools by state, WIP, holds, utilisation)."""
+        mes = self.bus.mes
+        now = time.time()
+        by_state = dict.fromkeys(_E10_STATES, 0)
+        for tool in mes.tools.values():
+            state = tool.e10_state if tool.connected else "unscheduled_down"
+            by_state[state] = by_state.get(state, 0) + 1
+            prev = self._state_since.get(tool.tool_id)
+            if prev is not None:
+                metrics.TOOL_E10_SECONDS.labels(tool.tool_group, prev[0]).inc(
+                    max(0.0, now - prev[1]))
+            self._state_since[tool.tool_id] = (state, now)
+        for state, n in by_state.items():
+            metrics.TOOLS_BY_E10.labels(state).set(n)
+        wip: dict[tuple[str, str], int] = defaultdict(int)
+        wafers: dict[str, int] = defaultdict(int)
+        holds: dict[str, int] = defaultdict(int)
+        for lot in mes.active_lots():
+            try:
+                group = mes.step_of(lot).tool_group
+            except (KeyError, IndexError):
+                group = ""
+            wip[(group, lot.step_id)] += 1
+            wafers[lot.product_id] += lot.wafers
+            for h in lot.holds:
+                holds[h.reason.split(":", 1)[0]] += 1
+        metrics.WIP_LOTS.clear()
+        for (group, step), n in wip.items():
+            metrics.WIP_LOTS.labels(group, step).set(n)
+        metrics.WIP_WAFERS.clear()
+        for product, n in wafers.items():
+            metrics.WIP_WAFERS.labels(product).set(n)
+        metrics.HOLDS.clear()
+        for reason, n in holds.items():
+            metrics.HOLDS.labels(reason).set(n)
+
+    # -- acting on tools ----------------------------------------------------------------------
+    async def _actions_loop(self) -> None:
+        """Carry out dispatch decisions: verify the recipe, enforce, PP-SELECT + START."""
+        while True:
+            tool_id, lots = await self._actions.get()
+            try:
+                await self._start_lots(tool_id, lots)
+            except Exception:
+                log.exception("tool %s: starting %s failed", tool_id, ",".join(lots))
+            finally:
+                self._reserved_lots.difference_update(lots)
+
+    async def _start_lots(self, tool_id: str, lots: list[str]) -> None:
+        mes = self.bus.mes
+        session = self.sessions[tool_id]
+        tool = mes.tools[tool_id]
+        head = mes.lots[lots[0]]
+        step = mes.step_of(head)
+        ppid = step.recipe_id
+        timeout_s = self.config.dispatch.command_timeout_s
+        # 1. The recipe on the tool must be the approved body (S7F19 / S7F5, S7F3 if missing).
+        try:
+            async with asyncio.timeout(timeout_s * 3):
+                verified = await self._verify_recipe(session, tool_id, ppid)
+        except Exception as exc:
+            log.warning("tool %s: cannot verify recipe %s: %r", tool_id, ppid, exc)
+            self._reserved_tools.pop(tool_id, None)
+            metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "recipe_unverified").inc()
+            return
+        if not verified:
+            self._reserved_tools.pop(tool_id, None)
+            return
+        # 2. Track-in enforcement on the model (qualification, version, checksum, step, holds,
+        #    queue time, inhibits), brought up to date first.
+        assert self.fabsync is not None
+        self.fabsync.sync()
+        model = self.fabsync.model
+        now_min = model.minutes(mes.clock())
+        started: list[str] = []
+        for lot_id in lots:
+            res = enforce.check_track_in(model, lot_id, tool_id, ppid, now_min,
+                                         recipe_version=step.recipe_version)
+            if res.ok:
+                started.append(lot_id)
+                continue
+            code = str(res.reason)
+            metrics.TRACK_IN_REFUSED.labels(code).inc()
+            mes.refuse_track_in(lot_id, tool_id, code, res.detail)
+            if res.action == "hold":
+                with contextlib.suppress(MesError):
+                    mes.hold(lot_id, res.hold_reason or code, "enforcement")
+        if not started:
+            self._reserved_tools.pop(tool_id, None)
+            await self.bus.durable()
+            return
+        # 3. PP-SELECT + START.
+        async with asyncio.timeout(timeout_s):
+            sel = await session.command(RemoteCommand.PP_SELECT, {"PPID": ppid})
+            if not sel.accepted:
+                log.warning("tool %s refused PP-SELECT %s: HCACK %d %s", tool_id, ppid, sel.code,
+                            sel.reason)
+                self._reserved_tools.pop(tool_id, None)
+                metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "select_refused").inc()
+                return
+            res = await session.command(RemoteCommand.START, {"LOTID": ",".join(started)})
+        if not res.accepted:
+            log.warning("tool %s refused START of %s: HCACK %d %s", tool_id, ",".join(started),
+                        res.code, res.reason)
+            self._reserved_tools.pop(tool_id, None)
+            metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "start_refused").inc()
+            return
+        for lot_id in started:
+            lot = mes.lots.get(lot_id)
+            if lot is not None and lot.state == QUEUED:
+                mes.track_in(lot_id, tool_id, ppid)
+        await self.bus.durable()
+        self.counters["starts"] += 1
+        metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "started").inc()
+        log.info("tool %s started %s with %s", tool_id, ",".join(started), ppid)
+
+    async def _verify_recipe(self, session: Any, tool_id: str, ppid: str) -> bool:
+        """Make sure the tool holds the approved body of ppid; record the report durably."""
+        held = await session.recipe_list()
+        if ppid not in held:
+            body = self._recipe_bodies.get(ppid)
+            if body is None or not self.config.dispatch.download_missing_recipes:
+                log.warning("tool %s does not hold recipe %s and fabd has no body to send",
+                            tool_id, ppid)
+                return False
+            if not await session.recipe_download(ppid, body):
+                log.warning("tool %s refused the download of recipe %s", tool_id, ppid)
+                return False
+            log.info("tool %s: downloaded recipe %s (%d bytes)", tool_id, ppid, len(body))
+        body = await session.recipe_upload(ppid)
+        report = dom.RecipeReport(tool_id=tool_id, ts=time.time(), ppid=ppid,
+                                  checksum=hashlib.sha256(body).hexdigest(),
+                                  size_bytes=len(body))
+        await self.sink.submit([report])
+        return True
+
+    # -- stopping -----------------------------------------------------------------------------
+    async def _stop_intake(self) -> None:
+        erp = self.bus.erp
+        if erp is not None and hasattr(erp, "stop"):
+            await _maybe(erp.stop())
+
+    async def _flush(self) -> None:
+        await self.bus.drain(self.config.service.stop_flush_budget_s * 0.9)
+        await self.bus.close()
+
+    async def _stop_sessions(self) -> None:
+        for s in [*self.sessions.values(), *self.mqtt]:
+            stop = getattr(s, "stop", None)
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    await _maybe(stop())
+
+    # -- status -------------------------------------------------------------------------------
+    def status(self) -> dict:
+        """What `fabd status` shows: tools, WIP by step, counters."""
+        mes = self.bus.mes
+        tools = [{"tool": t.tool_id, "group": t.tool_group,
+                  "protocol": _protocol(self.sessions.get(t.tool_id)),
+                  "connected": t.connected, "e10": t.e10_state, "lot": t.lot_id,
+                  "inhibited": ",".join(t.inhibits)} for t in sorted(mes.tools.values(),
+                                                                    key=lambda t: t.tool_id)]
+        wip: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+        for lot in mes.active_lots():
+            w = wip[(lot.product_id, lot.step_id)]
+            w[0] += 1
+            w[1] += lot.wafers
+            w[2] += bool(lot.holds)
+        completed = sum(1 for lot in mes.lots.values() if lot.state == COMPLETED)
+        relay = self.bus.relay
+        return {
+            "tools": tools,
+            "wip": [{"product": p, "step": s, "lots": n, "wafers": w, "held": h}
+                    for (p, s), (n, w, h) in sorted(wip.items())],
+            "counters": {"lots": len(mes.lots), "completed": completed,
+                         "held": sum(1 for lot in mes.active_lots() if lot.holds),
+                         "starts": self.counters["starts"],
+                         "spc_holds": self.counters["spc_holds"],
+                         "outbox": relay.depth if relay is not None else 0},
+        }
+
+
+def _protocol(session: Any) -> str:
+    if session is None:
+        return ""
+    name = type(session).__name__.lower()
+    return "hsms" if "gem" in name else "opcua" if "opcua" in name else name
+
+
+async def _maybe(value: Any) -> Any:
+    if asyncio.iscoroutine(value):
+        return await value
+    return value
