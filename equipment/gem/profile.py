@@ -171,6 +171,12 @@ FABD_SIM = GemDriverProfile(
 PROFILES: dict[str, GemDriverProfile] = {FABD_SIM.name: FABD_SIM}
 
 
+def register_profile(profile: GemDriverProfile) -> None:
+    """Add (or replace) a driver profile, e.g. one loaded from the site's TOML config."""
+    profile.validate()
+    PROFILES[profile.name] = profile
+
+
 def get_profile(name: str) -> GemDriverProfile:
     """Return the named profile (raises GemConfigError when unknown)."""
     try:

@@ -1031,3 +1031,33 @@ def hsms_frame(stream: int, function: int, body: bytes, *, system: int, session_
     header = struct.pack(">HBBBBI", session_id, (0x80 if wbit else 0) | stream, function, 0, 0,
                          system)
     return struct.pack(">I", len(header) + len(body)) + header + body
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve one simulated GEM tool until interrupted (for demos and manual tests)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m equipment.sim.gem_tool",
+                                     description="A fabd-sim GEM tool on a passive HSMS port.")
+    parser.add_argument("--tool-id", default="SIM01")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000, help="0: pick a free port")
+    parser.add_argument("--device-id", type=int, default=0)
+    parser.add_argument("--process-time", type=float, default=5.0, help="seconds per lot")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = GemToolSimConfig(tool_id=args.tool_id, bind_host=args.host, port=args.port,
+                              device_id=args.device_id, process_time_s=args.process_time)
+
+    async def serve() -> None:
+        async with GemToolSim(config) as sim:
+            print(f"{config.tool_id}: HSMS passive on {config.bind_host}:{sim.port}", flush=True)
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -119,3 +119,15 @@ def test_recipe_report_is_the_sha256_of_the_body() -> None:
     report = recipe_report("T1", "ETCH-A", body)
     assert report.checksum == hashlib.sha256(body).hexdigest()
     assert report.size_bytes == len(body)
+
+
+def test_a_registered_profile_can_be_named_in_the_tool_config() -> None:
+    from equipment.gem import PROFILES, register_profile
+
+    profile = msgspec.structs.replace(FABD_SIM, name="fabd-sim-b")
+    register_profile(profile)
+    try:
+        GemToolConfig(tool_id="T2", profile="fabd-sim-b").validate()
+        assert get_profile("fabd-sim-b") is profile
+    finally:
+        PROFILES.pop("fabd-sim-b")
