@@ -175,52 +175,69 @@ def _header(fmt: int, length: int) -> bytes:
     raise SecsEncodeError(f"item of {length} bytes/items exceeds the E5 maximum {_MAX_LENGTH}")
 
 
-def _encode_into(item: Item, out: bytearray) -> None:
-    cls = type(item)
-    if cls is L:
-        out += _header(0, len(item))
-        for child in item:
-            _encode_into(child, out)
-        return
-    if cls is A:
-        try:
-            data = item.encode("latin-1")
-        except UnicodeEncodeError as exc:
-            raise SecsEncodeError(f"A item {item!r} is not latin-1 text") from exc
-    elif cls is B or cls is J:
-        data = item
-    elif cls is BOOLEAN:
-        data = bytes(map(bool, item))
-    elif isinstance(item, _Array):
-        key = (cls.struct_code, len(item))
-        pack = _PACKERS.get(key)
-        if pack is None:
-            pack = struct.Struct(f">{len(item)}{cls.struct_code}").pack
-            if len(item) <= 64:
-                _PACKERS[key] = pack
-        try:
-            data = pack(*item)
-        except struct.error as exc:
-            raise SecsEncodeError(f"{cls.code} value out of range in {item!r}: {exc}") from exc
-    else:
-        raise SecsEncodeError(f"not a SECS-II item: {item!r} ({cls.__name__})")
-    out += _header(cls.fmt, len(data))
-    out += data
+def _parts(item: Item, parts: list) -> None:
+    """Append the encoded pieces of `item` to `parts` (iterative: depth costs no recursion)."""
+    ap = parts.append
+    h1 = _H1
+    stack = [iter((item,))]
+    while stack:
+        for it in stack[-1]:
+            cls = type(it)
+            if cls is L:
+                n = len(it)
+                ap(h1[0][n] if n < 256 else _header(0, n))
+                if n:
+                    stack.append(iter(it))
+                    break
+                continue
+            if cls is A:
+                try:
+                    data = it.encode("latin-1")
+                except UnicodeEncodeError as exc:
+                    raise SecsEncodeError(f"A item {it!r} is not latin-1 text") from exc
+            elif cls is B or cls is J:
+                data = it
+            elif cls is BOOLEAN:
+                data = bytes(map(bool, it))
+            elif isinstance(it, _Array):
+                key = (cls.struct_code, len(it))
+                pack = _PACKERS.get(key)
+                if pack is None:
+                    pack = struct.Struct(f">{len(it)}{cls.struct_code}").pack
+                    if len(it) <= 64:
+                        _PACKERS[key] = pack
+                try:
+                    data = pack(*it)
+                except struct.error as exc:
+                    raise SecsEncodeError(f"{cls.code} value out of range in {it!r}: {exc}") from exc
+            else:
+                raise SecsEncodeError(f"not a SECS-II item: {it!r} ({cls.__name__})")
+            n = len(data)
+            ap(h1[cls.fmt][n] if n < 256 else _header(cls.fmt, n))
+            ap(data)
+        else:
+            stack.pop()
 
 
 def encode(item: Item | None) -> bytes:
     """Encode an item to its SECS-II bytes (None, for a header-only message, is b"")."""
     if item is None:
         return b""
-    out = bytearray()
-    _encode_into(item, out)
-    return bytes(out)
+    parts: list = []
+    _parts(item, parts)
+    return b"".join(parts)
 
 
 def encode_into(item: Item | None, out: bytearray) -> None:
-    """Append an item's SECS-II bytes to `out` (saves a copy when framing a message)."""
+    """Append an item's SECS-II bytes to `out` (framing a message after its header)."""
     if item is not None:
-        _encode_into(item, out)
+        parts: list = []
+        _parts(item, parts)
+        out += b"".join(parts)
+
+
+# format code -> the 256 two-byte headers with a one-byte length (the common case)
+_H1: dict[int, list[bytes]] = {fmt: [bytes((fmt << 2 | 1, n)) for n in range(256)] for fmt in BY_FMT}
 
 
 assert set(BY_FMT) == {0, 0o10, 0o11, 0o20, 0o21, *_NUMERIC}
