@@ -76,3 +76,17 @@ def test_reload_keeps_the_old_policy_when_the_new_one_is_invalid():
     assert d.reload({"preset": "cr"}) == []
     d.score(0.0)
     assert d.top("G1") == "urgent"
+
+
+def test_the_shipped_example_policy_is_valid_for_smt2020():
+    from pathlib import Path
+
+    from dispatch import smt2020
+    from dispatch.model import from_smt2020
+
+    example = Path(__file__).resolve().parents[2] / "dispatch" / "policy.example.toml"
+    policy = load_policy(example)
+    assert policy.preset == "fabd" and "Implant_128" in policy.groups
+    hvlm = Path(__file__).resolve().parents[3] / "shared" / "data" / "smt2020" / "HVLM"
+    pa = compile_policy(policy, from_smt2020(smt2020.load(hvlm)))
+    assert pa.level.shape == (106, 10)
