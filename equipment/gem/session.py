@@ -136,7 +136,8 @@ class GemHostSession:
         self._state = GemSessionState()
         self._changed = asyncio.Event()
         self._link: HsmsActive | None = None
-        self._inbox: asyncio.Queue[Message | list[DomainEvent]] | None = None
+        # (the connection it came on, the primary) or events to submit in order
+        self._inbox: asyncio.Queue[tuple[HsmsSession, Message] | list[DomainEvent]] | None = None
         self._startup_task: asyncio.Task | None = None
         self._dataid = 0
         self._last_primary_at = 0.0
@@ -464,12 +465,12 @@ class GemHostSession:
 
     # ---- primaries from the tool ---------------------------------------------------------
 
-    def _on_primary(self, _session: HsmsSession, msg: Message) -> None:
+    def _on_primary(self, session: HsmsSession, msg: Message) -> None:
         """Queue a primary for the ordered worker (called by the HSMS reader, never blocks)."""
         assert self._inbox is not None
         self._last_primary_at = asyncio.get_running_loop().time()
         try:
-            self._inbox.put_nowait(msg)
+            self._inbox.put_nowait((session, msg))
         except asyncio.QueueFull:
             # Bounded: the tool keeps the event (no ack) and re-sends or spools it.
             metrics.MALFORMED.labels(self.tool_id, "hsms").inc()
@@ -486,28 +487,29 @@ class GemHostSession:
                     log.exception("tool %s: sink refused %d connection events", self.tool_id,
                                   len(item))
                 continue
+            session, msg = item
             try:
-                await self._handle(item)
+                await self._handle(session, msg)
             except GemProtocolError as exc:
                 metrics.MALFORMED.labels(self.tool_id, "hsms").inc()
-                log.warning("tool %s: malformed %s (%s); answered S9F7", self.tool_id, item.sf,
+                log.warning("tool %s: malformed %s (%s); answered S9F7", self.tool_id, msg.sf,
                             exc)
-                self._s9(7, item)
+                self._s9(session, 7, msg)
             except (HsmsError, GemNotCommunicatingError) as exc:
                 # Lost while answering: the tool keeps what we did not acknowledge.
-                log.debug("tool %s: %s not answered: %s", self.tool_id, item.sf, exc)
+                log.debug("tool %s: %s not answered: %s", self.tool_id, msg.sf, exc)
             except GemError as exc:
-                log.warning("tool %s: %s not handled: %s", self.tool_id, item.sf, exc)
+                log.warning("tool %s: %s not handled: %s", self.tool_id, msg.sf, exc)
             except Exception:
                 # The sink failed (store down?): no ack, so the tool keeps and re-sends it.
                 log.exception("tool %s: %s not handled; left unacknowledged", self.tool_id,
-                              item.sf)
+                              msg.sf)
 
-    async def _handle(self, msg: Message) -> None:
+    async def _handle(self, session: HsmsSession, msg: Message) -> None:
         s, f = msg.stream, msg.function
         if s not in _HOST_STREAMS:
             log.info("tool %s: unrecognized stream %s; answered S9F3", self.tool_id, msg.sf)
-            self._s9(3, msg)
+            self._s9(session, 3, msg)
             return
         if (s, f) == (6, 11):
             _, ceid, reports = m.read_s6f11(msg.body)
@@ -515,26 +517,26 @@ class GemHostSession:
             self._track(events)
             if events:
                 await self._sink.submit(events)  # durable first ...
-            await self._reply(msg, B(b"\x00"))  # ... then S6F12 ACKC6 0
+            await self._reply(session, msg, B(b"\x00"))  # ... then S6F12 ACKC6 0
         elif (s, f) == (5, 1):
             on, alid, text = m.read_s5f1(msg.body)
             kind = AlarmSet if on else AlarmCleared
             await self._sink.submit([kind(tool_id=self.tool_id, ts=time.time(), alid=alid,
                                           text=text)])
-            await self._reply(msg, B(b"\x00"))
+            await self._reply(session, msg, B(b"\x00"))
         elif (s, f) == (6, 1):
             _, _, _, values = m.read_s6f1(msg.body)
             self._trace_points(values)
-            await self._reply(msg, B(b"\x00"))
+            await self._reply(session, msg, B(b"\x00"))
         elif (s, f) in ((10, 1), (10, 3)):
             _, text = m.read_terminal(msg.body, msg.sf)
             await self._sink.submit([TerminalMessage(tool_id=self.tool_id, ts=time.time(),
                                                      text=text)])
-            await self._reply(msg, B(b"\x00"))
+            await self._reply(session, msg, B(b"\x00"))
         elif (s, f) == (1, 1):
-            await self._reply(msg, L())
+            await self._reply(session, msg, L())
         elif (s, f) == (1, 13):
-            await self._reply(msg, L(B(b"\x00"), L()))
+            await self._reply(session, msg, L(B(b"\x00"), L()))
         elif s == 9:
             log.warning("tool %s: the tool answered one of our messages with %s", self.tool_id,
                         msg.sf)
@@ -542,16 +544,18 @@ class GemHostSession:
             pass  # a late or stray secondary: nothing to answer
         else:
             log.info("tool %s: unrecognized function %s; answered S9F5", self.tool_id, msg.sf)
-            self._s9(5, msg)
+            self._s9(session, 5, msg)
 
-    async def _reply(self, msg: Message, body: Item | None) -> None:
-        if msg.wbit and self._link is not None:
-            await self._link.send(msg.stream, msg.function + 1, body, reply_to=msg)
+    @staticmethod
+    async def _reply(session: HsmsSession, msg: Message, body: Item | None) -> None:
+        # On the connection the primary came on: after a reconnect it fails, never strays.
+        if msg.wbit:
+            await session.reply(msg, body)
 
-    def _s9(self, function: int, msg: Message) -> None:
-        if self._link is not None:
-            with contextlib.suppress(HsmsError):
-                self._link.send_s9(function, msg.header)
+    @staticmethod
+    def _s9(session: HsmsSession, function: int, msg: Message) -> None:
+        with contextlib.suppress(HsmsError):
+            session.send_s9(function, msg.header)
 
     def _track(self, events: list[DomainEvent]) -> None:
         """Follow lots and states from events; attach trace summaries to ProcessCompleted."""

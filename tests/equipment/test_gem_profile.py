@@ -131,3 +131,20 @@ def test_a_registered_profile_can_be_named_in_the_tool_config() -> None:
         assert get_profile("fabd-sim-b") is profile
     finally:
         PROFILES.pop("fabd-sim-b")
+
+
+def test_tool_config_decodes_from_toml_and_bad_timers_name_their_key() -> None:
+    text = b"""
+tool_id = "ETCH01"
+profile = "fabd-sim"
+trace_period_s = 1.0
+[hsms]
+host = "10.1.2.3"
+port = 5000
+t3_reply_timeout_s = 30.0
+"""
+    cfg = msgspec.toml.decode(text, type=GemToolConfig)
+    cfg.validate()
+    assert (cfg.hsms.host, cfg.hsms.port, cfg.hsms.t3_reply_timeout_s) == ("10.1.2.3", 5000, 30.0)
+    with pytest.raises(msgspec.ValidationError, match=r"t3_reply_timeout_s.*\$\.hsms"):
+        msgspec.toml.decode(text.replace(b"30.0", b"500.0"), type=GemToolConfig)
