@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- the daemon's whole path: add_many + evaluate (CSR build, kernel, Violation objects)
     progress("engine: add_many + evaluate per tick")
-    eng = SpcEngine(SpcConfig(default=ChartSpec(center=0.0, sigma=1.0)))
+    # every firing becomes a Violation here (no storm folding): the full cost is measured
+    eng = SpcEngine(SpcConfig(default=ChartSpec(center=0.0, sigma=1.0),
+                              max_violations_per_tick=10**9))
     for i in range(n_charts):
         eng.register(f"T{i // 50:05d}/PM{i % 5}/p{i % 10}")
     ids = np.repeat(rows, per)

@@ -145,10 +145,17 @@ class SpcConfig(msgspec.Struct, frozen=True, kw_only=True):
     history_points: int = 16
     # Points buffered between ticks; beyond this, add() refuses and counts the drop.
     max_pending_points: int = 5_000_000
+    # A storm guard: when one tick flags more than this, the firings of one test on one
+    # chart for one lot are folded into one Violation (the latest, with `repeats` set).
+    # Every chart, test and lot still gets its Violation, so no reaction is lost.
+    max_violations_per_tick: int = 20_000
 
     def __post_init__(self) -> None:
         if self.history_points < 2:
             raise ValueError(f"history_points must be >= 2, got {self.history_points}")
+        if self.max_violations_per_tick < 1:
+            raise ValueError("max_violations_per_tick must be >= 1, "
+                             f"got {self.max_violations_per_tick}")
         if self.max_pending_points < 1:
             raise ValueError(f"max_pending_points must be >= 1, got {self.max_pending_points}")
 

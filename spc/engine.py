@@ -41,7 +41,7 @@ _SERIES = {ChartType.I_MR: ("x", "mr"), ChartType.EWMA: ("ewma", ""),
            ChartType.XBAR_R: ("xbar", "r"), ChartType.XBAR_S: ("xbar", "s")}
 
 
-class Violation(msgspec.Struct, frozen=True, kw_only=True):
+class Violation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One test firing on one point: what the daemon acts on and publishes."""
 
     chart_key: str
@@ -60,6 +60,8 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True):
     lot_ids: tuple[str, ...]
     lot_id: str  # lot of the flagged point
     limits_version: int
+    # How many firings this stands for: > 1 only when a storm was folded (max_violations_per_tick)
+    repeats: int = 1
     # What to do: the chart's reaction plan, downgraded when its target is unknown
     # (inhibit_chamber without a chamber -> inhibit_tool -> notify; hold_lot without a lot -> notify).
     action: Reaction
@@ -150,8 +152,8 @@ class _Chart:
     """Python-side facts of one chart (the kernel's side lives in the engine's arrays)."""
 
     __slots__ = ("actions", "chamber", "descriptions", "key", "limits", "phase_disps",
-                 "phase_means", "series", "spec", "sub_lot", "sub_ts", "sub_values", "tool_id",
-                 "version", "warned", "widths")
+                 "phase_means", "rule_set", "series", "spec", "sub_lot", "sub_ts", "sub_values",
+                 "tool_id", "version", "warned", "widths")
 
     def __init__(self, key: str, spec: ChartSpec, tool_id: str, chamber: str) -> None:
         self.key = key
@@ -166,6 +168,7 @@ class _Chart:
         self.sub_ts = 0.0
         self.sub_lot = 0
         self.warned = False
+        self.rule_set = spec.rules.value
         prim, disp = _SERIES[spec.chart_type]
         # per flag bit 0..8: the series tested, its description, the points a pattern spans
         self.series = (prim,) * 8 + (disp,)
@@ -208,6 +211,9 @@ class SpcEngine:
         self.points_evaluated_total = 0
         self.points_dropped_total = 0  # refused (queue full), unknown chart or not finite
         self.violations_total = 0
+        self.violations_coalesced_total = 0  # firings folded into another Violation in a storm
+        self._storm = False
+        self._lot_names = np.array([""], dtype=object)
 
     # ---- charts -------------------------------------------------------------
 
@@ -316,6 +322,7 @@ class SpcEngine:
             arr = getattr(self, name)
             arr[:n] = np.frombuffer(snap.arrays[name], arr.dtype).reshape((n, *arr.shape[1:]))
         self._lots = snap.lots
+        self._lot_names = np.array(self._lots, dtype=object)
         self._lot_codes = {lot: i for i, lot in enumerate(snap.lots)}
 
     # ---- points -------------------------------------------------------------
@@ -572,6 +579,26 @@ class SpcEngine:
         which, bit = np.nonzero((f[:, None] >> np.arange(9)) & 1)
         pi = hot[which]
         cid = ids[pi]
+        repeats = None
+        if pi.size > self.config.max_violations_per_tick:
+            # storm: keep the latest firing per (chart, test, lot of the flagged point)
+            lotc = lots[pi]
+            order = np.lexsort((pi, lotc, bit, cid))
+            key_change = np.flatnonzero((np.diff(cid[order]) != 0) | (np.diff(bit[order]) != 0)
+                                        | (np.diff(lotc[order]) != 0))
+            last = np.concatenate([key_change, [order.size - 1]])
+            group_size = np.diff(np.concatenate([[-1], last]))
+            keep = order[last]
+            by_row = np.argsort(keep, kind="stable")
+            keep, repeats = keep[by_row], group_size[by_row].tolist()
+            self.violations_coalesced_total += int(pi.size - keep.size)
+            if not self._storm:
+                log.warning("spc: %d firings in one tick (more than %d): folding repeats per "
+                            "chart, test and lot", pi.size, self.config.max_violations_per_tick)
+            pi, cid, bit = pi[keep], cid[keep], bit[keep]
+        elif self._storm:
+            log.info("spc: firings back under %d per tick", self.config.max_violations_per_tick)
+        self._storm = repeats is not None
         seq = seqs[pi]
         batch_first = seq - (pi - offsets[np.searchsorted(offsets, pi, side="right") - 1])
         first = np.maximum(seq - self._widths[cid, bit] + 1, self._reset_seq[cid])
@@ -586,7 +613,9 @@ class SpcEngine:
         cq = cid[rep]
         vals_a = np.where(in_batch, stats[p], self._hist_stat[cq, slot])
         tss = np.where(in_batch, ts[p], self._hist_ts[cq, slot]).tolist()
-        lot_codes = np.where(in_batch, lots[p], self._hist_lot[cq, slot]).tolist()
+        if len(self._lot_names) != len(self._lots):
+            self._lot_names = np.array(self._lots, dtype=object)
+        lot_ids = self._lot_names[np.where(in_batch, lots[p], self._hist_lot[cq, slot])].tolist()
         statistic = np.where(bit == 8, disp[pi], stats[pi])
         is_mr = (bit == 8) & (cnt == 2)
         if is_mr.any():  # the moving range is |x_i − x_(i−1)|, both points reported
@@ -594,21 +623,23 @@ class SpcEngine:
             statistic = np.where(is_mr, np.abs(vals_a[last] - vals_a[np.maximum(last - 1, 0)]),
                                  statistic)
         vals = vals_a.tolist()
-        lot_names = self._lots
+        charts = self._charts
         out: list[Violation] = []
         a = 0
-        for c, b, sq, fs, e, st in zip(cid.tolist(), bit.tolist(), seq.tolist(), first.tolist(),
-                                       ends.tolist(), statistic.tolist(), strict=True):
-            ch = self._charts[c]
-            lids = tuple(lot_names[x] for x in lot_codes[a:e])
+        for j, (c, b, sq, fs, e, st) in enumerate(zip(
+                cid.tolist(), bit.tolist(), seq.tolist(), first.tolist(), ends.tolist(),
+                statistic.tolist(), strict=True)):
+            ch = charts[c]
+            lids = tuple(lot_ids[a:e])
             action = ch.actions[b]
             if action is Reaction.HOLD_LOT and not lids[-1]:
                 action = Reaction.NOTIFY
             out.append(Violation(
                 chart_key=ch.key, chart_id=c, tool_id=ch.tool_id, chamber=ch.chamber,
                 series=ch.series[b], test=1 if b == 8 else b + 1, description=ch.descriptions[b],
-                rule_set=ch.spec.rules.value, seq=sq, first_seq=fs, statistic=st,
+                rule_set=ch.rule_set, seq=sq, first_seq=fs, statistic=st,
                 values=tuple(vals[a:e]), ts=tuple(tss[a:e]), lot_ids=lids, lot_id=lids[-1],
-                limits_version=ch.version, action=action))
+                limits_version=ch.version, repeats=1 if repeats is None else repeats[j],
+                action=action))
             a = e
         return out

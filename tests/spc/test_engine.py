@@ -329,3 +329,23 @@ def test_per_test_reactions_hold_on_out_of_control_and_notify_on_runs():
     assert got[("x", 2, 8)] == (Reaction.NOTIFY, "L8")
     assert got[("x", 1, 9)] == (Reaction.HOLD_LOT, "L9")
     assert got[("x", 2, 9)] == (Reaction.NOTIFY, "L9")
+
+
+def test_a_storm_is_folded_per_chart_test_and_lot_without_losing_a_reaction(caplog):
+    eng = SpcEngine(SpcConfig(max_violations_per_tick=5))
+    spec = ChartSpec(center=0.0, sigma=1.0, reaction=Reaction.HOLD_LOT)
+    ids = [eng.register(k, spec=spec) for k in ("a", "b")]
+    with caplog.at_level(logging.INFO, logger="spc.engine"):
+        for cid in ids:
+            for i in range(12):
+                eng.add(cid, 0.5, float(i), lot_id="LOTA" if i < 10 else "LOTB")
+        res = eng.evaluate()  # 8 firings of test 2 > 5
+        got = sorted((v.chart_key, v.seq, v.lot_id, v.repeats, v.action) for v in res.violations)
+        assert got == [("a", 9, "LOTA", 2, Reaction.HOLD_LOT), ("a", 11, "LOTB", 2, Reaction.HOLD_LOT),
+                       ("b", 9, "LOTA", 2, Reaction.HOLD_LOT), ("b", 11, "LOTB", 2, Reaction.HOLD_LOT)]
+        assert eng.violations_coalesced_total == 4
+        eng.add(ids[0], 0.5, 12.0, lot_id="LOTB")  # one firing: back to normal
+        (v,) = eng.evaluate().violations
+        assert v.repeats == 1
+    assert [r.levelname for r in caplog.records if "firings" in r.getMessage()] == [
+        "WARNING", "INFO"]
