@@ -458,6 +458,13 @@ class GemHostSession:
         body = m.s2f23(trid, period_s, total_samples, group_size, vids)
         return m.code(await self._request(2, 23, body, startup=startup), "TIAACK")
 
+    async def spooled_data(self, purge: bool = False) -> int:
+        """Ask the tool to transmit (or purge) its spooled messages (S6F23); returns RSDA.
+
+        RSDA 0: done (transmitted messages arrive as usual), 1: busy, 2: nothing spooled.
+        """
+        return m.code(await self._request(6, 23, U1(1 if purge else 0)), "RSDA")
+
     async def send_terminal(self, text: str, tid: int = 0) -> bool:
         """Display a text on the tool's terminal (S10F3); True when ACKC10 is 0."""
         reply = await self._request(10, 3, L(B(bytes([tid])), A(text)))

@@ -346,6 +346,21 @@ async def test_events_spooled_while_no_host_was_connected_arrive_after_reconnect
         await eventually(lambda: session.state.e10 is E10State.STANDBY, what="standby again")
 
 
+async def test_spooled_events_can_be_purged_instead(sim: GemToolSim) -> None:
+    async with running(sim):
+        pass
+    await sim.set_e10("scheduled_down", "to be purged")
+    await eventually(lambda: sim.spooled >= 1, what="event spooled")
+    sink = RecordingSink()
+    async with running(sim, sink, request_spooled=False) as session:
+        assert await session.spooled_data(purge=True) == 0
+        assert sim.spooled == 0
+        assert await session.spooled_data() == 2  # RSDA 2: nothing left to send
+        await sim.set_e10("standby", "purged")
+        await eventually(lambda: session.state.e10 is E10State.STANDBY, what="standby")
+        assert not any(e.reason == "to be purged" for e in sink.of(E10StateChanged))
+
+
 async def test_commands_while_disconnected_fail_fast(sim: GemToolSim) -> None:
     session = GemHostSession(_config(sim), RecordingSink())
     with pytest.raises(GemNotCommunicatingError):
