@@ -334,15 +334,27 @@ class SpcEngine:
         step_of maps a lot id to the step it is on (the daemon knows); without it the
         key's step is "-". Returns how many points were accepted.
         """
-        accepted = 0
         ids = self._ids
+        codes = self._lot_codes
+        p_ids, p_vals, p_ts, p_lots = self._p_ids, self._p_vals, self._p_ts, self._p_lots
+        room = self.config.max_pending_points - self._n_pending
+        accepted = 0
         for p in points:
-            key = chart_key(p.tool_id, p.parameter, chamber=p.chamber,
-                            step=step_of(p.lot_id) if step_of is not None else "")
+            if accepted >= room:
+                self.points_dropped_total += 1
+                continue
+            step = step_of(p.lot_id) if step_of is not None else ""
+            key = f"{p.tool_id}/{p.chamber or '-'}/{step or '-'}/{p.parameter}"  # chart_key()
             cid = ids.get(key)
             if cid is None:
                 cid = self.register(key, tool_id=p.tool_id, chamber=p.chamber)
-            accepted += self.add(cid, p.value, p.ts, p.lot_id)
+            code = codes.get(p.lot_id)
+            p_ids.append(cid)
+            p_vals.append(p.value)
+            p_ts.append(p.ts)
+            p_lots.append(self.lot_code(p.lot_id) if code is None else code)
+            accepted += 1
+        self._n_pending += accepted
         return accepted
 
     def add(self, chart: str | int, value: float, ts: float, lot_id: str = "") -> bool:

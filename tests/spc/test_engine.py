@@ -349,3 +349,14 @@ def test_a_storm_is_folded_per_chart_test_and_lot_without_losing_a_reaction(capl
         assert v.repeats == 1
     assert [r.levelname for r in caplog.records if "firings" in r.getMessage()] == [
         "WARNING", "INFO"]
+
+
+def test_add_points_refuses_beyond_the_queue_and_counts():
+    from equipment.events import ProcessPoint
+
+    eng = SpcEngine(SpcConfig(max_pending_points=2))
+    pts = [ProcessPoint(tool_id="T", parameter="p", value=1.0, ts=0.0) for _ in range(5)]
+    assert eng.add_points(pts) == 2
+    assert eng.points_dropped_total == 3
+    assert eng.evaluate().points_collected == 2  # phase I of chart "T/-/-/p"
+    assert eng.chart_id("T/-/-/p") == 0
