@@ -372,14 +372,16 @@ class SpcEngine:
     def add_many(self, chart_ids: np.ndarray, values: np.ndarray, ts: np.ndarray | float,
                  lot_ids: Sequence[str] | str | None = None) -> int:
         """Buffer many points (arrays, in arrival order); return how many were accepted."""
-        ids = np.asarray(chart_ids, np.int64)
+        # contiguous copies: the kernel is compiled for C-contiguous arrays (a strided view
+        # would trigger a new compilation inside a tick), and the caller may reuse its buffers
+        ids = np.array(chart_ids, np.int64, order="C")
         n = ids.shape[0]
         room = self.config.max_pending_points - self._n_pending
         if n > room:
             self.points_dropped_total += n - max(room, 0)
             n = max(room, 0)
             ids = ids[:n]
-        vals = np.asarray(values, np.float64)[:n]
+        vals = np.array(np.asarray(values, np.float64)[:n], order="C")
         t = np.broadcast_to(np.asarray(ts, np.float64), (n,)) if np.ndim(ts) == 0 \
             else np.asarray(ts, np.float64)[:n]
         if lot_ids is None or isinstance(lot_ids, str):

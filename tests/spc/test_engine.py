@@ -360,3 +360,14 @@ def test_add_points_refuses_beyond_the_queue_and_counts():
     assert eng.points_dropped_total == 3
     assert eng.evaluate().points_collected == 2  # phase I of chart "T/-/-/p"
     assert eng.chart_id("T/-/-/p") == 0
+
+
+def test_add_many_copies_strided_views_and_caller_buffers():
+    eng = SpcEngine()
+    cid = eng.register("k", spec=KNOWN)
+    buf = np.zeros(20)
+    buf[::2] = 0.5
+    eng.add_many(np.full(10, cid)[::1], buf[::2], 0.0)
+    buf[:] = -9.0  # the caller reuses its buffer before the tick
+    res = eng.evaluate()
+    assert _tests(res) == [(2, 8), (2, 9)]
