@@ -48,7 +48,7 @@ def _popcount(x):
     return c
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # nogil: the daemon may run a tick's batch off the event loop
 def evaluate_batch(chart_of_row, offsets, values, disp, fpar, ipar, ist, fst,
                    flags, stats, seqs):
     """Run every enabled test on each new point; write flags, plotted statistic and sequence number."""
@@ -171,7 +171,7 @@ def evaluate_batch(chart_of_row, offsets, values, disp, fpar, ipar, ist, fst,
     return flags
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def push_history(chart_of_row, offsets, seqs, stats, ts, lots, hist_stat, hist_ts, hist_lot):
     """Write each row's newest points into its chart's ring buffer (slot = seq mod capacity)."""
     cap_mask = hist_stat.shape[1] - 1
