@@ -810,12 +810,12 @@ class Dispatcher:
         for k in range(int(out.n[t])):
             i = int(out.lot[t, k])
             s = int(self.model.lot_step[i])
-            feats = {r: float(out.feat[t, k, j]) for j, r in enumerate(RULES)}
+            feats = {r: float(out.feat[t, k, j]) + 0.0 for j, r in enumerate(RULES)}  # no -0.0
             rows.append(Candidate(
                 rank=k + 1, lot_id=self.model.lot_ids[i], step=self.model.step_name(s),
                 recipe=self.model.recipe_ids[int(self.model.step_recipe[s])],
-                keys=[float(x) for x in out.key[t, k]], features=feats,
-                contributions={r: float(wt[j] * feats[r]) if lev[j] >= 0 else 0.0
+                keys=[float(x) + 0.0 for x in out.key[t, k]], features=feats,
+                contributions={r: float(wt[j] * feats[r]) + 0.0 if lev[j] >= 0 else 0.0
                                for j, r in enumerate(RULES)},
                 levels={r: int(lev[j]) for j, r in enumerate(RULES)},
             ))
