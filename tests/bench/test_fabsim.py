@@ -1,0 +1,107 @@
+"""The SMT2020 what-if simulation: CLI contract, route order, determinism, compat semantics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.fabsim import run as fabrun
+from dispatch import smt2020
+
+HVLM = Path("/work/shared/data/smt2020/HVLM")
+needs_hvlm = pytest.mark.skipif(not HVLM.is_dir(), reason="SMT2020 HVLM data not installed")
+
+
+@pytest.fixture(scope="module")
+def hvlm() -> smt2020.Dataset:
+    return smt2020.load(HVLM)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> smt2020.Dataset:
+    return fabrun._tiny_dataset()
+
+
+@needs_hvlm
+def test_cli_prints_the_contract_json(capsys):
+    from daemon import cli
+
+    rc = cli.main(["sim", "smt2020", "--dataset", str(HVLM), "--days", "3", "--policy", "fifo",
+                   "--compat", "pyscfabsim", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0
+    doc = json.loads(out.out)
+    for key in ("dataset", "policy", "days", "seeds", "wall_s", "lots_finished", "by_lot_type"):
+        assert key in doc
+    assert doc["dataset"] == "HVLM" and doc["policy"] == "fifo" and doc["seeds"] == 1
+    assert set(doc["by_lot_type"]) == {"Lot_3", "Lot_4", "HotLot_3", "HotLot_4", "SuperHotLot_3"}
+    lot3 = doc["by_lot_type"]["Lot_3"]
+    assert set(lot3) >= {"cycle_time_days", "lots_finished", "on_time_share"}
+    # three days in: only initial WIP near the end of its route can be out already
+    assert 0 < doc["lots_finished"] < 400
+    assert lot3["cycle_time_days"] > 3.0
+    assert "day" in out.err           # progress on stderr, stdout stays one JSON object
+
+
+@needs_hvlm
+def test_cli_rejects_a_missing_dataset(tmp_path, capsys):
+    from daemon import cli
+
+    rc = cli.main(["sim", "smt2020", "--dataset", str(tmp_path / "nope"), "--days", "1"])
+    assert rc == 2
+    assert "not a dataset folder" in capsys.readouterr().err
+
+
+@needs_hvlm
+def test_lots_run_their_steps_in_route_order(hvlm):
+    res = fabrun.run(hvlm, fabrun.SimConfig(days=8, policy="fabd"), trace_lots=60)
+    routes = {name: {s.step: s for s in steps} for name, steps in hvlm.routes.items()}
+    moved = 0
+    for tr in res.traces:
+        steps = routes[tr.route]
+        for a, b in zip(tr.steps, tr.steps[1:], strict=False):
+            # forward in the route, or back to the rework step of a step in between
+            assert b > a or any(steps[k].rework_step == b for k in range(a, len(steps) + 1)
+                                if k in steps and steps[k].rework_pct > 0), (tr.lot, a, b)
+        moved += len(tr.steps)
+        if tr.finished:
+            # the last started step is at the end of the route (later steps all sampled out)
+            last = tr.steps[-1]
+            assert all(steps[k].sample_pct < 100 for k in range(last + 1, len(steps) + 1))
+    assert moved > 60
+
+
+def test_same_seed_same_fab_other_seed_other_fab(tiny):
+    cfg = fabrun.SimConfig(days=20, policy="cr", seed=7)
+    a = fabrun.run(tiny, cfg)
+    b = fabrun.run(tiny, cfg)
+    c = fabrun.run(tiny, fabrun.SimConfig(days=20, policy="cr", seed=8))
+    assert a.lots_finished > 0
+    assert a.by_lot_type["L"].cycle_times_days == b.by_lot_type["L"].cycle_times_days
+    assert a.wip_by_day == b.wip_by_day
+    assert a.by_lot_type["L"].cycle_times_days != c.by_lot_type["L"].cycle_times_days
+
+
+def test_warmup_excludes_early_lots_from_cycle_time(tiny):
+    all_lots = fabrun.run(tiny, fabrun.SimConfig(days=10, policy="fifo"))
+    late = fabrun.run(tiny, fabrun.SimConfig(days=10, policy="fifo", warmup_days=5))
+    assert all_lots.lots_finished == late.lots_finished
+    n_all = len(all_lots.by_lot_type["L"].cycle_times_days)
+    n_late = len(late.by_lot_type["L"].cycle_times_days)
+    assert 0 < n_late < n_all
+
+
+@needs_hvlm
+def test_bench_quick_prints_contract_lines(capsys):
+    from bench import fabsim_bench
+
+    assert fabsim_bench.main(["--quick", "--json", "--compat"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
+    assert {r["metric"] for r in rows} == {"wall_s_per_sim_year_fifo_compat",
+                                           "dispatch_decisions_per_s_fifo_compat"}
+    for r in rows:
+        assert set(r) == {"bench", "metric", "value", "unit", "baseline", "baseline_value", "ratio"}
+        assert r["value"] > 0 and np.isfinite(r["ratio"])
