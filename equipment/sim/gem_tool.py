@@ -536,6 +536,13 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
             self._e10_reason = reason
         self.emit_event(FabdSim.CE_E10_CHANGED)
 
+    def on_commack_requested(self) -> int:
+        """COMMACK for the host's S1F13: 1 (denied) while the refuse knob counts down."""
+        if self._sim._refuse_comm > 0:
+            self._sim._refuse_comm -= 1
+            return 1
+        return 0
+
     def _on_communicating(self, data: Any) -> None:
         # A new host selected before secsgem processed the old connection's loss: catch up.
         if self._communication_state.current == CommunicationState.COMMUNICATING:
@@ -791,6 +798,7 @@ class GemToolSim:
         self._lots_done: list[tuple[str, str, int, dict[str, float]]] = []
         self._received: list[tuple[int, int]] = []
         self._traces_sent = 0
+        self._refuse_comm = 0
         self.disconnects = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -968,9 +976,10 @@ class GemToolSim:
         await asyncio.to_thread(self.handler.set_e10, state, reason)
 
     async def set_control(self, state: str) -> None:
-        """Operator switch: "online_remote", "online_local" or "offline" (CE ControlStateChanged)."""
+        """Operator switch: "online", "online_remote", "online_local", "offline" (CE 3004)."""
         handler = self.handler
         actions: dict[str, Callable[[], None]] = {
+            "online": handler.control_switch_online,  # from equipment off-line (asks S1F1)
             "online_remote": handler.control_switch_online_remote,
             "online_local": handler.control_switch_online_local,
             "offline": handler.control_switch_offline,
@@ -1015,6 +1024,10 @@ class GemToolSim:
         """Write bytes as they are on the HSMS connection (length prefix included)."""
         connection = self.handler.protocol._connection
         await asyncio.to_thread(connection.send_data, frame)
+
+    def refuse_communication(self, times: int) -> None:
+        """Answer the next `times` S1F13 with COMMACK 1 (denied)."""
+        self._refuse_comm = times
 
     def drop_on(self, stream: int, function: int) -> None:
         """Close the TCP connection, without answering, when the next SxFy arrives."""

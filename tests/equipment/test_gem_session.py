@@ -346,6 +346,31 @@ async def test_events_spooled_while_no_host_was_connected_arrive_after_reconnect
         await eventually(lambda: session.state.e10 is E10State.STANDBY, what="standby again")
 
 
+async def test_establish_communications_is_retried_until_the_tool_accepts(
+        sim: GemToolSim) -> None:
+    sim.refuse_communication(2)
+    seen = len(sim.received)
+    async with running(sim) as session:
+        assert sim.received[seen:].count((1, 13)) >= 3
+        assert session.state.control is ControlState.ONLINE_REMOTE
+
+
+async def test_control_state_follows_the_operator_and_gates_commands(sim: GemToolSim) -> None:
+    sink = RecordingSink()
+    async with running(sim, sink) as session:
+        try:
+            await sim.set_control("online_local")
+            await session.wait_for(lambda s: s.control is ControlState.ONLINE_LOCAL, 10)
+            refused = await session.command(RemoteCommand.PP_SELECT, {"PPID": "ETCH-A"})
+            assert (refused.accepted, refused.code) == (False, 2)
+        finally:
+            await sim.set_control("online_remote")
+        await session.wait_for(lambda s: s.control is ControlState.ONLINE_REMOTE, 10)
+        assert (await session.command(RemoteCommand.PP_SELECT, {"PPID": "ETCH-A"})).code == 0
+        states = [e.state for e in sink.of(ControlStateChanged)]
+        assert states[-2:] == [ControlState.ONLINE_LOCAL, ControlState.ONLINE_REMOTE]
+
+
 async def test_spooled_events_can_be_purged_instead(sim: GemToolSim) -> None:
     async with running(sim):
         pass
