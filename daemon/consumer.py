@@ -201,6 +201,9 @@ class ReferenceConsumer:
         idle_since = time.monotonic()
         while True:
             resp = await client.xreadgroup(group, consumer, ids, count=count, block=block_ms)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # Python 3.11: redis-py can swallow a cancel
+                raise asyncio.CancelledError
             got = any(entries for _name, entries in resp or [])
             if not got and "0" in ids.values():
                 ids = dict.fromkeys(streams, ">")

@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 from daemon import events as ev
 from daemon.busconfig import BusConfig, RedisConfig
 from daemon.mes import MesError, MesState
-from daemon.redis_conn import REDIS_DOWN, Backoff, Outage, make_client
+from daemon.redis_conn import REDIS_DOWN, Backoff, Outage, make_client, raise_if_cancelled
 from daemon.relay import Relay
 from daemon.writer import Writer
 
@@ -72,7 +72,7 @@ def decode_entry(fields: dict) -> ev.Command:
     raw = fields.get(b"cmd", fields.get("cmd"))
     if raw is None:
         names = ", ".join(sorted(_text(k) for k in fields))
-        raise Rejected("missing_field", f"entry has no `cmd` field (fields: {names})")
+        raise Rejected("no_cmd_field", f"entry has no `cmd` field (fields: {names})")
     try:
         return ev.decode_command(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -188,6 +188,7 @@ class ErpIntake:
         paused = False
         try:
             while True:
+                raise_if_cancelled()
                 if self.relay is not None and self.relay.full:
                     if not paused:
                         paused = True

@@ -8,6 +8,7 @@ down Redis shows up here at once instead of inside a command.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -73,6 +74,19 @@ def make_client(config: RedisConfig, **overrides) -> aioredis.Redis:
         kwargs["ssl_cert_reqs"] = "required"
     kwargs.update(overrides)
     return aioredis.Redis.from_url(config.url, **kwargs)
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation redis-py swallowed.
+
+    On Python 3.11 a cancel that lands while redis-py's read timeout of a
+    blocking command (XREADGROUP BLOCK) expires turns into a timeout that
+    redis-py reports as an empty reply; the task is left `cancelling()` with no
+    CancelledError to come. Loops call this once per turn so a stop always stops.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Backoff:

@@ -31,7 +31,7 @@ from prometheus_client import Counter, Gauge
 
 from daemon.busconfig import BusConfig, RedisConfig, StoreConfig
 from daemon.events import SCHEMA_VERSION, STREAMS
-from daemon.redis_conn import REDIS_DOWN, Backoff, Outage, make_client
+from daemon.redis_conn import REDIS_DOWN, Backoff, Outage, make_client, raise_if_cancelled
 from daemon.store import EventRow, Store
 from daemon.writer import Writer
 
@@ -133,6 +133,7 @@ class Relay:
         rows: list[EventRow] = []
         try:
             while True:
+                raise_if_cancelled()
                 if not rows:
                     rows = await self._next_rows()
                 if not rows:

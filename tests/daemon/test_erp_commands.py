@@ -1,0 +1,132 @@
+"""ERP commands against a real redis-server: applied once, malformed ones dead-lettered with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import redis as redis_sync
+
+from tests.daemon.bus_support import read_stream, running_bus, send_commands
+from tests.support import eventually
+
+ROUTE = {"type": "define_route", "command_id": "c-route", "route_id": "RT-1", "steps": [
+    {"step_id": "COAT", "tool_group": "LITHO", "recipe_id": "COAT1", "recipe_version": 1,
+     "process_time_s": 60, "batch_max_lots": 2, "setup_group": "resist-a",
+     "queue_time_limit_s": 3600},
+    {"step_id": "ETCH", "tool_group": "ETCH", "recipe_id": "ETCH1", "recipe_version": 1,
+     "process_time_s": 90}]}
+PRODUCT = {"type": "define_product", "command_id": "c-prod", "product_id": "P1",
+           "route_id": "RT-1"}
+LOT = {"type": "create_lot", "command_id": "c-lot1", "lot_id": "L1", "production_order": "PO-9",
+       "product_id": "P1", "wafers": 25, "priority": 80, "due": "2026-12-01T00:00:00Z"}
+
+
+def pending_count(url: str) -> int:
+    r = redis_sync.Redis.from_url(url)
+    try:
+        return r.xpending("fab:erp:commands", "fabd")["pending"]
+    finally:
+        r.close()
+
+
+async def test_valid_commands_apply_and_a_duplicate_id_applies_once(redis_url, tmp_path) -> None:
+    send_commands(redis_url, "fab", [
+        ROUTE, PRODUCT, LOT,
+        {"type": "define_tool", "command_id": "c-t1", "tool_id": "LITHO01", "tool_group": "LITHO"},
+        {"type": "approve_recipe", "command_id": "c-ap1", "recipe_id": "COAT1", "version": 1,
+         "checksum": "0f" * 32},
+        {"type": "qualify_tool", "command_id": "c-q1", "tool_id": "LITHO01", "recipe_id": "COAT1"},
+        {"type": "hold_lot", "command_id": "c-h1", "lot_id": "L1", "reason": "customer",
+         "by": "erp"},
+        {"type": "hold_lot", "command_id": "c-h1", "lot_id": "L1", "reason": "customer",
+         "by": "erp"},  # the ERP retried: same command id
+        {"type": "release_lot", "command_id": "c-r1", "lot_id": "L1", "reason": "ok",
+         "by": "erp"},
+    ])
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: bus.erp.applied_total == 8 and bus.erp.duplicate_total == 1,
+                         what="commands applied")
+        await eventually(lambda: pending_count(redis_url) == 0, what="all acknowledged")
+        lot = bus.mes.lots["L1"]
+        assert (lot.state, lot.wafers, lot.priority, lot.production_order) == ("queued", 25, 80,
+                                                                               "PO-9")
+        assert bus.mes.check_track_in("L1", "LITHO01") is None
+        assert await bus.drain(5)
+    types = [e["type"] for e in read_stream(redis_url, "fab:lots")]
+    assert types == ["lot_created", "lot_held", "lot_released"]  # held once, not twice
+    assert read_stream_raw(redis_url, "fab:erp:dead") == []
+
+
+async def test_every_malformed_command_is_dead_lettered_and_intake_goes_on(redis_url,
+                                                                          tmp_path) -> None:
+    bad = {
+        "bad_json": "{not json",
+        "unknown_type": json.dumps({"type": "launch_rocket", "command_id": "x1"}),
+        "missing_field": json.dumps({"type": "create_lot", "command_id": "x2", "lot_id": "L9",
+                                     "product_id": "P1", "wafers": 25}),
+        "invalid_field": json.dumps({**LOT, "command_id": "x3", "lot_id": "L8", "wafers": -3}),
+        "unknown_product": json.dumps({**LOT, "command_id": "x4", "lot_id": "L7",
+                                       "product_id": "NOPE"}),
+        "unknown_lot": json.dumps({"type": "hold_lot", "command_id": "x5", "lot_id": "GHOST",
+                                   "reason": "q", "by": "erp"}),
+        "unknown_route": json.dumps({**PRODUCT, "command_id": "x6", "route_id": "NOPE"}),
+        "illegal_transition": json.dumps({"type": "release_lot", "command_id": "x7",
+                                          "lot_id": "L1", "reason": "r", "by": "erp"}),
+        "duplicate_lot": json.dumps({**LOT, "command_id": "x8"}),
+        "unknown_field": json.dumps({**LOT, "command_id": "x9", "lot_id": "L6", "colour": "red"}),
+    }
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT, LOT, *bad.values(),
+                                     {"__fields__": {"payload": "no cmd field"}},
+                                     {**LOT, "command_id": "c-lot2", "lot_id": "L2"}])
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: "L2" in bus.mes.lots, what="the command after the bad ones")
+        await eventually(lambda: bus.erp.dead_total == len(bad) + 1, what="dead letters")
+        await eventually(lambda: pending_count(redis_url) == 0, what="all acknowledged")
+        assert set(bus.mes.lots) == {"L1", "L2"}  # nothing from the bad ones
+        assert bus.mes.lots["L1"].state == "queued"
+    dead = read_stream_raw(redis_url, "fab:erp:dead")
+    codes = [d["code"] for d in dead]
+    assert codes == [*bad.keys(), "no_cmd_field"]
+    by_code = dict(zip(codes, dead, strict=True))
+    assert "production_order" in by_code["missing_field"]["reason"]
+    assert "launch_rocket" in by_code["unknown_type"]["reason"]
+    assert "not held" in by_code["illegal_transition"]["reason"]
+    assert by_code["bad_json"]["cmd"] == "{not json"  # the original entry travels along
+    assert json.loads(by_code["unknown_lot"]["original"])["cmd"] == bad["unknown_lot"]
+    assert all(d["entry_id"] for d in dead)
+
+
+async def test_pending_commands_from_a_crash_are_processed_on_start(redis_url, tmp_path) -> None:
+    # A previous fabd read these (XREADGROUP as fabd-1) and died before XACK.
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT, LOT])
+    r = redis_sync.Redis.from_url(redis_url)
+    r.xgroup_create("fab:erp:commands", "fabd", id="0")
+    r.xreadgroup("fabd", "fabd-1", {"fab:erp:commands": ">"})
+    r.close()
+    assert pending_count(redis_url) == 3
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: "L1" in bus.mes.lots, what="pending lot created")
+        await eventually(lambda: pending_count(redis_url) == 0, what="pending acknowledged")
+
+
+async def test_commands_already_applied_before_a_crash_are_not_applied_again(redis_url,
+                                                                            tmp_path) -> None:
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT, LOT])
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: "L1" in bus.mes.lots, what="lot created")
+        await eventually(lambda: pending_count(redis_url) == 0, what="acknowledged")
+    # The ERP side re-sends the same commands (its own retry after a timeout).
+    send_commands(redis_url, "fab", [LOT, {**LOT}])
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: bus.erp.duplicate_total == 2, what="duplicates seen")
+        assert bus.erp.dead_total == 0
+        assert await bus.drain(5)
+    assert [e["type"] for e in read_stream(redis_url, "fab:lots")] == ["lot_created"]
+
+
+def read_stream_raw(url: str, key: str) -> list[dict]:
+    r = redis_sync.Redis.from_url(url, decode_responses=True)
+    try:
+        return [fields for _id, fields in r.xrange(key)]
+    finally:
+        r.close()

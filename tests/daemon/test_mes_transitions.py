@@ -1,0 +1,127 @@
+"""MES state of record: lot flow, rework and return, holds, track-in enforcement, recipe checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from daemon import events as ev
+from daemon.mes import COMPLETED, HELD, PROCESSING, QUEUED, IllegalTransition, MesState
+
+CHECKSUM = "ab" * 32
+
+
+def make_state() -> MesState:
+    mes = MesState(instance_id="test", clock=lambda: 1_700_000_000.0)
+    mes.define_route("RW-STRIP", [ev.RouteStep(step_id="STRIP", tool_group="WET",
+                                               recipe_id="STRIP1", recipe_version=1,
+                                               process_time_s=30)])
+    mes.define_route("RT", [
+        ev.RouteStep(step_id="COAT", tool_group="LITHO", recipe_id="COAT1", recipe_version=1,
+                     process_time_s=60, rework_route_id="RW-STRIP"),
+        ev.RouteStep(step_id="ETCH", tool_group="ETCH", recipe_id="ETCH1", recipe_version=2,
+                     process_time_s=90),
+    ])
+    mes.define_product("P1", "RT")
+    mes.define_tool("LITHO01", "LITHO")
+    mes.define_tool("ETCH01", "ETCH")
+    mes.define_tool("WET01", "WET")
+    return mes
+
+
+def events_of(mes: MesState) -> list[tuple[str, str, int, dict]]:
+    return [(row[1], row[3], row[2], json.loads(row[6])) for row in mes.take_batch().events]
+
+
+def test_lot_goes_through_rework_and_returns_to_the_step_that_failed() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    mes.track_in("L1", "LITHO01")
+    mes.track_out("L1", "LITHO01", ok=False)  # non-conforming: rework route
+    assert (mes.lots["L1"].route_id, mes.lots["L1"].step_id) == ("RW-STRIP", "STRIP")
+    mes.track_in("L1", "WET01")
+    mes.track_out("L1", "WET01")
+    assert (mes.lots["L1"].route_id, mes.lots["L1"].step_id) == ("RT", "COAT")  # redo the step
+    mes.track_in("L1", "LITHO01")
+    mes.track_out("L1", "LITHO01")
+    mes.track_in("L1", "ETCH01")
+    mes.track_out("L1", "ETCH01")
+    assert mes.lots["L1"].state == COMPLETED
+    types = [t for _s, t, _n, _d in events_of(mes)]
+    assert types == ["lot_created", "lot_tracked_in", "lot_tracked_out", "lot_reworked",
+                     "lot_tracked_in", "lot_tracked_out", "lot_moved",
+                     "lot_tracked_in", "lot_tracked_out", "lot_moved",
+                     "lot_tracked_in", "lot_tracked_out", "lot_completed"]
+    assert mes.wip_counts() == []
+
+
+def test_seq_counts_each_stream_without_gaps() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO", "P1", 10)
+    mes.set_tool_state("ETCH01", "productive")
+    mes.create_lot("L2", "PO", "P1", 10)
+    mes.alarm("ETCH01", 7, True, "chiller")
+    rows = events_of(mes)
+    assert [(s, n) for s, _t, n, _d in rows] == [("lots", 1), ("equipment", 1), ("lots", 2),
+                                                  ("equipment", 2)]
+
+
+def test_hold_while_processing_keeps_the_lot_held_at_its_next_step() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO", "P1", 25)
+    mes.track_in("L1", "LITHO01")
+    mes.hold("L1", "spc", "engineer")
+    assert mes.lots["L1"].state == PROCESSING
+    mes.track_out("L1", "LITHO01")
+    assert (mes.lots["L1"].state, mes.lots["L1"].step_id) == (HELD, "ETCH")
+    mes.release("L1", "checked", "engineer")
+    assert mes.lots["L1"].state == QUEUED
+
+
+def test_illegal_transitions_change_nothing() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO", "P1", 25)
+    mes.take_batch()
+    with pytest.raises(IllegalTransition):
+        mes.release("L1", "why", "me")  # not held
+    with pytest.raises(IllegalTransition):
+        mes.track_out("L1", "LITHO01")  # not processing
+    mes.hold("L1", "q", "me")
+    with pytest.raises(IllegalTransition):
+        mes.track_in("L1", "LITHO01")  # held
+    assert [t for _s, t, _n, _d in events_of(mes)] == ["lot_held"]
+    assert mes.lots["L1"].state == HELD
+
+
+def test_track_in_enforcement_names_the_reason() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO", "P1", 25)
+    assert mes.check_track_in("L1", "ETCH01")[0] == "wrong_tool_group"
+    assert mes.check_track_in("L1", "LITHO01")[0] == "not_qualified"
+    mes.qualify("LITHO01", "COAT1", True)
+    assert mes.check_track_in("L1", "LITHO01")[0] == "recipe_not_approved"
+    mes.approve_recipe("COAT1", 1, CHECKSUM)
+    assert mes.check_track_in("L1", "LITHO01") is None
+    # The tool reports a body nobody approved: mismatch, inhibit, refused.
+    assert mes.recipe_report("LITHO01", "COAT1", "cd" * 32) is False
+    assert mes.check_track_in("L1", "LITHO01")[0] == "recipe_mismatch"
+    assert "recipe:COAT1" in mes.tools["LITHO01"].inhibits
+    # The right body clears the inhibit.
+    assert mes.recipe_report("LITHO01", "COAT1", CHECKSUM) is True
+    assert mes.check_track_in("L1", "LITHO01") is None
+    types = [t for _s, t, _n, _d in events_of(mes)]
+    assert types[-4:] == ["recipe_mismatch", "tool_inhibit_changed", "recipe_verified",
+                          "tool_inhibit_changed"]
+
+
+def test_wip_snapshot_covers_the_last_lots_seq() -> None:
+    mes = make_state()
+    for i in range(3):
+        mes.create_lot(f"L{i}", "PO", "P1", 10 + i)
+    mes.track_in("L0", "LITHO01")
+    mes.track_out("L0", "LITHO01")
+    snap = mes.wip_snapshot()
+    assert snap.lots_seq == 6
+    assert {(c.step_id, c.lots, c.wafers) for c in snap.counts} == {("COAT", 2, 23),
+                                                                  ("ETCH", 1, 10)}
