@@ -26,7 +26,8 @@ API for the GEM layer (stable; additions only):
   With no handler, W-bit primaries are answered S9F3.
 - `on_selected(session)` (awaited) after every successful select, so the GEM
   layer re-establishes communications; `on_lost(reason)` after every loss.
-- `HsmsSession` (also passed to handlers): `request()`, `send()`,
+- `HsmsSession` (also passed to handlers): `request()`, `request_nowait()`
+  (returns the reply future, no task: the fast path), `send()`,
   `send_nowait()`, `reply()`, `reply_nowait()`, `send_s9()`, `select()`,
   `deselect()`, `linktest()`, `separate()`, `close()`, `.state`, `.closed`.
 - `Message`: session_id, stream, function, wbit, ptype, stype, system, body

@@ -252,6 +252,20 @@ class HsmsSession:
                 reply.function)
         return reply
 
+    def request_nowait(self, stream: int, function: int, body: Item | None = None, *,
+                       timeout_s: float | None = None) -> asyncio.Future:
+        """Send a W-bit primary now and return the future of its reply (no task: the fast path).
+
+        The future fails like request() does; a Reject.req arrives as HsmsRejectedError.
+        """
+        protocol = self._check_selected()
+        system = self._next_system()
+        fut = protocol.expect(system, timeout_s or self.config.t3_reply_timeout_s,
+                              f"S{stream}F{function}", self._t3_expired)
+        protocol.write(frame(self._device_id, stream, function, True, 0, system, body))
+        self._m_tx.inc()
+        return fut
+
     def _t3_expired(self, system: int) -> None:
         metrics.REPLY_TIMEOUTS.labels(self.tool_id, "hsms").inc()
         log.warning("hsms %s: T3 expired for transaction %d (%g s); connection stays",
