@@ -320,11 +320,15 @@ class GemHostSession:
                                          peer=peer), *events])
 
     async def _settle(self) -> None:
-        """Wait until no primary arrived for spool_settle_s (at most 30 x that)."""
+        """Wait until no primary arrived for spool_settle_s (at most 4 x that).
+
+        A busy tool never goes quiet; the cap keeps its start-up short (the spool then
+        interleaves with live events, which carry their own order).
+        """
         settle = self.config.spool_settle_s
         loop = asyncio.get_running_loop()
         start = loop.time()
-        deadline = start + 30 * settle
+        deadline = start + 4 * settle
         while loop.time() < deadline:
             quiet = loop.time() - max(self._last_primary_at, start)
             if quiet >= settle and (self._inbox is None or self._inbox.empty()):
