@@ -92,6 +92,9 @@ class ChartSpec(msgspec.Struct, frozen=True, kw_only=True):
     phase_i_points: int = 25
     subgroup_size: int = 5  # X-bar charts only; 2..25
     ewma_lambda: float = 0.2  # EWMA weight on the newest point
+    # EWMA limits that start narrow and widen to the asymptotic ones (σ_z √(1 − (1 − λ)^(2t))
+    # at the t-th point after a reset), as Minitab does; False: asymptotic limits throughout.
+    ewma_exact_limits: bool = True
     # Also signal when the dispersion chart (MR, R, S) is beyond its limits (test 1 there).
     dispersion_test: bool = True
     reaction: Reaction = Reaction.NOTIFY

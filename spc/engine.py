@@ -478,7 +478,10 @@ class SpcEngine:
             mask |= 1 << (t - 1)
         if spec.dispersion_test and spec.chart_type is not ChartType.EWMA:
             mask |= kn.DISPERSION_BIT
-        return [mask, _KIND[spec.chart_type], k.k2_points, k.k3_points, k.k4_points,
+        kind = _KIND[spec.chart_type]
+        if kind == kn.KIND_EWMA and spec.ewma_exact_limits:
+            kind = kn.KIND_EWMA_EXACT
+        return [mask, kind, k.k2_points, k.k3_points, k.k4_points,
                 k.k5_of_k_plus_1, k.k6_of_k_plus_1, k.k7_points, k.k8_points]
 
     def _set(self, cid: int, lim: Limits, reason: str) -> LimitChange:
@@ -506,6 +509,7 @@ class SpcEngine:
         self._ist[cid, kn.S_SEQ] = seq
         self._fst[cid, kn.FS_PREV] = 0.0
         self._fst[cid, kn.FS_EWMA] = self._fpar[cid, kn.F_CENTER]
+        self._fst[cid, kn.FS_W] = 1.0
         self._reset_seq[cid] = seq
         self._charts[cid].sub_values.clear()  # a subgroup never spans a reset
 

@@ -21,6 +21,9 @@ from numba import njit
 KIND_INDIVIDUAL = 0  # the value itself; its moving range goes to the dispersion check
 KIND_EWMA = 1  # z = λ x + (1 - λ) z_prev, starting from the centre
 KIND_SUBGROUP = 2  # the value is a subgroup mean; `disp` carries its R or S
+# EWMA with exact limits: the t-th point since the reset has σ_z √(1 − (1 − λ)^(2t)), so
+# every boundary sits at c + (b − c) √(1 − w) with w = (1 − λ)^(2t) carried in the state.
+KIND_EWMA_EXACT = 3
 
 # Output flag bits: bit t-1 is test t (1..8) on the plotted statistic.
 DISPERSION_BIT = 1 << 8  # the dispersion chart (MR, R or S) beyond its limits
@@ -35,8 +38,8 @@ N_IPAR = 9
 S_N, S_SEQ, S_SIDE, S_MONO, S_ALT, S_IN1, S_OUT1, S_R2U, S_R2D, S_R1U, S_R1D = range(11)
 N_IST = 11
 # FST columns (float64 state per chart)
-FS_PREV, FS_EWMA = range(2)
-N_FST = 2
+FS_PREV, FS_EWMA, FS_W = range(3)
+N_FST = 3
 
 
 @njit(cache=True)
@@ -66,6 +69,7 @@ def evaluate_batch(chart_of_row, offsets, values, disp, fpar, ipar, ist, fst,
         uk = fpar[c, F_UK]
         lk = fpar[c, F_LK]
         lam = fpar[c, F_LAMBDA]
+        r2 = (1.0 - lam) * (1.0 - lam)
         ducl = fpar[c, F_DISP_UCL]
         dlcl = fpar[c, F_DISP_LCL]
         mask = ipar[c, I_MASK]
@@ -92,12 +96,26 @@ def evaluate_batch(chart_of_row, offsets, values, disp, fpar, ipar, ist, fst,
         r1d = ist[c, S_R1D]
         prev = fst[c, FS_PREV]
         z = fst[c, FS_EWMA]
+        w = fst[c, FS_W]
+        # the boundaries each point is compared with (they move only for exact EWMA limits)
+        bu1, bl1, bu2, bl2, buk, blk = u1, l1, u2, l2, uk, lk
         for i in range(lo, hi):
             x = values[i]
             f = 0
             if kind == KIND_EWMA:
                 z = lam * x + (1.0 - lam) * z
                 s = z
+            elif kind == KIND_EWMA_EXACT:
+                z = lam * x + (1.0 - lam) * z
+                s = z
+                w = w * r2
+                fac = np.sqrt(1.0 - w)
+                bu1 = center + (u1 - center) * fac
+                bl1 = center + (l1 - center) * fac
+                bu2 = center + (u2 - center) * fac
+                bl2 = center + (l2 - center) * fac
+                buk = center + (uk - center) * fac
+                blk = center + (lk - center) * fac
             elif kind == KIND_INDIVIDUAL:
                 s = x
                 if n > 0:
@@ -112,7 +130,7 @@ def evaluate_batch(chart_of_row, offsets, values, disp, fpar, ipar, ist, fst,
             # Branch-free on purpose: on noisy data these comparisons are coin flips, and a
             # mispredicted branch costs more than computing both sides.
             # test 1: beyond K σ, strictly
-            f |= (s > uk) | (s < lk)
+            f |= (s > buk) | (s < blk)
             # test 2: K in a row strictly on one side; a point on the centre breaks it
             up = np.int64(s > center)
             dn = np.int64(s < center)
@@ -130,15 +148,15 @@ def evaluate_batch(chart_of_row, offsets, values, disp, fpar, ipar, ist, fst,
             f |= np.int64(abs(mono) >= k3m1) << 2
             f |= np.int64(alt >= k4m1) << 3
             # test 5: K of the last K+1 beyond 2σ on the point's side (the point included)
-            b2u = np.int64(s > u2)
-            b2d = np.int64(s < l2)
+            b2u = np.int64(s > bu2)
+            b2d = np.int64(s < bl2)
             r2u = ((r2u << 1) | b2u) & w5
             r2d = ((r2d << 1) | b2d) & w5
             if (b2u and _popcount(r2u) >= k5) or (b2d and _popcount(r2d) >= k5):
                 f |= 16
             # test 6: K of the last K+1 beyond 1σ on the point's side
-            b1u = np.int64(s > u1)
-            b1d = np.int64(s < l1)
+            b1u = np.int64(s > bu1)
+            b1d = np.int64(s < bl1)
             r1u = ((r1u << 1) | b1u) & w6
             r1d = ((r1d << 1) | b1d) & w6
             if (b1u and _popcount(r1u) >= k6) or (b1d and _popcount(r1d) >= k6):
@@ -168,6 +186,7 @@ def evaluate_batch(chart_of_row, offsets, values, disp, fpar, ipar, ist, fst,
         ist[c, S_R1D] = r1d
         fst[c, FS_PREV] = prev
         fst[c, FS_EWMA] = z
+        fst[c, FS_W] = w
     return flags
 
 

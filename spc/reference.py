@@ -6,12 +6,14 @@ tests compare the kernel with, and the baseline the benchmark measures against.
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from typing import NamedTuple
 
 import msgspec
 
 from spc.config import RuleParams
-from spc.kernel import KIND_EWMA, KIND_INDIVIDUAL
+from spc.kernel import KIND_EWMA, KIND_EWMA_EXACT, KIND_INDIVIDUAL
 
 
 class Zones(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,36 +37,71 @@ class Zones(msgspec.Struct, frozen=True, kw_only=True):
                    uk=center + k1_sigma * sigma, lk=center - k1_sigma * sigma)
 
 
-def tests_at(s: list[float], i: int, z: Zones, k: RuleParams) -> set[int]:
-    """Return the tests that fire at point i of series s (s[0] is the first point since reset)."""
-    x = s[i]
+    def scaled(self, fac: float) -> Zones:
+        """Return the zones pulled towards the centre by fac (exact EWMA limits)."""
+        c = self.center
+        return Zones(center=c, u1=c + (self.u1 - c) * fac, l1=c + (self.l1 - c) * fac,
+                     u2=c + (self.u2 - c) * fac, l2=c + (self.l2 - c) * fac,
+                     uk=c + (self.uk - c) * fac, lk=c + (self.lk - c) * fac,
+                     disp_ucl=self.disp_ucl, disp_lcl=self.disp_lcl)
+
+
+class Point(NamedTuple):
+    """A plotted value and where it fell against the boundaries in force when it arrived."""
+
+    s: float
+    above: bool  # strictly above the centre line
+    below: bool
+    out1_up: bool  # strictly beyond +1σ
+    out1_dn: bool
+    out2_up: bool  # strictly beyond +2σ
+    out2_dn: bool
+    outk_up: bool  # strictly beyond +Kσ
+    outk_dn: bool
+
+
+def classify(s: float, z: Zones) -> Point:
+    """Return a point's position against the zones."""
+    return Point(s, s > z.center, s < z.center, s > z.u1, s < z.l1, s > z.u2, s < z.l2,
+                 s > z.uk, s < z.lk)
+
+
+def tests_at(p: list[Point], i: int, k: RuleParams) -> set[int]:
+    """Return the tests that fire at point i (p[0] is the first point since the reset)."""
+    x = p[i]
     out: set[int] = set()
-    if x > z.uk or x < z.lk:
+    if x.outk_up or x.outk_dn:
         out.add(1)
     k2 = k.k2_points
     if i + 1 >= k2:
-        w = s[i - k2 + 1:i + 1]
-        if all(v > z.center for v in w) or all(v < z.center for v in w):
+        w = p[i - k2 + 1:i + 1]
+        if all(v.above for v in w) or all(v.below for v in w):
             out.add(2)
     k3 = k.k3_points
     if i + 1 >= k3:
-        d = [s[j] - s[j - 1] for j in range(i - k3 + 2, i + 1)]
+        d = [p[j].s - p[j - 1].s for j in range(i - k3 + 2, i + 1)]
         if all(v > 0 for v in d) or all(v < 0 for v in d):
             out.add(3)
     k4 = k.k4_points
     if i + 1 >= k4:
-        d = [s[j] - s[j - 1] for j in range(i - k4 + 2, i + 1)]
+        d = [p[j].s - p[j - 1].s for j in range(i - k4 + 2, i + 1)]
         if all(v != 0 for v in d) and all((d[j] > 0) != (d[j - 1] > 0) for j in range(1, len(d))):
             out.add(4)
-    for test, kk, hi, lo in ((5, k.k5_of_k_plus_1, z.u2, z.l2), (6, k.k6_of_k_plus_1, z.u1, z.l1)):
-        w = s[max(0, i - kk):i + 1]
-        if (x > hi and sum(v > hi for v in w) >= kk) or (x < lo and sum(v < lo for v in w) >= kk):
-            out.add(test)
+    k5 = k.k5_of_k_plus_1
+    w = p[max(0, i - k5):i + 1]
+    if (x.out2_up and sum(v.out2_up for v in w) >= k5) or (
+            x.out2_dn and sum(v.out2_dn for v in w) >= k5):
+        out.add(5)
+    k6 = k.k6_of_k_plus_1
+    w = p[max(0, i - k6):i + 1]
+    if (x.out1_up and sum(v.out1_up for v in w) >= k6) or (
+            x.out1_dn and sum(v.out1_dn for v in w) >= k6):
+        out.add(6)
     k7 = k.k7_points
-    if i + 1 >= k7 and all(z.l1 <= v <= z.u1 for v in s[i - k7 + 1:i + 1]):
+    if i + 1 >= k7 and all(not (v.out1_up or v.out1_dn) for v in p[i - k7 + 1:i + 1]):
         out.add(7)
     k8 = k.k8_points
-    if i + 1 >= k8 and all(v > z.u1 or v < z.l1 for v in s[i - k8 + 1:i + 1]):
+    if i + 1 >= k8 and all(v.out1_up or v.out1_dn for v in p[i - k8 + 1:i + 1]):
         out.add(8)
     return out
 
@@ -72,9 +109,10 @@ def tests_at(s: list[float], i: int, z: Zones, k: RuleParams) -> set[int]:
 def check_series(values: list[float], z: Zones, k: RuleParams = RuleParams(),
                  tests: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)) -> dict[int, list[int]]:
     """Return, for each test, the 0-based indices where it fires on a whole series."""
+    pts = [classify(v, z) for v in values]
     out: dict[int, list[int]] = {t: [] for t in tests}
-    for i in range(len(values)):
-        for t in tests_at(values, i, z, k) & set(tests):
+    for i in range(len(pts)):
+        for t in tests_at(pts, i, k) & set(tests):
             out[t].append(i)
     return out
 
@@ -91,34 +129,40 @@ class ReferenceChart:
         self.kind = kind
         self.lam = ewma_lambda
         self.dispersion = dispersion
-        self.history: deque[float] = deque(maxlen=k.longest_window())
+        self.history: deque[Point] = deque(maxlen=k.longest_window())
         self.ewma = z.center
+        self.w = 1.0
         self.prev_raw: float | None = None
 
     def reset(self) -> None:
         """Forget the history: no window spans a reset."""
         self.history.clear()
         self.ewma = self.z.center
+        self.w = 1.0
         self.prev_raw = None
 
     def push(self, x: float, disp: float = 0.0) -> set[int]:
         """Add one point; return the tests firing on it (9 = the dispersion chart)."""
         fired: set[int] = set()
-        if self.kind == KIND_EWMA:
+        z = self.z
+        if self.kind in (KIND_EWMA, KIND_EWMA_EXACT):
             self.ewma = self.lam * x + (1.0 - self.lam) * self.ewma
             s = self.ewma
+            if self.kind == KIND_EWMA_EXACT:
+                self.w = self.w * ((1.0 - self.lam) * (1.0 - self.lam))
+                z = z.scaled(math.sqrt(1.0 - self.w))
         else:
             s = x
             if self.kind == KIND_INDIVIDUAL:
                 if self.prev_raw is not None:
                     disp = abs(x - self.prev_raw)
-                    if disp > self.z.disp_ucl or disp < self.z.disp_lcl:
+                    if disp > z.disp_ucl or disp < z.disp_lcl:
                         fired.add(9)
                 self.prev_raw = x
-            elif disp > self.z.disp_ucl or disp < self.z.disp_lcl:
+            elif disp > z.disp_ucl or disp < z.disp_lcl:
                 fired.add(9)
         if not self.dispersion:
             fired.discard(9)
-        self.history.append(s)
+        self.history.append(classify(s, z))
         h = list(self.history)
-        return fired | (tests_at(h, len(h) - 1, self.z, self.k) & self.tests)
+        return fired | (tests_at(h, len(h) - 1, self.k) & self.tests)

@@ -371,3 +371,19 @@ def test_add_many_copies_strided_views_and_caller_buffers():
     buf[:] = -9.0  # the caller reuses its buffer before the tick
     res = eng.evaluate()
     assert _tests(res) == [(2, 8), (2, 9)]
+
+
+def test_exact_ewma_limits_catch_a_start_up_shift_asymptotic_ones_miss():
+    eng = SpcEngine()
+    exact = eng.register("exact", spec=ChartSpec(chart_type=ChartType.EWMA, center=0.0,
+                                                 sigma=1.0, ewma_lambda=0.2))
+    asym = eng.register("asym", spec=ChartSpec(chart_type=ChartType.EWMA, center=0.0, sigma=1.0,
+                                               ewma_lambda=0.2, ewma_exact_limits=False))
+    assert eng.limits(exact).ucl == pytest.approx(1.0)  # 3 σ √(λ/(2−λ)), asymptotic
+    eng.add(exact, 3.5, 0.0)  # z₁ = 0.7: beyond the first point's exact limit 3 σ λ = 0.6
+    eng.add(asym, 3.5, 0.0)
+    (v,) = eng.evaluate().violations
+    assert (v.chart_key, v.test, v.statistic) == ("exact", 1, pytest.approx(0.7))
+    eng.reset(exact)  # the limits start narrow again after a reset
+    eng.add(exact, 3.5, 1.0)
+    assert [x.chart_key for x in eng.evaluate().violations] == ["exact"]

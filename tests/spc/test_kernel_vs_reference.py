@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from spc.config import ChartSpec, ChartType, RuleParams, RuleSet
 from spc.engine import SpcEngine
-from spc.kernel import KIND_EWMA, KIND_INDIVIDUAL, KIND_SUBGROUP
+from spc.kernel import KIND_EWMA, KIND_EWMA_EXACT, KIND_INDIVIDUAL, KIND_SUBGROUP
 from spc.reference import ReferenceChart
 
 CENTER, SIGMA = 10.0, 0.1
@@ -29,6 +29,8 @@ SPECS = [
                                                          k8_points=3)),
     ChartSpec(center=CENTER, sigma=SIGMA, chart_type=ChartType.EWMA, ewma_lambda=0.3,
               tests=(1, 2, 3, 4, 5, 6, 7, 8)),
+    ChartSpec(center=CENTER, sigma=SIGMA, chart_type=ChartType.EWMA, ewma_lambda=0.2,
+              ewma_exact_limits=False, tests=(1, 2, 5, 6, 7, 8)),
     ChartSpec(center=CENTER, sigma=SIGMA, chart_type=ChartType.XBAR_R, subgroup_size=3),
     ChartSpec(center=CENTER, sigma=SIGMA, chart_type=ChartType.XBAR_S, subgroup_size=4),
 ]
@@ -63,8 +65,9 @@ def _reference_violations(spec: ChartSpec, values: list[float]) -> set[tuple[int
     """Return (test, series, seq) for a whole series, pushed point by point to the reference."""
     eng = SpcEngine()
     lim = eng.limits(eng.register("z", spec=spec))
-    kind = {ChartType.I_MR: KIND_INDIVIDUAL, ChartType.EWMA: KIND_EWMA}.get(spec.chart_type,
-                                                                          KIND_SUBGROUP)
+    kind = {ChartType.I_MR: KIND_INDIVIDUAL,
+            ChartType.EWMA: KIND_EWMA_EXACT if spec.ewma_exact_limits else KIND_EWMA}.get(
+        spec.chart_type, KIND_SUBGROUP)
     ref = ReferenceChart(lim.zones(), spec.params(), spec.enabled_tests(), kind=kind,
                          ewma_lambda=spec.ewma_lambda, dispersion=spec.dispersion_test)
     prim, disp_name = {ChartType.I_MR: ("x", "mr"), ChartType.EWMA: ("ewma", ""),
