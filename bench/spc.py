@@ -97,6 +97,20 @@ def main(argv: list[str] | None = None) -> int:
                 if bits != ref_flags[c, t * per + j]:
                     mismatches += 1
     ref_pps = n_ref * per * ticks / (time.perf_counter() - t0)
+
+    # -- the kernel's own code, interpreted by CPython (what numba alone buys)
+    n_py = max(1, n_ref // 10)
+    progress(f"kernel code without numba: {n_py} charts")
+    fpar, ipar, ist, fst = _kernel_state(n_py)
+    sub_rows = np.arange(n_py, dtype=np.int64)
+    sub_offsets = np.arange(0, n_py * per + 1, per, dtype=np.int64)
+    t0 = time.perf_counter()
+    for t in range(ticks):
+        vals = np.ascontiguousarray(data[t][:n_py]).reshape(-1)
+        kn.evaluate_batch.py_func(sub_rows, sub_offsets, vals, vals, fpar, ipar, ist, fst,
+                                  np.empty(vals.size, np.uint16), np.empty(vals.size),
+                                  np.empty(vals.size, np.int64))
+    py_pps = n_py * per * ticks / (time.perf_counter() - t0)
     if mismatches:
         progress(f"ERROR: kernel and reference disagree on {mismatches} points")
         return 1
@@ -123,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
          ref_pps, as_json=args.json)
     emit("spc", f"engine_evaluate_points_per_s_{n_charts}_charts", eng_pps, "points/s", base,
          ref_pps, as_json=args.json)
+    emit("spc", f"kernel_points_per_s_{n_charts}_charts_vs_same_code_cpython", kernel_pps,
+         "points/s", f"kernel_code_without_numba_per_point({n_py}_charts)", py_pps,
+         as_json=args.json)
     return 0
 
 
