@@ -4,14 +4,16 @@ Usage (daemon core, once per tick, after applying the tick's events):
 
     engine = SpcEngine(config.spc)          # stores config only
     spc.warm()                              # before READY
-    cid = engine.register("ETCH01/PM1/STEP3/rf_power", tool_id="ETCH01", chamber="PM1")
-    engine.add(cid, 412.0, ts, lot_id="LOT42")      # or add_many(ids, values, ts)
+    engine.add_points(points, step_of=...)  # ProcessPoints; charts register on first sight
+    # or: cid = engine.register("ETCH01/PM1/STEP3/rf_power", tool_id="ETCH01", chamber="PM1")
+    #     engine.add(cid, 412.0, ts, lot_id="LOT42") / engine.add_many(ids, values, ts)
     result = engine.evaluate()              # TickResult: violations + limit changes
     for v in result.violations: apply v.action, publish v on fab:quality
     for ch in result.limit_changes: publish ch
 
 `set_limits()` and `reset()` apply at once (to points still buffered too) and
-return their LimitChange for the caller to publish.
+return their LimitChange for the caller to publish. `snapshot()` / `restore()`
+carry limits, run windows and history across a restart.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class _Snapshot(msgspec.Struct, array_like=True):
     """Everything the engine needs to carry its windows across a daemon restart."""
 
     history_capacity: int
+    columns: tuple[int, int, int, int]  # the kernel's state layout (N_FPAR, N_IPAR, N_IST, N_FST)
     charts: list[_ChartState]
     lots: list[str]
     arrays: dict[str, bytes]
@@ -181,6 +184,7 @@ class _Chart:
                              for t in (1, 2, 3, 4, 5, 6, 7, 8, 1))
 
 
+_COLUMNS = (kn.N_FPAR, kn.N_IPAR, kn.N_IST, kn.N_FST)
 _SNAPSHOT_ARRAYS = ("_fpar", "_ipar", "_ist", "_fst", "_reset_seq", "_route", "_hist_stat",
                     "_hist_ts", "_hist_lot")
 
@@ -300,13 +304,20 @@ class SpcEngine:
         arrays = {name: np.ascontiguousarray(getattr(self, name)[:n]).tobytes()
                   for name in _SNAPSHOT_ARRAYS}
         return msgspec.msgpack.encode(_Snapshot(history_capacity=self.history_capacity,
-                                                charts=charts, lots=self._lots, arrays=arrays))
+                                                columns=_COLUMNS, charts=charts, lots=self._lots,
+                                                arrays=arrays))
 
     def restore(self, data: bytes) -> None:
         """Load a snapshot into an empty engine: windows continue where they were."""
         if self._charts:
             raise SpcConfigError("restore() needs an engine with no charts registered")
-        snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        try:
+            snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise SpcConfigError(f"unreadable SPC snapshot: {exc}") from None
+        if tuple(snap.columns) != _COLUMNS:
+            raise SpcConfigError("the SPC snapshot is from a build with another state layout; "
+                                 "start without it (charts take limits from config or phase I)")
         if snap.history_capacity != self.history_capacity:
             raise SpcConfigError(f"snapshot history capacity {snap.history_capacity} differs "
                                  f"from this engine's {self.history_capacity}")

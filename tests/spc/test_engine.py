@@ -387,3 +387,15 @@ def test_exact_ewma_limits_catch_a_start_up_shift_asymptotic_ones_miss():
     eng.reset(exact)  # the limits start narrow again after a reset
     eng.add(exact, 3.5, 1.0)
     assert [x.chart_key for x in eng.evaluate().violations] == ["exact"]
+
+
+def test_an_unusable_snapshot_is_refused_with_the_reason():
+    eng = SpcEngine()
+    eng.register("k", spec=KNOWN)
+    data = eng.snapshot()
+    with pytest.raises(SpcConfigError, match="no charts"):
+        eng.restore(data)
+    with pytest.raises(SpcConfigError, match="unreadable"):
+        SpcEngine().restore(b"not a snapshot")
+    with pytest.raises(SpcConfigError, match="history capacity"):
+        SpcEngine(SpcConfig(history_points=32)).restore(data)
