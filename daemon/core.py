@@ -29,6 +29,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from daemon import metrics
 from daemon.app import App
 from daemon.bus import Bus
@@ -54,6 +56,8 @@ class CoreSink:
     async def submit(self, events: list[dom.DomainEvent]) -> None:
         core = self.core
         mes = core.bus.mes
+        events = expand_batches(events)
+        core.spc_from_completions(events)
         before: list[tuple[dom.ProcessCompleted, str, float, str, float]] = []
         for e in events:
             if isinstance(e, dom.ProcessCompleted):
@@ -74,6 +78,21 @@ class CoreSink:
 
     def points(self, points: list[dom.ProcessPoint]) -> None:
         self.core.bus.sink.points(points)
+
+
+def expand_batches(events: list[dom.DomainEvent]) -> list[dom.DomainEvent]:
+    """A batch tool reports one process start/end for the batch, its lot ids comma-separated."""
+    if not any(isinstance(e, dom.ProcessStarted | dom.ProcessCompleted) and "," in e.lot_id
+               for e in events):
+        return events
+    out: list[dom.DomainEvent] = []
+    for e in events:
+        if isinstance(e, dom.ProcessStarted | dom.ProcessCompleted) and "," in e.lot_id:
+            out.extend(msgspec.structs.replace(e, lot_id=lot_id.strip())
+                       for lot_id in e.lot_id.split(",") if lot_id.strip())
+        else:
+            out.append(e)
+    return out
 
 
 class FabCore:
@@ -207,6 +226,14 @@ class FabCore:
         metrics.SPC_POINTS.inc(accepted)
         if accepted < len(points):
             metrics.SPC_POINTS_DROPPED.inc(len(points) - accepted)
+
+    def spc_from_completions(self, events: list[dom.DomainEvent]) -> None:
+        """Each lot's measured parameters (ProcessCompleted) are one point on its step's chart."""
+        points = [dom.ProcessPoint(e.tool_id, name, float(value), e.ts, e.lot_id, e.chamber)
+                  for e in events if isinstance(e, dom.ProcessCompleted)
+                  for name, value in e.parameters.items()]
+        if points:
+            self._on_points(points)
 
     def step_spc(self) -> None:
         """Run the SPC tests on the new points; hold lots and inhibit tools as the charts say."""
