@@ -138,6 +138,8 @@ class Workspace(NamedTuple):
     lot_base: np.ndarray         # float64[L, NL]
     tool_rep: np.ndarray         # int32[T], representative tool whose list this tool shares
     key_tmp: np.ndarray          # float64[NL]
+    group_plain: np.ndarray      # bool[G], queue sorted by base key and no candidate needs a setup
+    sort_tmp: np.ndarray         # int32[L]
 
 
 class DispatchLists(NamedTuple):
@@ -163,7 +165,7 @@ def new_workspace(fab: FabArrays, pol: PolicyArrays) -> Workspace:
         recipe_wafers=np.zeros(max(nr, 1), np.int64), recipe_oldest_min=np.zeros(max(nr, 1)),
         lot_block=np.zeros(L, np.int8), lot_feat=np.zeros((L, N_RULES)),
         lot_base=np.zeros((L, nl)), tool_rep=np.zeros(fab.tool_group.shape[0], np.int32),
-        key_tmp=np.zeros(nl),
+        key_tmp=np.zeros(nl), group_plain=np.zeros(G, np.bool_), sort_tmp=np.zeros(L, np.int32),
     )
 
 
@@ -239,6 +241,7 @@ def prepare(now_min, fab, pol, ws):
     ws.group_up[:] = 0
     ws.group_work_min[:] = 0.0
     ws.group_fill[:] = 0
+    ws.group_plain[:] = True
     ws.recipe_wafers[:] = 0
     ws.recipe_oldest_min[:] = np.inf
     for t in range(fab.tool_group.shape[0]):
@@ -297,6 +300,71 @@ def prepare(now_min, fab, pol, ws):
             bmax, fab.step_batch_min[s], ws.recipe_wafers[r] if bmax > 0 else 0,
             ws.recipe_oldest_min[r] if bmax > 0 else now_min, pol.batch_fill[g],
             pol.batch_max_wait_min[g])
+        if ws.lot_block[i] == BLOCK_OK and fab.step_setup[s] >= 0:
+            ws.group_plain[g] = False
+    # Queues in base-key order let a tool whose own terms add nothing take its list from the
+    # front (score_tool's fast path). Sorting costs q log q comparisons; scanning costs q per
+    # tool, so sort where the group has more tools up than about 2 log2(q).
+    for g in range(G):
+        q = ws.group_ptr[g + 1] - ws.group_ptr[g]
+        if q >= 2 and ws.group_up[g] > 2.0 * np.log2(q):
+            _sort_lots(ws.group_lots, ws.group_ptr[g], ws.group_ptr[g + 1], ws.lot_base,
+                       fab.lot_arrival_min, fab.lot_due_min, ws.sort_tmp)
+        else:
+            ws.group_plain[g] = False
+
+
+@njit(cache=True)
+def _lot_better(keys, a, b, arrival, due):
+    """key_better for two lots whose keys are rows of one array (no row views)."""
+    for lv in range(keys.shape[1]):
+        ka = keys[a, lv]
+        kb = keys[b, lv]
+        if ka != kb:
+            return ka > kb
+    if arrival[a] != arrival[b]:
+        return arrival[a] < arrival[b]
+    if due[a] != due[b]:
+        return due[a] < due[b]
+    return a < b
+
+
+@njit(cache=True)
+def _sort_lots(lots, lo, hi, keys, arrival, due, tmp):
+    """Sort lots[lo:hi] best first by (keys[lot], arrival, due, lot) with a bottom-up merge sort."""
+    n = hi - lo
+    if n < 2:
+        return
+    in_tmp = False   # where the sorted runs are now
+    width = 1
+    while width < n:
+        src = tmp if in_tmp else lots
+        dst = lots if in_tmp else tmp
+        for a0 in range(lo, hi, 2 * width):
+            mid = min(a0 + width, hi)
+            b1 = min(a0 + 2 * width, hi)
+            a, b, k = a0, mid, a0
+            while a < mid and b < b1:
+                ia, ib = src[a], src[b]
+                if _lot_better(keys, ib, ia, arrival, due):
+                    dst[k] = ib
+                    b += 1
+                else:
+                    dst[k] = ia
+                    a += 1
+                k += 1
+            while a < mid:
+                dst[k] = src[a]
+                a += 1
+                k += 1
+            while b < b1:
+                dst[k] = src[b]
+                b += 1
+                k += 1
+        in_tmp = not in_tmp
+        width *= 2
+    if in_tmp:
+        lots[lo:hi] = tmp[lo:hi]
 
 
 # --- per-candidate kernels: the policy itself, from scalars (the simulation calls these) ---
@@ -442,6 +510,23 @@ def score_tool(t, now_min, fab, pol, ws, out_lot, out_key):
     group_lots, lot_block, lot_base = ws.group_lots, ws.lot_block, ws.lot_base
     key = ws.key_tmp
     n = 0
+    minrun_active = cur >= 0 and runs < setup_min_runs[cur] and level[R_MINRUN] >= 0
+    if ws.group_plain[g] and not minrun_active:
+        # no setup or minimum-run term for any candidate: keys are the base keys, and the
+        # queue is already in that order (prepare sorted it)
+        for j in range(ws.group_ptr[g], ws.group_ptr[g + 1]):
+            i = group_lots[j]
+            if lot_block[i] != BLOCK_OK:
+                continue
+            if not qualified(qual_recipe, q_lo, q_hi, step_recipe[lot_step[i]]):
+                continue
+            out_lot[n] = i
+            for lv in range(NL):
+                out_key[n, lv] = lot_base[i, lv]
+            n += 1
+            if n == K:
+                break
+        return n
     for j in range(ws.group_ptr[g], ws.group_ptr[g + 1]):
         i = group_lots[j]
         if lot_block[i] != BLOCK_OK:
