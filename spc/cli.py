@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import msgspec
 import numpy as np
 
-from spc.config import ChartSpec, ChartType, RuleParams, RuleSet
+from spc.config import ChartSpec, ChartType, RuleParams, RuleSet, SpcConfig
 from spc.engine import SpcEngine
 from spc.errors import SpcConfigError, SpcInputError
 from spc.limits import estimate_limits
@@ -73,7 +73,9 @@ def check_series(values: list[float], center: float, sigma: float,
     """Return, for each test of the rule set, the 0-based indices where it fires."""
     spec = ChartSpec(chart_type=ChartType.I_MR, rules=rules, center=center, sigma=sigma,
                      k=k or RuleParams(), dispersion_test=False)
-    engine = SpcEngine()
+    # every firing is reported (no storm folding) and every value is taken, however many
+    engine = SpcEngine(SpcConfig(max_violations_per_tick=2**62,
+                                 max_pending_points=max(1, len(values))))
     cid = engine.register("cli", spec=spec)
     engine.add_many(np.zeros(len(values), np.int64) + cid, np.asarray(values, float),
                     np.arange(len(values), dtype=float))

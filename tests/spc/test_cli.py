@@ -88,3 +88,11 @@ def test_an_impossible_k_is_refused_with_its_range(capsys, series_file):
     rc, _, err = _run(capsys, "check", "--center", "0", "--sigma", "1", "--k2", "1",
                       str(series_file))
     assert rc == 2 and "k2_points must be in 2..62" in err
+
+
+def test_a_long_series_reports_every_firing(capsys, tmp_path):
+    p = tmp_path / "flat.txt"
+    p.write_text("0.5\n" * 30_000)
+    rc, out, _ = _run(capsys, "check", "--center", "0", "--sigma", "1", str(p))
+    assert rc == 0
+    assert json.loads(out)["2"] == list(range(8, 30_000))
