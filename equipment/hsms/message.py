@@ -99,10 +99,16 @@ def header_bytes(session_id: int, stream: int, function: int, wbit: bool, ptype:
 
 
 def frame(session_id: int, stream: int, function: int, wbit: bool, stype: int, system: int,
-          body: Item | None = None, ptype: int = 0) -> bytearray:
-    """Return the complete wire frame (length prefix, header, encoded body)."""
+          body: Item | None = None, ptype: int = 0, *, encoded_body: bytes = b"") -> bytearray:
+    """Return the complete wire frame (length prefix, header, encoded body).
+
+    `encoded_body` sends bytes already encoded (a simulator's pre-built template) instead.
+    """
     out = bytearray(14)
-    encode_into(body, out)
+    if encoded_body:
+        out += encoded_body
+    else:
+        encode_into(body, out)
     FRAME.pack_into(out, 0, len(out) - 4, session_id, (0x80 if wbit else 0) | stream, function,
                     ptype, stype, system)
     return out

@@ -186,7 +186,8 @@ class HsmsSession:
         if rsp.function != SelectStatus.ESTABLISHED:
             status = SelectStatus(rsp.function).name if rsp.function in SelectStatus._value2member_map_ else rsp.function
             raise HsmsRejectedError(f"{self.tool_id}: select refused ({status})", rsp.function)
-        self._selected()
+        if not self.selected:
+            self._selected()
 
     async def deselect(self) -> None:
         """Send Deselect.req; NOT_SELECTED on status 0 (T7 runs again)."""
@@ -253,16 +254,19 @@ class HsmsSession:
         return reply
 
     def request_nowait(self, stream: int, function: int, body: Item | None = None, *,
-                       timeout_s: float | None = None) -> asyncio.Future:
+                       timeout_s: float | None = None, encoded_body: bytes = b""
+                       ) -> asyncio.Future:
         """Send a W-bit primary now and return the future of its reply (no task: the fast path).
 
         The future fails like request() does; a Reject.req arrives as HsmsRejectedError.
+        `encoded_body` sends pre-encoded SECS-II bytes instead of `body`.
         """
         protocol = self._check_selected()
         system = self._next_system()
         fut = protocol.expect(system, timeout_s or self.config.t3_reply_timeout_s,
                               f"S{stream}F{function}", self._t3_expired)
-        protocol.write(frame(self._device_id, stream, function, True, 0, system, body))
+        protocol.write(frame(self._device_id, stream, function, True, 0, system, body,
+                             encoded_body=encoded_body))
         self._m_tx.inc()
         return fut
 
@@ -308,8 +312,14 @@ class HsmsSession:
     # --- receive path (called by the protocol) ----------------------------------------------
 
     def received(self, msg: Message) -> None:
-        """Count a reply that completed a transaction."""
+        """Count a reply that completed a transaction; a positive Select.rsp selects at once.
+
+        Data the peer sends right behind its Select.rsp may sit in the same TCP segment:
+        the state must be SELECTED before the protocol hands that data over.
+        """
         self._m_rx.inc()
+        if msg.stype == SType.SELECT_RSP and msg.function == 0 and not self.selected:
+            self._selected()
 
     def malformed(self, header: bytes, exc: SecsDecodeError) -> None:
         """Answer an undecodable body with S9F7; the session stays up."""

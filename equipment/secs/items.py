@@ -92,6 +92,17 @@ class B(Item, bytes):
     fmt = 0o10
     code = "B"
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Item) and type(other) is not B:
+            return False
+        return bytes.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = bytes.__hash__
+
     def __repr__(self) -> str:
         return f"B({bytes(self)!r})"
 
@@ -102,6 +113,17 @@ class J(Item, bytes):
     __slots__ = ()
     fmt = 0o21
     code = "J"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Item) and type(other) is not J:
+            return False
+        return bytes.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = bytes.__hash__
 
     def __repr__(self) -> str:
         return f"J({bytes(self)!r})"

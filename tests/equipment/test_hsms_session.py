@@ -391,3 +391,16 @@ def test_config_rejects_timers_outside_e37_ranges() -> None:
         msgspec.convert({"t6_control_timeout_s": 300}, HsmsConfig)
     assert HsmsConfig(t3_reply_timeout_s=0.5, e37_ranges=False).t3_reply_timeout_s == 0.5
     assert encode(None) == b""
+
+
+async def test_data_right_behind_select_rsp_in_one_segment_is_accepted() -> None:
+    async with raw_server() as (port, peers):
+        host = HsmsActive("EQ-S", host_config(port), echo_handler)
+        async with running(host):
+            peer = await asyncio.wait_for(peers.get(), 5)
+            req = await peer.read()
+            # Select.rsp and an S1F1 W in one write: the S1F1 must not be rejected
+            peer.write(bytes(frame(0xFFFF, 0, 0, False, SType.SELECT_RSP, req.system))
+                       + bytes(frame(0, 1, 1, True, SType.DATA, 500)))
+            reply = await peer.read_data()
+            assert (reply.stream, reply.function, reply.system) == (1, 2, 500)

@@ -139,7 +139,7 @@ def test_decode_from_reads_a_memoryview_slice_in_place() -> None:
 def test_items_of_different_formats_are_not_equal() -> None:
     assert U4(1) != U1(1)
     assert U4(1) == U4(1) and U4(1) == (1,)
-    assert A("x") == "x" and A("x") != B(b"x")
+    assert A("x") == "x" and A("x") != B(b"x") and B(b"x") != J(b"x") and B(b"x") == b"x"
     assert U4(7).value == 7 and U4(1, 2).value == (1, 2) and U4().value is None
     assert to_python(L(U4(1), A("a"), F8(1.5, 2.5))) == [1, "a", [1.5, 2.5]]
 
