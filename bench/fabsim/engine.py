@@ -387,8 +387,12 @@ def simulate(
                         tool_usable[m] = False
                         hn = _heap_push(ht, hs, hk, ha, hb, hn, seq, tool_down_until[m], EV_UP, m, 0)
                         seq += 1
-                    if cal_is_down[c] == 1:
-                        nxt = t + length + np.random.exponential(cal_every[c])
+                    if cal_is_down[c] == 1 or compat == 1:
+                        # PySCFabSim: the next one is due a full interval after this repair
+                        if cal_is_down[c] == 1:
+                            nxt = t + length + np.random.exponential(cal_every[c])
+                        else:
+                            nxt = t + length + cal_every[c]
                     else:
                         cal_base[c] = cal_base[c] + cal_every[c]
                         nxt = cal_base[c]

@@ -87,8 +87,13 @@ class FabArrays(msgspec.Struct, kw_only=True):
     pieces_per_lot: int = 25
 
 
-def build(ds: Dataset, horizon_min: float) -> FabArrays:
-    """Return the arrays for `ds`, with releases up to `horizon_min` (plus one per order)."""
+def build(ds: Dataset, horizon_min: float, *, stagger_pm: bool = True) -> FabArrays:
+    """Return the arrays for `ds`, with releases up to `horizon_min` (plus one per order).
+
+    stagger_pm: spread a family's first PM over its tools (FOA / n x (k + 1)); PySCFabSim's
+    release gives every tool of a family the same first occurrence, so all of them go down
+    together (compat mode builds with False).
+    """
     fams = list(ds.families.values())
     fam_index = {f.name: i for i, f in enumerate(fams)}
     counts = np.array([max(1, f.count) for f in fams], dtype=np.int32)
@@ -216,12 +221,18 @@ def build(ds: Dataset, horizon_min: float) -> FabArrays:
             half = pm.mttr2_min / 2 if pm.mttr_dist == "uniform" else 0.0
             if pm.mtbpm_pieces > 0:
                 for k, t in enumerate(tools):
-                    first = a.foa_pieces / len(tools) * (k + 1) if a.foa_pieces else pm.mtbpm_pieces
+                    first = a.foa_pieces if a.foa_pieces else pm.mtbpm_pieces
+                    if stagger_pm:
+                        first = first / len(tools) * (k + 1)
                     pm_by_tool[t].append((pm.mtbpm_pieces, first, pm.mttr_min, half))
             else:
                 for k, t in enumerate(tools):
-                    # constant first occurrence is staggered over the family's tools (as PySCFabSim)
-                    first = a.foa_min / len(tools) * (k + 1) if a.foa_dist == "constant" else -a.foa_min
+                    if a.foa_dist != "constant":
+                        first = -a.foa_min
+                    elif stagger_pm:
+                        first = a.foa_min / len(tools) * (k + 1)
+                    else:
+                        first = a.foa_min
                     cal_rows.append((t, 0, first, pm.mtbpm_min, pm.mttr_min, half))
     cal = list(zip(*cal_rows, strict=True)) if cal_rows else [[] for _ in range(6)]
     pm_start = np.zeros(len(tool_family), dtype=np.int32)

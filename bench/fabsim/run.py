@@ -74,11 +74,11 @@ def run(ds: smt2020.Dataset, cfg: SimConfig, *, model_cache: dict | None = None,
         on_progress: Callable[[float], None] | None = None, trace_lots: int = 0) -> SimResult:
     """Simulate `ds` under `cfg` and return the KPIs (and the steps of the first `trace_lots` lots)."""
     horizon = cfg.days * 1440.0
-    key = (ds.name, id(ds), horizon)
+    key = (ds.name, id(ds), horizon, cfg.compat)
     cache = model_cache if model_cache is not None else {}
     fab = cache.get(key)
     if fab is None:
-        fab = model.build(ds, horizon)
+        fab = model.build(ds, horizon, stagger_pm=not cfg.compat)
         cache[key] = fab
     pol = policy.compile_for(cfg.policy, fab.family_names)
     # lots batch by step name in PySCFabSim, by route step (crit_sameroutestep) otherwise
