@@ -107,6 +107,8 @@ def as_list(item: Item | None, what: str, length: int | None = None) -> L:
 
 
 def integer(item: Item | None, what: str) -> int:
+    if isinstance(item, _Array) and len(item) == 1 and type(item[0]) is int:
+        return item[0]
     v = value(item)
     if isinstance(v, int) and not isinstance(v, bool):
         return v
@@ -115,15 +117,22 @@ def integer(item: Item | None, what: str) -> int:
     raise GemProtocolError(f"{what}: expected an integer id, got {item!r}")
 
 
-def read_s6f11(body: Item | None) -> tuple[int, int, list[tuple[int, list[Any]]]]:
-    """Return (DATAID, CEID, [(RPTID, [values])]) of an S6F11 body."""
-    top = as_list(body, "S6F11", 3)
+def read_s6f11(body: Item | None) -> tuple[int, int, list[tuple[int, L]]]:
+    """Return (DATAID, CEID, [(RPTID, L of values)]) of an S6F11 body; values stay items.
+
+    The driver profile converts only the values it uses (hot path: one per S6F11).
+    """
+    if type(body) is not L or len(body) != 3:
+        raise GemProtocolError(f"S6F11: expected L[3], got {body!r}")
     reports = []
-    for report in as_list(top[2], "S6F11 RPT"):
-        pair = as_list(report, "S6F11 report", 2)
-        reports.append((integer(pair[0], "RPTID"),
-                        [value(v) for v in as_list(pair[1], "S6F11 V")]))
-    return integer(top[0], "DATAID"), integer(top[1], "CEID"), reports
+    rpt = body[2]
+    if type(rpt) is not L:
+        raise GemProtocolError(f"S6F11 RPT: expected L, got {rpt!r}")
+    for report in rpt:
+        if type(report) is not L or len(report) != 2 or type(report[1]) is not L:
+            raise GemProtocolError(f"S6F11 report: expected L[2] (RPTID, L), got {report!r}")
+        reports.append((integer(report[0], "RPTID"), report[1]))
+    return integer(body[0], "DATAID"), integer(body[1], "CEID"), reports
 
 
 def read_s5f1(body: Item | None) -> tuple[bool, int, str]:

@@ -30,6 +30,7 @@ from equipment.events import (
     ProcessStarted,
 )
 from equipment.gem.errors import GemConfigError
+from equipment.secs import L
 
 
 class ReportDef(msgspec.Struct, frozen=True, kw_only=True):
@@ -212,7 +213,10 @@ class EventTranslator:
 
     def translate(self, ceid: int, values: dict[int, Any],
                   ts: float | None = None) -> list[DomainEvent]:
-        """Return the domain events one collection event means (empty: nothing fabd tracks)."""
+        """Return the domain events one collection event means (empty: nothing fabd tracks).
+
+        `values` may hold plain values or undecoded SECS-II items (converted only when used).
+        """
         p = self.profile
         ts = time.time() if ts is None else ts
         events: list[DomainEvent] = []
@@ -223,27 +227,40 @@ class EventTranslator:
         elif ceid in self._completed:
             parameters = {}
             for param in p.parameters:
-                value = values.get(param.vid)
+                value = _scalar(values.get(param.vid))
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     parameters[param.name] = float(value)
-            result = values.get(p.vid_lot_result)
+            result = _scalar(values.get(p.vid_lot_result))
             ok = result is None or result in p.lot_result_ok
             events.append(ProcessCompleted(
                 tool_id=self.tool_id, ts=ts, lot_id=_text(values.get(p.vid_lot_id)),
                 recipe_id=_text(values.get(p.vid_recipe_id)), ok=ok, parameters=parameters))
         if ceid in self._e10:
-            state = p.e10_state(values.get(p.vid_e10_state))
+            state = p.e10_state(_scalar(values.get(p.vid_e10_state)))
             if state is not None:
                 events.append(E10StateChanged(tool_id=self.tool_id, ts=ts, state=state,
                                               reason=_text(values.get(p.vid_e10_reason))))
         if ceid in self._control:
-            control = p.control_state(values.get(p.vid_control_state))
+            control = p.control_state(_scalar(values.get(p.vid_control_state)))
             if control is not None:
                 events.append(ControlStateChanged(tool_id=self.tool_id, ts=ts, state=control))
         return events
 
 
+def _scalar(value: Any) -> Any:
+    """Return a leaf's plain value: SECS-II arrays of one element → that element, A → str."""
+    if isinstance(value, tuple):  # numeric/boolean items (and L, which has no scalar)
+        n = len(value)
+        if n == 1 and not isinstance(value, L):
+            return value[0]
+        return None if n == 0 else value
+    if type(value) is not str and isinstance(value, str):
+        return str(value)
+    return value
+
+
 def _text(value: Any) -> str:
+    value = _scalar(value)
     if value is None:
         return ""
     if isinstance(value, bytes):

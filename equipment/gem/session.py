@@ -153,7 +153,10 @@ class GemHostSession:
         return self._state
 
     def _set(self, **changes: Any) -> None:
-        self._state = msgspec.structs.replace(self._state, **changes)
+        state = self._state
+        if all(getattr(state, key) == value for key, value in changes.items()):
+            return  # the hot path (every ProcessCompleted) changes nothing most of the time
+        self._state = msgspec.structs.replace(state, **changes)
         self._changed.set()
         self._changed = asyncio.Event()
 

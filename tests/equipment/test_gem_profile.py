@@ -105,7 +105,7 @@ def test_dsper_and_clock_follow_e5() -> None:
 
 def test_s6f11_reader_accepts_what_tools_send_and_rejects_wrong_shapes() -> None:
     body = decode(encode(L(U4(1), U4(3001), L(L(U4(3001), L(A("L1"), A("R1")))))))
-    assert m.read_s6f11(body) == (1, 3001, [(3001, ["L1", "R1"])])
+    assert m.read_s6f11(body) == (1, 3001, [(3001, L(A("L1"), A("R1")))])
     with pytest.raises(GemProtocolError):
         m.read_s6f11(L(U4(1), U4(3001)))
     with pytest.raises(GemProtocolError):
