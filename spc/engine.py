@@ -508,8 +508,9 @@ class SpcEngine:
 
     def _change(self, cid: int, reason: str) -> LimitChange:
         ch = self._charts[cid]
-        # limits from config arrive for every chart at start-up: not worth a line each
-        log.log(logging.DEBUG if reason == "config" else logging.INFO,
+        # config and phase-I limits arrive for every chart after start-up (they are events
+        # on the stream): not worth a log line each; operator changes are
+        log.log(logging.DEBUG if reason in ("config", "phase_i") else logging.INFO,
                 "spc chart %s: limits v%d (%s)", ch.key, ch.version, reason)
         return LimitChange(chart_key=ch.key, chart_id=cid, tool_id=ch.tool_id, chamber=ch.chamber,
                            version=ch.version, reason=reason, limits=ch.limits, ts=self._clock())
