@@ -222,6 +222,7 @@ async def run_fabd(mode: str, tools: int, rate_hz: float, warmup_s: float, windo
         progress(f"{up}/{tools} up after {time.monotonic() - t0:.1f} s; warm-up {warmup_s:g} s")
         await asyncio.sleep(warmup_s)
         await farm.command("reset")
+        farm_cpu0 = (await farm.command("stats"))["cpu_s"]
         a0, c0, w0 = acked(), _cpu_s(), time.monotonic()
         deadline = w0 + window_s
         while time.monotonic() < deadline:
@@ -232,6 +233,8 @@ async def run_fabd(mode: str, tools: int, rate_hz: float, warmup_s: float, windo
         stats = await farm.command("stats")
         events = a1 - a0
         cpu = c1 - c0
+        stats["cpu_share"] = (stats["cpu_s"] - farm_cpu0) / (w1 - w0)
+        stats["cpu_us_per_event"] = (stats["cpu_s"] - farm_cpu0) / max(1, stats["acked"]) * 1e6
         return {"mode": mode, "sessions": up, "acked": events, "seconds": w1 - w0,
                 "rate": events / (w1 - w0), "host_cpu_s": cpu,
                 "per_cpu_s": events / cpu if cpu else 0.0, "cpu_share": cpu / (w1 - w0),
@@ -276,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         res = asyncio.run(run_fabd(mode, tools, args.rate, warmup, window))
         progress(json.dumps({k: v for k, v in res.items() if k != "farm"}))
+        progress(f"farm: {res['farm']['sent']} sent, CPU share {res['farm']['cpu_share']:.2f}, "
+                 f"{res['farm']['cpu_us_per_event']:.0f} µs CPU per event")
         tag = "" if mode == "hsms" else "_gem"
         emit(BENCH, f"s6f11_per_host_cpu_s{tag}", res["per_cpu_s"], "msg/cpu-s",
              "secsgem host<->equipment pair, per host CPU-second", base["per_cpu_s"],
