@@ -45,6 +45,7 @@ from equipment.events import RemoteCommand
 log = logging.getLogger("fabd.core")
 
 _E10_STATES = [s.value for s in dom.E10State]
+_REFUSAL_BACKOFF_S = 10.0
 
 
 class CoreSink:
@@ -397,11 +398,11 @@ class FabCore:
                 verified = await self._verify_recipe(session, tool_id, ppid)
         except Exception as exc:
             log.warning("tool %s: cannot verify recipe %s: %r", tool_id, ppid, exc)
-            self._reserved_tools.pop(tool_id, None)
+            self._backoff(tool_id)
             metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "recipe_unverified").inc()
             return
         if not verified:
-            self._reserved_tools.pop(tool_id, None)
+            self._backoff(tool_id)
             return
         # 2. Track-in enforcement on the model (qualification, version, checksum, step, holds,
         #    queue time, inhibits), brought up to date first.
@@ -432,14 +433,15 @@ class FabCore:
             if not sel.accepted:
                 log.warning("tool %s refused PP-SELECT %s: HCACK %d %s", tool_id, ppid, sel.code,
                             sel.reason)
-                self._reserved_tools.pop(tool_id, None)
+                self._backoff(tool_id)
                 metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "select_refused").inc()
                 return
-            res = await session.command(RemoteCommand.START, {"LOTID": ",".join(started)})
+            res = await session.command(RemoteCommand.START, _start_params(session, ppid,
+                                                                          started))
         if not res.accepted:
             log.warning("tool %s refused START of %s: HCACK %d %s", tool_id, ",".join(started),
                         res.code, res.reason)
-            self._reserved_tools.pop(tool_id, None)
+            self._backoff(tool_id)
             metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "start_refused").inc()
             return
         for lot_id in started:
@@ -450,6 +452,10 @@ class FabCore:
         self.counters["starts"] += 1
         metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "started").inc()
         log.info("tool %s started %s with %s", tool_id, ",".join(started), ppid)
+
+    def _backoff(self, tool_id: str) -> None:
+        """A tool that refused us is left alone for a while (no retry storm, no log flood)."""
+        self._reserved_tools[tool_id] = time.monotonic() + _REFUSAL_BACKOFF_S
 
     async def _verify_recipe(self, session: Any, tool_id: str, ppid: str) -> bool:
         """Make sure the tool holds the approved body of ppid; record the report durably."""
@@ -515,6 +521,16 @@ class FabCore:
                          "spc_holds": self.counters["spc_holds"],
                          "outbox": relay.depth if relay is not None else 0},
         }
+
+
+def _start_params(session: Any, ppid: str, lots: list[str]) -> dict[str, str]:
+    """START carries the lot ids; adapters whose START also names the recipe get PPID too."""
+    params = {"LOTID": ",".join(lots)}
+    commands = getattr(getattr(session, "config", None), "commands", None) or {}
+    start = commands.get("START") if isinstance(commands, dict) else None
+    if start is not None and "PPID" in getattr(start, "args", ()):
+        params["PPID"] = ppid
+    return params
 
 
 def _protocol(session: Any) -> str:

@@ -211,17 +211,17 @@ class Demo:
         enc = msgspec.json.encode
         try:
             for cmd in plan.commands:
-                await client.xadd(stream, {"cmd": enc(cmd)})
+                await _xadd(client, stream, {"cmd": enc(cmd)})
             self.note(f"ERP sent {len(plan.commands)} master-data commands")
             release_window_s = self.args.duration * 0.55
             gap_s = release_window_s / max(1, n_lots)
             for i in range(n_lots):
                 cmd = demo_fab.lot_release(i, dt.datetime.now(dt.UTC), self.args.speed)
-                await client.xadd(stream, {"cmd": enc(cmd)})
+                await _xadd(client, stream, {"cmd": enc(cmd)})
                 self.released += 1
                 await asyncio.sleep(gap_s)
             # One bad command, to show the dead-letter stream working.
-            await client.xadd(stream, {"cmd": b'{"type": "release_lot", "command_id": "demo-bad"'
+            await _xadd(client, stream, {"cmd": b'{"type": "release_lot", "command_id": "demo-bad"'
                                               b', "lot_id": "NOPE", "reason": "x", "by": "erp"}'})
         finally:
             await client.aclose()
@@ -248,7 +248,7 @@ class Demo:
                         if sim is not None:
                             sim.reset_process()
                         n += 1
-                        await client.xadd("fab:erp:commands", {"cmd": msgspec.json.encode(
+                        await _xadd(client, "fab:erp:commands", {"cmd": msgspec.json.encode(
                             ev.ReleaseLot(command_id=f"demo-release-{n}", lot_id=lot.lot_id,
                                           reason="engineering review: tool re-centred",
                                           by="process-engineer", hold_reason=h.reason))})
@@ -428,6 +428,23 @@ class Demo:
                 await asyncio.to_thread(server.stop)
         if not self.args.state_dir:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+async def _xadd(client, stream: str, fields: dict) -> None:
+    """XADD, retried while Redis is away (the ERP side does not give up on a command)."""
+    delay_s = 0.2
+    while True:
+        try:
+            await client.xadd(stream, fields)
+            return
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            log.warning("ERP: Redis unavailable (%s); retrying in %.1fs", exc, delay_s)
+        except Exception as exc:  # redis-py's own ConnectionError is not an OSError
+            if "connect" not in str(exc).lower() and "closed" not in str(exc).lower():
+                raise
+            log.warning("ERP: Redis unavailable (%s); retrying in %.1fs", exc, delay_s)
+        await asyncio.sleep(delay_s)
+        delay_s = min(2.0, delay_s * 2)
 
 
 def _exists(path: str) -> bool:

@@ -28,7 +28,7 @@ class ToolGroup:
 
 GROUPS: tuple[ToolGroup, ...] = (
     ToolGroup("CLEAN", 3, 40.0),
-    ToolGroup("FURN", 2, 150.0, batch_min_lots=2, batch_max_lots=4),
+    ToolGroup("FURN", 2, 150.0, batch_min_lots=1, batch_max_lots=4),
     ToolGroup("LITHO", 3, 60.0),
     ToolGroup("IMPL", 2, 50.0, setup_groups=("BORON", "PHOS", "ARSENIC")),
     ToolGroup("ETCH", 4, 55.0),
