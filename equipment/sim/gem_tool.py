@@ -645,7 +645,7 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
         self.set_e10("productive", "lot started")
         self._sample_parameters()
         self.emit_event(FabdSim.CE_PROCESS_STARTED)
-        remaining = self._cfg.process_time_s
+        remaining = self._sim.process_time_s
         while remaining > 0 and not self._lot_stop.is_set() and not self._stopping.is_set():
             if not self._lot_resume.is_set():
                 self._lot_resume.wait(0.05)
@@ -783,6 +783,7 @@ class GemToolSim:
     def __init__(self, config: GemToolSimConfig | None = None) -> None:
         self.config = config or GemToolSimConfig()
         self.reply_delay_s = 0.0
+        self.process_time_s = self.config.process_time_s  # knob: the next lots' process time
         self.terminal_received: list[str] = []
         self.clock_set_to = ""
         self._listener: socket.socket | None = None

@@ -148,6 +148,35 @@ async def test_a_lot_runs_through_remote_commands_and_arrives_as_domain_events(
         assert (bad.accepted, bad.code) == (False, 3)
 
 
+async def test_pause_resume_stop_and_abort_reach_the_tool(sim: GemToolSim) -> None:
+    sink = RecordingSink()
+    async with running(sim, sink) as session:
+        sim.process_time_s = 30.0
+        try:
+            lot = await _run_lot(session)
+            await eventually(lambda: sim.process_state == 2, what="executing")
+            assert (await session.command(RemoteCommand.PAUSE, {})).code == 0
+            assert (await session.read_status([1002]))[1002] == 3  # paused
+            assert (await session.command(RemoteCommand.PAUSE, {})).code == 2
+            assert (await session.command(RemoteCommand.RESUME, {})).code == 0
+            assert (await session.command(RemoteCommand.STOP, {})).code == 0
+            await eventually(lambda: _completed(sink, lot), what="stopped lot completed")
+            assert not _completed(sink, lot)[0].ok  # a stopped lot did not get its process
+            await eventually(lambda: sim.process_state == 0, what="idle")
+            aborted = await _run_lot(session)
+            await eventually(lambda: sim.process_state == 2, what="executing")
+            assert (await session.command(RemoteCommand.ABORT, {})).code == 0
+            await eventually(lambda: _completed(sink, aborted), what="aborted lot completed")
+            assert not _completed(sink, aborted)[0].ok
+            await eventually(lambda: sim.process_state == 0, what="idle")
+            assert (await session.command(RemoteCommand.STOP, {})).code == 2  # nothing runs
+        finally:
+            sim.process_time_s = sim.config.process_time_s
+        assert [(rcmd, hcack) for rcmd, _, hcack in sim.commands[-10:]] == [
+            ("PP-SELECT", 0), ("START", 4), ("PAUSE", 0), ("PAUSE", 2), ("RESUME", 0),
+            ("STOP", 0), ("PP-SELECT", 0), ("START", 4), ("ABORT", 0), ("STOP", 2)]
+
+
 async def test_a_parameter_shift_or_drift_shows_in_the_collected_parameters(
         sim: GemToolSim) -> None:
     sink = RecordingSink()
