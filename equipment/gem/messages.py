@@ -117,6 +117,15 @@ def integer(item: Item | None, what: str) -> int:
     raise GemProtocolError(f"{what}: expected an integer id, got {item!r}")
 
 
+def integer_or_zero(v: Any) -> int:
+    """Return an int from a plain value (e.g. a spool count SV), 0 when it is not one."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, tuple) and v and isinstance(v[0], int):
+        return int(v[0])
+    return 0
+
+
 def read_s6f11(body: Item | None) -> tuple[int, int, list[tuple[int, L]]]:
     """Return (DATAID, CEID, [(RPTID, L of values)]) of an S6F11 body; values stay items.
 

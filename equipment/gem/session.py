@@ -263,9 +263,9 @@ class GemHostSession:
         onlack = m.code(await self._request(1, 17, None, startup=True), "ONLACK")
         if onlack == 1:
             log.warning("tool %s: tool refused on-line (ONLACK 1)", self.tool_id)
-        # 3. S2F31 set the equipment clock.
+        # 3. S2F31 set the equipment clock (optional: not every tool takes it).
         if self.config.set_clock:
-            tiack = m.code(await self._request(2, 31, m.clock_text(), startup=True), "TIACK")
+            tiack = await self._optional(2, 31, m.clock_text(), "TIACK")
             if tiack:
                 log.info("tool %s: clock set refused (TIACK %d)", self.tool_id, tiack)
         # 4. Events: disable all, delete all reports, define, link, enable; alarms.
@@ -279,15 +279,19 @@ class GemHostSession:
                 self._next_dataid(), [(x.ceid, x.rptids) for x in p.links]), "LRACK")
             await self._ack(2, 37, m.s2f37(True, [x.ceid for x in p.links]), "ERACK")
         for alid in p.alids:
-            ackc5 = m.code(await self._request(5, 3, m.s5f3(True, alid), startup=True), "ACKC5")
+            ackc5 = await self._optional(5, 3, m.s5f3(True, alid), "ACKC5")
             if ackc5:
                 log.info("tool %s: alarm %d not enabled (ACKC5 %d)", self.tool_id, alid, ackc5)
         # 5. Recipes, trace, then what the tool spooled while we were away (E30 spooling).
-        recipes = await self._recipe_list(startup=True)
+        try:
+            recipes = await self._recipe_list(startup=True)
+        except GemProtocolError as exc:
+            log.info("tool %s: no recipe list at start-up (%s)", self.tool_id, exc)
+            recipes = []
         if self.config.trace_period_s > 0 and p.trace:
-            tiaack = await self._trace_init(_TRID, self.config.trace_period_s, 0xFFFFFFFF,
-                                            self.config.trace_group_size,
-                                            [x.vid for x in p.trace], startup=True)
+            tiaack = await self._optional(2, 23, m.s2f23(
+                _TRID, self.config.trace_period_s, 0xFFFFFFFF, self.config.trace_group_size,
+                [x.vid for x in p.trace]), "TIAACK")
             if tiaack:
                 log.warning("tool %s: trace refused (TIAACK %d)", self.tool_id, tiaack)
         spooled = False
@@ -296,10 +300,9 @@ class GemHostSession:
             if p.vid_spool_count:
                 count = (await self._read_status([p.vid_spool_count], startup=True)).get(
                     p.vid_spool_count)
-                wanted = bool(count)
+                wanted = bool(m.integer_or_zero(count))
             if wanted:
-                rsda = m.code(await self._request(6, 23, U1(0), startup=True), "RSDA")
-                spooled = rsda == 0
+                spooled = await self._optional(6, 23, U1(0), "RSDA") == 0
         if spooled:
             # Spooled messages are older than the status we are about to read: let them
             # arrive first, so the daemon ends on the current state, not a spooled one.
@@ -364,6 +367,15 @@ class GemHostSession:
         self._set(**changes)
         return events
 
+    async def _optional(self, stream: int, function: int, body: Item, what: str) -> int | None:
+        """Send a start-up step the tool may not support; None when it answered S9Fx."""
+        try:
+            return m.code(await self._request(stream, function, body, startup=True), what)
+        except GemProtocolError as exc:
+            log.info("tool %s: S%dF%d not supported, skipped (%s)", self.tool_id, stream,
+                     function, exc)
+            return None
+
     async def _ack(self, stream: int, function: int, body: Item, what: str) -> None:
         ack = m.code(await self._request(stream, function, body, startup=True), what)
         if ack:
@@ -409,7 +421,9 @@ class GemHostSession:
 
     async def recipe_list(self) -> list[str]:
         """List the process programs the tool holds (S7F19)."""
-        return await self._recipe_list()
+        recipes = await self._recipe_list()
+        self._set(recipes=recipes)
+        return recipes
 
     async def _recipe_list(self, startup: bool = False) -> list[str]:
         reply = await self._request(7, 19, None, startup=startup)
@@ -435,12 +449,18 @@ class GemHostSession:
     async def recipe_download(self, ppid: str, body: bytes) -> bool:
         """Send a recipe body to the tool (S7F3); True when ACKC7 is 0."""
         reply = await self._request(7, 3, L(A(ppid), B(body)))
-        return m.code(reply, "ACKC7") == 0
+        ok = m.code(reply, "ACKC7") == 0
+        if ok and ppid not in self._state.recipes:
+            self._set(recipes=[*self._state.recipes, ppid])
+        return ok
 
     async def recipe_delete(self, ppids: list[str]) -> bool:
         """Delete recipes on the tool (S7F17; an empty list deletes all); True when ACKC7 0."""
         reply = await self._request(7, 17, L(*(A(p) for p in ppids)))
-        return m.code(reply, "ACKC7") == 0
+        ok = m.code(reply, "ACKC7") == 0
+        if ok:
+            self._set(recipes=[p for p in self._state.recipes if ppids and p not in ppids])
+        return ok
 
     async def read_status(self, svids: list[int]) -> dict[int, Any]:
         """Read status variables (S1F3); returns SVID → value."""

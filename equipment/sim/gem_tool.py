@@ -769,6 +769,11 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
         header = data["message"].header
         key = (header.stream, header.function)
         self._sim._received.append(key)
+        if key in self._sim.unsupported:
+            # As secsgem answers an unknown function: S9F5 carrying the offending header.
+            if header.require_response:
+                self.send_response(self.stream_function(9, 5)(header.encode()), header.system)
+            return
         if key in self._sim._drop_on:
             self._sim._drop_on.discard(key)
             log.info("tool %s: dropping the connection on S%dF%d", self._cfg.tool_id, *key)
@@ -784,6 +789,7 @@ class GemToolSim:
         self.config = config or GemToolSimConfig()
         self.reply_delay_s = 0.0
         self.process_time_s = self.config.process_time_s  # knob: the next lots' process time
+        self.unsupported: set[tuple[int, int]] = set()  # knob: (S, F) answered with S9F5
         self.terminal_received: list[str] = []
         self.clock_set_to = ""
         self._listener: socket.socket | None = None

@@ -216,11 +216,13 @@ async def test_recipes_download_list_upload_verify_delete(sim: GemToolSim) -> No
     body = bytes(range(256)) * 4096  # 1 MiB, binary
     async with running(sim) as session:
         assert await session.recipe_download("BIG-1", body)
+        assert "BIG-1" in session.state.recipes
         assert "BIG-1" in await session.recipe_list()
         assert await session.recipe_upload("BIG-1") == body
         report = await session.recipe_report("BIG-1")
         assert report.size_bytes == len(body) and len(report.checksum) == 64
         assert await session.recipe_delete(["BIG-1"])
+        assert "BIG-1" not in session.state.recipes
         assert "BIG-1" not in await session.recipe_list()
         assert not await session.recipe_delete(["NO-SUCH"])
         with pytest.raises(GemProtocolError, match="not on the tool"):
@@ -398,6 +400,18 @@ async def test_control_state_follows_the_operator_and_gates_commands(sim: GemToo
         assert (await session.command(RemoteCommand.PP_SELECT, {"PPID": "ETCH-A"})).code == 0
         states = [e.state for e in sink.of(ControlStateChanged)]
         assert states[-2:] == [ControlState.ONLINE_LOCAL, ControlState.ONLINE_REMOTE]
+
+
+async def test_a_tool_without_clock_trace_or_spool_support_still_comes_online(
+        sim: GemToolSim) -> None:
+    sim.unsupported = {(2, 31), (2, 23), (6, 23)}
+    try:
+        async with running(sim, trace_period_s=0.1) as session:
+            assert session.state.control is ControlState.ONLINE_REMOTE
+            assert not session.state.spooled_requested
+            assert sim.enabled_ceids == [3001, 3002, 3003, 3004, 3005]
+    finally:
+        sim.unsupported = set()
 
 
 async def test_spooled_events_can_be_purged_instead(sim: GemToolSim) -> None:
