@@ -1,10 +1,14 @@
 """The GEM host session for one tool: start-up, event intake, remote control, over our HSMS.
 
 Run `GemHostSession.run()` as a named task (`hsms[<tool_id>]`). It connects
-(HSMS-SS active), and on every SELECTED runs the E30 start-up: S1F13 (retried
-until COMMACK 0), S1F17, S2F31, disable events / delete reports, S2F33, S2F35,
-S2F37, S5F3, S1F3 status read, S7F19, S2F23 trace, S6F23 spooled data. A tool
-that was power-cycled is therefore back in sync without anyone touching it.
+(HSMS-SS active, reconnecting with jittered backoff), and on every SELECTED runs
+the E30 start-up: S1F13 (retried every CommDelay until COMMACK 0), S1F17, S2F31,
+S2F37 disable all, S2F33 delete all, S2F33 define, S2F35 link, S2F37 enable,
+S5F3 per alarm, S7F19, S2F23 trace, S6F23 spooled data (let it arrive), then the
+S1F3 status read, whose values are the last word on control and E10 state. A
+tool that was power-cycled is therefore back in sync without anyone touching it.
+Steps a tool may not support (clock, alarms, recipes, trace, spool) are skipped
+when it answers S9Fx.
 
 Primaries from the tool are handled in arrival order by one worker task, so the
 HSMS reader never waits on the daemon: S6F11 → domain events →
@@ -69,7 +73,7 @@ from equipment.hsms.message import HsmsState, Message
 from equipment.hsms.session import HsmsSession
 from equipment.secs import U1, A, B, Item, L, SecsDecodeError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fabd.gem")
 
 HCACK_TEXT = {
     0: "done", 1: "command does not exist", 2: "cannot perform now", 3: "parameter invalid",
@@ -78,6 +82,7 @@ HCACK_TEXT = {
 # Streams a GEM host answers (anything else: S9F3 unrecognized stream).
 _HOST_STREAMS = frozenset({1, 2, 5, 6, 7, 9, 10})
 _TRID = 1
+_MAX_OPEN_LOTS = 64  # per-lot trace summaries kept for lots still on the tool
 
 
 class GemSessionState(msgspec.Struct, frozen=True, kw_only=True):
@@ -595,6 +600,8 @@ class GemHostSession:
         """Follow lots and states from events; attach trace summaries to ProcessCompleted."""
         for i, event in enumerate(events):
             if isinstance(event, ProcessStarted):
+                if len(self._lot_trace) >= _MAX_OPEN_LOTS:  # lots whose end we never heard
+                    self._lot_trace.pop(next(iter(self._lot_trace)))
                 self._lot_trace[event.lot_id] = _LotTrace()
                 self._set(lot_id=event.lot_id, recipe=event.recipe_id or self._state.recipe)
             elif isinstance(event, ProcessCompleted):

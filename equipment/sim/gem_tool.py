@@ -49,7 +49,7 @@ from secsgem.hsms.stream_function_header import HsmsStreamFunctionHeader
 from secsgem.secs import variables as sv
 from secsgem.secs.functions.base import SecsStreamFunction
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fabd.sim.gem_tool")
 
 
 class FabdSim:
