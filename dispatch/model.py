@@ -118,6 +118,7 @@ class FabArrays(NamedTuple):
     tool_inhibited: np.ndarray       # bool[T]
     qual_ptr: np.ndarray             # int64[T+1], CSR into qual_recipe
     qual_recipe: np.ndarray          # int32[Q], sorted within each tool
+    tool_qual_hash: np.ndarray       # int64[T], hash of the tool's qualification row
     lot_state: np.ndarray            # int8[L], LotState
     lot_step: np.ndarray             # int32[L], -1 when not in the line
     lot_hold: np.ndarray             # bool[L]
@@ -202,6 +203,7 @@ class FabModel:
         self._setup_change = np.zeros((1, 0))
         self._qual_ptr = np.zeros(1, np.int64)
         self._qual_recipe = np.zeros(0, np.int32)
+        self._qual_hash = np.zeros(0, np.int64)
         self._arrays: FabArrays | None = None
         self._steps_dirty = False
         self._quals_dirty = False
@@ -612,6 +614,7 @@ class FabModel:
             ptr[t + 1] = ptr[t] + len(q)
         flat = [r for q in self._tool_quals for r in q]
         self._qual_ptr = ptr
+        self._qual_hash = np.asarray([hash(tuple(q)) for q in self._tool_quals], dtype=np.int64)
         self._qual_recipe = np.asarray(flat, dtype=np.int32)
         self._quals_dirty = False
         self._arrays = None
@@ -639,7 +642,7 @@ class FabModel:
                 tool_group=T["tool_group"], tool_e10=T["tool_e10"], tool_setup=T["tool_setup"],
                 tool_setup_runs=T["tool_setup_runs"], tool_busy_until_min=T["tool_busy_until_min"],
                 tool_inhibited=T["tool_inhibited"], qual_ptr=self._qual_ptr,
-                qual_recipe=self._qual_recipe,
+                qual_recipe=self._qual_recipe, tool_qual_hash=self._qual_hash,
                 lot_state=L["lot_state"], lot_step=L["lot_step"], lot_hold=L["lot_hold"],
                 lot_priority=L["lot_priority"], lot_hot=L["lot_hot"], lot_wafers=L["lot_wafers"],
                 lot_due_min=L["lot_due_min"], lot_arrival_min=L["lot_arrival_min"],

@@ -120,6 +120,7 @@ BLOCK_NAMES = ("candidate", "not_waiting", "on_hold", "downstream_qt_at_risk", "
 
 _SATURATED_MIN = 1.0e9   # wait of a group with no tool up
 _E10_UP_MAX = 1          # E10 codes 0 (productive) and 1 (standby) may run lots
+_MAX_CLASS_WALK = 16     # representatives compared before a tool is scored on its own
 
 
 class Workspace(NamedTuple):
@@ -575,21 +576,21 @@ def candidate_features(t, i, now_min, fab, ws, out_feat):
 
 
 @njit(cache=True)
-def _same_class(fab, a, b):
-    if fab.tool_setup[a] != fab.tool_setup[b]:
+def _same_class(tool_setup, tool_setup_runs, setup_min_runs, qual_ptr, qual_recipe, qual_hash,
+                a, b):
+    """Return whether tools a and b rank every lot the same (setup, min-run state, quals)."""
+    if tool_setup[a] != tool_setup[b] or qual_hash[a] != qual_hash[b]:
         return False
-    sa = fab.tool_setup[a]
+    sa = tool_setup[a]
     if sa >= 0:
-        va = fab.tool_setup_runs[a] < fab.setup_min_runs[sa]
-        vb = fab.tool_setup_runs[b] < fab.setup_min_runs[sa]
-        if va != vb:
+        if (tool_setup_runs[a] < setup_min_runs[sa]) != (tool_setup_runs[b] < setup_min_runs[sa]):
             return False
-    pa, pb = fab.qual_ptr[a], fab.qual_ptr[b]
-    na, nb = fab.qual_ptr[a + 1] - pa, fab.qual_ptr[b + 1] - pb
+    pa, pb = qual_ptr[a], qual_ptr[b]
+    na, nb = qual_ptr[a + 1] - pa, qual_ptr[b + 1] - pb
     if na != nb:
         return False
     for k in range(na):
-        if fab.qual_recipe[pa + k] != fab.qual_recipe[pb + k]:
+        if qual_recipe[pa + k] != qual_recipe[pb + k]:
             return False
     return True
 
@@ -604,6 +605,8 @@ def score_all(now_min, fab, pol, ws, out_n, out_lot, out_key, out_feat):
     # per group: a chain of representative tools (head[g] -> ws.tool_rep links)
     head = np.full(G, -1, np.int32)
     link = ws.tool_rep
+    tool_setup, setup_runs, min_runs = fab.tool_setup, fab.tool_setup_runs, fab.setup_min_runs
+    qual_ptr, qual_recipe, qual_hash = fab.qual_ptr, fab.qual_recipe, fab.tool_qual_hash
     scored = 0
     for t in range(T):
         link[t] = -1
@@ -612,8 +615,13 @@ def score_all(now_min, fab, pol, ws, out_n, out_lot, out_key, out_feat):
             continue
         g = fab.tool_group[t]
         rep = head[g]
-        while rep >= 0 and not _same_class(fab, rep, t):
+        walked = 0
+        while rep >= 0 and not _same_class(tool_setup, setup_runs, min_runs, qual_ptr, qual_recipe,
+                                           qual_hash, rep, t):
             rep = link[rep]
+            walked += 1
+            if walked == _MAX_CLASS_WALK:   # a group of all-different tools: score on its own
+                rep = -1
         if rep >= 0:
             n = out_n[rep]
             out_n[t] = n
@@ -626,8 +634,16 @@ def score_all(now_min, fab, pol, ws, out_n, out_lot, out_key, out_feat):
             continue
         n = score_tool(t, now_min, fab, pol, ws, out_lot[t], out_key[t])
         out_n[t] = n
-        for k in range(n):
-            candidate_features(t, out_lot[t, k], now_min, fab, ws, out_feat[t, k])
+        cur, runs = tool_setup[t], setup_runs[t]
+        for k in range(n):   # the breakdown an operator sees (inline: no tuple copies per lot)
+            i = out_lot[t, k]
+            s = fab.lot_step[i]
+            for r in range(N_RULES):
+                out_feat[t, k, r] = ws.lot_feat[i, r]
+            need = fab.step_setup[s]
+            out_feat[t, k, R_MINRUN] = minrun_violation(need, cur, runs, min_runs)
+            out_feat[t, k, R_SETUP] = -(setup_time_min(need, cur, fab.step_setup_time_min[s],
+                                                       fab.setup_change_min) / 60.0)
         link[t] = head[g]
         head[g] = t
         scored += 1
@@ -697,6 +713,43 @@ def _rank_full(t, fab, pol, ws, out_lot, out_key):
 
 
 @njit(cache=True)
+def _pick(t, ranked, start, n, lot_tool, lot_step, step_recipe, step_batch_max, step_batch_min,
+          lot_wafers):
+    """Give tool t its best free lot of ranked[start:n] (a batch on batch steps); return how many."""
+    failed_recipe = -1
+    for p in range(start, n):
+        lead = ranked[p]
+        if lot_tool[lead] >= 0:
+            continue
+        s = lot_step[lead]
+        bmax = step_batch_max[s]
+        if bmax <= 0:
+            lot_tool[lead] = t
+            return 1
+        rec = step_recipe[s]
+        if rec == failed_recipe:
+            continue
+        wafers = 0
+        taken = 0
+        for p2 in range(p, n):
+            i = ranked[p2]
+            if lot_tool[i] >= 0 or step_recipe[lot_step[i]] != rec:
+                continue
+            if wafers + lot_wafers[i] > bmax:
+                continue
+            lot_tool[i] = t
+            wafers += lot_wafers[i]
+            taken += 1
+        if wafers >= step_batch_min[s]:
+            return taken
+        for p2 in range(p, n):   # too small a batch for this tool: give them back
+            if lot_tool[ranked[p2]] == t:
+                lot_tool[ranked[p2]] = -1
+        failed_recipe = rec
+    return 0
+
+
+@njit(cache=True)
 def assign(now_min, fab, pol, ws, lot_tool):
     """Hand each available tool its best lot (a batch on batch steps) not given to another tool.
 
@@ -725,70 +778,58 @@ def assign(now_min, fab, pol, ws, lot_tool):
             g = fab.tool_group[t]
             tools[fill[g]] = t
             fill[g] += 1
-    cls = np.empty(T, np.int32)
     n_assigned = 0
     for g in range(G):
         nt = tptr[g + 1] - tptr[g]
         q = ws.group_ptr[g + 1] - ws.group_ptr[g]
         if nt == 0 or q == 0:
             continue
-        reps = np.empty(nt, np.int32)
+        has_batch = False
+        for j in range(ws.group_ptr[g], ws.group_ptr[g + 1]):
+            i = ws.group_lots[j]
+            if ws.lot_block[i] == BLOCK_OK and fab.step_batch_max[fab.lot_step[i]] > 0:
+                has_batch = True
+                break
+        # up to _MAX_CLASS_WALK full rankings shared by identical tools; other tools alone
+        n_rep_max = min(nt, _MAX_CLASS_WALK)
+        reps = np.empty(n_rep_max, np.int32)
+        rl = np.empty((n_rep_max, q), np.int32)
+        rk = np.empty((n_rep_max, q, NL))
+        rn = np.zeros(n_rep_max, np.int64)
+        head = np.zeros(n_rep_max, np.int64)
+        own_lot = np.empty(q, np.int32)
+        own_key = np.empty((q, NL))
         n_cls = 0
+        taken_g = 0
         for k in range(nt):
             t = tools[tptr[g] + k]
             c = -1
             for r in range(n_cls):
-                if _same_class(fab, reps[r], t):
+                if _same_class(fab.tool_setup, fab.tool_setup_runs, fab.setup_min_runs,
+                               fab.qual_ptr, fab.qual_recipe, fab.tool_qual_hash, reps[r], t):
                     c = r
                     break
-            if c < 0:
-                reps[n_cls] = t
+            if c < 0 and n_cls < n_rep_max:
                 c = n_cls
+                reps[c] = t
+                rn[c] = _rank_full(t, fab, pol, ws, rl[c], rk[c])
                 n_cls += 1
-            cls[t] = c
-        rl = np.empty((n_cls, q), np.int32)
-        rk = np.empty((n_cls, q, NL))
-        rn = np.zeros(n_cls, np.int64)
-        head = np.zeros(n_cls, np.int64)
-        for c in range(n_cls):
-            rn[c] = _rank_full(reps[c], fab, pol, ws, rl[c], rk[c])
-        for k in range(nt):
-            t = tools[tptr[g] + k]
-            c = cls[t]
-            while head[c] < rn[c] and lot_tool[rl[c, head[c]]] >= 0:
-                head[c] += 1
-            failed_recipe = -1
-            for p in range(head[c], rn[c]):
-                lead = rl[c, p]
-                if lot_tool[lead] >= 0:
-                    continue
-                s = fab.lot_step[lead]
-                bmax = fab.step_batch_max[s]
-                if bmax <= 0:
-                    lot_tool[lead] = t
-                    n_assigned += 1
-                    break
-                rec = fab.step_recipe[s]
-                if rec == failed_recipe:
-                    continue
-                wafers = 0
-                taken = 0
-                for p2 in range(p, rn[c]):
-                    i = rl[c, p2]
-                    if lot_tool[i] >= 0 or fab.step_recipe[fab.lot_step[i]] != rec:
-                        continue
-                    if wafers + fab.lot_wafers[i] > bmax:
-                        continue
-                    lot_tool[i] = t
-                    wafers += fab.lot_wafers[i]
-                    taken += 1
-                if wafers >= fab.step_batch_min[s]:
-                    n_assigned += taken
-                    break
-                for p2 in range(p, rn[c]):   # too small a batch for this tool: give them back
-                    if lot_tool[rl[c, p2]] == t:
-                        lot_tool[rl[c, p2]] = -1
-                failed_recipe = rec
+            if c >= 0:
+                while head[c] < rn[c] and lot_tool[rl[c, head[c]]] >= 0:
+                    head[c] += 1
+                got = _pick(t, rl[c], head[c], rn[c], lot_tool, fab.lot_step, fab.step_recipe,
+                            fab.step_batch_max, fab.step_batch_min, fab.lot_wafers)
+            else:
+                if has_batch:
+                    n = _rank_full(t, fab, pol, ws, own_lot, own_key)
+                else:
+                    # at most taken_g lots of this group are gone: its best free one is in the top taken_g + 1
+                    kk = min(q, taken_g + 1)
+                    n = score_tool(t, now_min, fab, pol, ws, own_lot[:kk], own_key[:kk])
+                got = _pick(t, own_lot, 0, n, lot_tool, fab.lot_step, fab.step_recipe,
+                            fab.step_batch_max, fab.step_batch_min, fab.lot_wafers)
+            taken_g += got
+            n_assigned += got
     return n_assigned
 
 
