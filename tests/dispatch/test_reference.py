@@ -83,3 +83,27 @@ def test_assignment_equals_reference_and_never_gives_a_lot_twice(block):
         assert {lot: tool for tool, lots in got.items() for lot in lots} == flat, seed
         assigned_total += len(flat)
     assert assigned_total > 50
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_large_groups_of_all_different_tools_match_the_reference(seed):
+    """Groups with more distinct tools than the kernel shares rankings for (sorted queues, caps)."""
+    from dispatch.reference import reference_assign
+
+    rnd = random.Random(seed)
+    m = random_fab(seed, n_groups=3, tools_per_group=(20, 40), n_lots=150, route_len=(8, 14))
+    for t, name in enumerate(m.tool_ids):      # every tool its own qualification subset
+        quals = [m.recipe_ids[r] for r in m._tool_quals[t]]
+        if len(quals) > 2:
+            m.qualify(name, rnd.sample(quals, k=len(quals) // 3), qualified=False)
+    for preset in ("fabd", "fifo", "cr"):
+        policy = load_policy({"preset": preset, "max_list": 12, "batch_fill": 0.0})
+        d = Dispatcher(m, policy)
+        out = d.score(15.0)
+        ref = reference_lists(15.0, m.arrays(), compile_policy(policy, m), 12)
+        for t in range(m.n_tools):
+            assert out.lot[t, : out.n[t]].tolist() == [row[0] for row in ref.get(t, [])], (preset, t)
+        got = {lot: tool for tool, lots in d.assign(15.0).items() for lot in lots}
+        want = reference_assign(15.0, m.arrays(), compile_policy(policy, m))
+        assert got == {m.lot_ids[i]: m.tool_ids[t] for i, t in want.items()}, preset
+        assert len(got) > 10
