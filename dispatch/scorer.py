@@ -10,11 +10,13 @@ All kernels are `@njit(cache=True)` and pure: arrays in, arrays out.
 
     prepare(now_min, fab, pol, ws) -> None
         Per-lot and per-group state for one instant: lots bucketed by the tool
-        group of their step (ws.group_ptr / ws.group_lots, lot-index order),
-        each lot's block code (ws.lot_block: BLOCK_*), its tool-independent rule
-        features (ws.lot_feat[i, RULE]) and key contributions (ws.lot_base),
-        group workload (ws.group_wait_min). O(lots + tools). Call it again
-        after lots or tools change and before scoring.
+        group of their step (ws.group_ptr / ws.group_lots), each lot's block
+        code (ws.lot_block: BLOCK_*), its tool-independent rule features
+        (ws.lot_feat[i, RULE]) and key contributions (ws.lot_base), group
+        workload (ws.group_wait_min). Queues of groups with many tools up are
+        sorted by base key, so a tool whose own terms (setup, minimum run) add
+        nothing reads its list off the front. O(lots log lots + tools). Call
+        it again after lots or tools change and before scoring.
 
     score_tool(t, now_min, fab, pol, ws, out_lot, out_key) -> n
         Rank the candidates of tool t: lots waiting at a step of t's group, not
@@ -35,6 +37,12 @@ All kernels are `@njit(cache=True)` and pure: arrays in, arrays out.
         The daemon's tick: prepare, then the dispatch list of every available
         tool (out_n[t] = 0 for the others); tools of a group with the same
         setup, minimum-run state and qualifications share one ranking.
+
+    assign(now_min, fab, pol, ws, lot_tool) -> n_lots
+        prepare, then hand each available tool (index order within its group)
+        its best lot no earlier tool took; on batch steps a batch of the lead
+        lot's recipe up to the batch maximum, if it reaches the minimum.
+        lot_tool[i] = tool index or -1.
 
     Per candidate, from scalars (for a simulation with its own lot arrays; the
     kernels above are built from these same functions):
