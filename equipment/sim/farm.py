@@ -9,7 +9,9 @@ lots for their process time: PP-SELECT, START (CE 3001 … process time … CE
 3002), STOP, PAUSE, RESUME, ABORT.
 
 Load mode (`event_rate_hz` > 0) makes every SELECTED tool emit S6F11 at that
-rate and measures send → S6F12 latency (the HSMS benchmark reads it).
+rate and measures send → S6F12 latency (the HSMS benchmark reads it). A bare
+HSMS host gets them at once (the typical 2 x 10 value report); a GEM host once
+it has enabled `load_ceid`, built from its own report definitions.
 
 Library use:
 
@@ -180,6 +182,7 @@ class FarmTool:
         self._resume = asyncio.Event()
         self._trace_tasks: dict[int, asyncio.Task] = {}
         self._load_template: bytearray | None = None
+        self.events_configured = False  # the host sent S2F33/S2F35/S2F37 (else: a bare host)
         self._load_uses = 0
 
     # --- convenience ------------------------------------------------------------------------
@@ -387,6 +390,7 @@ class FarmTool:
         session.reply_nowait(msg, B(bytes([tiack])))
 
     def _s2f33(self, session: HsmsSession, msg: Message) -> None:
+        self.events_configured = True
         _dataid, defs = msg.body
         if not defs:
             self.reports.clear()
@@ -413,6 +417,7 @@ class FarmTool:
         session.reply_nowait(msg, B(bytes([drack])))
 
     def _s2f35(self, session: HsmsSession, msg: Message) -> None:
+        self.events_configured = True
         _dataid, links = msg.body
         lrack = 0
         for ceid_item, rptids in links:
@@ -429,6 +434,7 @@ class FarmTool:
         session.reply_nowait(msg, B(bytes([lrack])))
 
     def _s2f37(self, session: HsmsSession, msg: Message) -> None:
+        self.events_configured = True
         ceed, ceids = msg.body
         wanted = [c[0] for c in ceids] or list(CEIDS)
         if any(c not in CEIDS for c in wanted):
@@ -693,8 +699,8 @@ class EquipmentFarm:
                 if next_due[i] < now:  # fell behind (tool was away): do not burst
                     next_due[i] = now + period
                 session = tool.session
-                if session is None:
-                    continue
+                if session is None or (tool.events_configured and ceid not in tool.enabled_ceids):
+                    continue  # a GEM host gets load events once it enabled them (E30)
                 body = tool.load_event(ceid)
                 stats.sent += 1
                 if not wbit:
