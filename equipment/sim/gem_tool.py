@@ -314,6 +314,8 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
         self._lot_thread: threading.Thread | None = None
         self._traces: dict[Any, threading.Event] = {}
         self._generation = 0  # +1 on every connection loss
+        # secsgem 0.3 never calls on_connection_closed (a leftover of its older API): wire it.
+        self.protocol.events.disconnected += self.on_connection_closed
 
         for svid, name, vtype in (
             (FabdSim.SV_CONTROL_STATE, "ControlState", sv.U1),

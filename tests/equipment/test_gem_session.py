@@ -289,6 +289,24 @@ async def test_event_is_acknowledged_only_after_the_sink_made_it_durable(
         await eventually(lambda: sink.of(ProcessCompleted), what="lot completed")
 
 
+async def test_an_event_unacknowledged_when_the_link_drops_is_delivered_again(
+        sim: GemToolSim) -> None:
+    sink = GatedSink()
+    async with running(sim, sink) as session:
+        first = session.state.connects_total
+        lot = await _run_lot(session)
+        await eventually(lambda: sink.waiting, what="ProcessStarted being made durable")
+        await sim.drop_connection()  # the S6F12 can no longer be sent
+        await session.wait_for(lambda s: not s.communicating, 10)
+        sink.gate.set()
+        await session.wait_for(lambda s: s.communicating and s.connects_total > first, 20)
+        # At least once: the tool spooled what we never acknowledged and sent it again.
+        await eventually(lambda: _completed(sink, lot), what="lot completed after the drop")
+        started = [e for e in sink.of(ProcessStarted) if e.lot_id == lot]
+        assert len(started) == 2
+        assert "S6F11 CEID 3001" in sim.acked
+
+
 async def test_tool_drops_the_connection_mid_transaction_and_the_host_resyncs(
         sim: GemToolSim) -> None:
     sink = RecordingSink()
