@@ -109,8 +109,9 @@ class GroupPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     qt_horizon_min: float | None = None           # queue-time slack at which urgency is 1/2; 0: 0/1 urgency
     qt_gate: bool | None = None                   # never start a lot whose downstream queue-time limit
     qt_gate_factor: float | None = None           #   cannot be met: downstream wait > factor x limit
-    batch_fill: float | None = None              # a batch goes when wafers >= fill x batch max ...
-    batch_max_wait_min: float | None = None       # ... or its oldest lot has waited this long
+    batch_fill: float | None = None              # a batch goes when wafers >= fill x batch max, or
+    batch_max_wait_min: float | None = None       # its oldest lot waited this long, or nothing more
+    #                                               of its recipe is one step upstream
     balance_target_wait_min: float | None = None  # downstream queue (minutes of work per tool) aimed at
 
 

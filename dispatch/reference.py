@@ -47,6 +47,12 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
             if rem > 0.0:
                 work[g] += rem
     waiting = [i for i, st in enumerate(a["lot_state"]) if st == 0]
+    incoming: dict[int, int] = {}   # wafers one step before a batch step, per recipe
+    for i, st in enumerate(a["lot_state"]):
+        if st <= 1 and not a["lot_hold"][i]:
+            sn = a["step_next"][a["lot_step"][i]]
+            if sn >= 0 and a["step_batch_max"][sn] > 0:
+                incoming[step_recipe[sn]] = incoming.get(step_recipe[sn], 0) + a["lot_wafers"][i]
     recipe_wafers: dict[int, int] = {}
     recipe_oldest: dict[int, float] = {}
     for i in waiting:
@@ -107,7 +113,7 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
         if bmax > 0:
             if w < a["step_batch_min"][s]:
                 continue
-            if (w < pol.batch_fill[g].item() * bmax
+            if (w < pol.batch_fill[g].item() * bmax and incoming.get(step_recipe[s], 0) > 0
                     and now_min - recipe_oldest[step_recipe[s]] < pol.batch_max_wait_min[g].item()):
                 continue
         queue.setdefault(g, []).append(i)

@@ -56,7 +56,8 @@ All kernels are `@njit(cache=True)` and pure: arrays in, arrays out.
     key_better(ka, arrival_a, due_a, id_a, kb, arrival_b, due_b, id_b) -> bool
     block_code(now_min, hold, qt_gate, qt_gate_factor, qt_limit_min,
                qt_target_wait_min, batch_max_wafers, batch_min_wafers, batch_wafers,
-               batch_oldest_min, batch_fill, batch_max_wait_min) -> BLOCK_* code
+               batch_oldest_min, batch_incoming_wafers, batch_fill,
+               batch_max_wait_min) -> BLOCK_* code
         with the policy row's parameters (pol.qt_gate[g], ...); BLOCK_OK = may start.
     setup_time_min(need, cur, step_setup_time_min, setup_change_min) -> minutes
     minrun_violation(need, cur, runs, setup_min_runs) -> -1.0 | 0.0
@@ -142,6 +143,7 @@ class Workspace(NamedTuple):
     group_wait_min: np.ndarray   # float64[G], work per up tool
     recipe_wafers: np.ndarray    # int64[NR], waiting wafers at batch steps, per recipe
     recipe_oldest_min: np.ndarray  # float64[NR]
+    recipe_incoming: np.ndarray  # int64[NR], wafers one step before a batch step of the recipe
     lot_block: np.ndarray        # int8[L]
     lot_feat: np.ndarray         # float64[L, R]
     lot_base: np.ndarray         # float64[L, NL]
@@ -172,6 +174,7 @@ def new_workspace(fab: FabArrays, pol: PolicyArrays) -> Workspace:
         group_fill=np.zeros(G, np.int64), group_up=np.zeros(G, np.int32),
         group_work_min=np.zeros(G), group_wait_min=np.zeros(G),
         recipe_wafers=np.zeros(max(nr, 1), np.int64), recipe_oldest_min=np.zeros(max(nr, 1)),
+        recipe_incoming=np.zeros(max(nr, 1), np.int64),
         lot_block=np.zeros(L, np.int8), lot_feat=np.zeros((L, N_RULES)),
         lot_base=np.zeros((L, nl)), tool_rep=np.zeros(fab.tool_group.shape[0], np.int32),
         key_tmp=np.zeros(nl), group_plain=np.zeros(G, np.bool_), sort_tmp=np.zeros(L, np.int32),
@@ -253,6 +256,7 @@ def prepare(now_min, fab, pol, ws):
     ws.group_plain[:] = True
     ws.recipe_wafers[:] = 0
     ws.recipe_oldest_min[:] = np.inf
+    ws.recipe_incoming[:] = 0
     for t in range(fab.tool_group.shape[0]):
         if fab.tool_e10[t] <= _E10_UP_MAX and not fab.tool_inhibited[t]:
             g = fab.tool_group[t]
@@ -261,9 +265,16 @@ def prepare(now_min, fab, pol, ws):
             if rem > 0.0:
                 ws.group_work_min[g] += rem
     for i in range(n_slots):
-        if fab.lot_state[i] != 0:
+        st = fab.lot_state[i]
+        if st > 1:
             continue
         s = fab.lot_step[i]
+        if not fab.lot_hold[i]:   # lots one step before a batch step are the batch's supply
+            sn = fab.step_next[s]
+            if sn >= 0 and fab.step_batch_max[sn] > 0:
+                ws.recipe_incoming[fab.step_recipe[sn]] += fab.lot_wafers[i]
+        if st != 0:
+            continue
         g = fab.step_group[s]
         ws.group_fill[g] += 1
         if fab.lot_hold[i]:
@@ -307,7 +318,8 @@ def prepare(now_min, fab, pol, ws):
             now_min, fab.lot_hold[i], pol.qt_gate[g], pol.qt_gate_factor[g],
             fab.step_qt_limit_min[s], ws.group_wait_min[fab.step_group[tq]] if tq >= 0 else -1.0,
             bmax, fab.step_batch_min[s], ws.recipe_wafers[r] if bmax > 0 else 0,
-            ws.recipe_oldest_min[r] if bmax > 0 else now_min, pol.batch_fill[g],
+            ws.recipe_oldest_min[r] if bmax > 0 else now_min,
+            ws.recipe_incoming[r] if bmax > 0 else 0, pol.batch_fill[g],
             pol.batch_max_wait_min[g])
         if ws.lot_block[i] == BLOCK_OK and fab.step_setup[s] >= 0:
             ws.group_plain[g] = False
@@ -447,12 +459,15 @@ def add_tool_terms(level, weight, minrun_feature, setup_min, key):
 
 @njit(cache=True)
 def block_code(now_min, hold, qt_gate, qt_gate_factor, qt_limit_min, qt_target_wait_min,
-               batch_max_wafers, batch_min_wafers, batch_wafers, batch_oldest_min, batch_fill,
-               batch_max_wait_min):
+               batch_max_wafers, batch_min_wafers, batch_wafers, batch_oldest_min,
+               batch_incoming_wafers, batch_fill, batch_max_wait_min):
     """Return why a waiting lot may not start anywhere now (BLOCK_*), BLOCK_OK if it may.
 
     qt_target_wait_min: wait at the group of the step that closes this step's
-    queue-time window (< 0 if the step opens none).
+    queue-time window (< 0 if the step opens none). A batch below
+    batch_fill x max waits for a fuller one only while more wafers of its
+    recipe are one step upstream (batch_incoming_wafers) and its oldest lot
+    has waited less than batch_max_wait_min; otherwise it goes now.
     """
     if hold:
         return BLOCK_HOLD
@@ -461,7 +476,7 @@ def block_code(now_min, hold, qt_gate, qt_gate_factor, qt_limit_min, qt_target_w
     if batch_max_wafers > 0:
         if batch_wafers < batch_min_wafers:
             return BLOCK_BATCH_WAIT
-        if (batch_wafers < batch_fill * batch_max_wafers
+        if (batch_wafers < batch_fill * batch_max_wafers and batch_incoming_wafers > 0
                 and now_min - batch_oldest_min < batch_max_wait_min):
             return BLOCK_BATCH_WAIT
     return BLOCK_OK

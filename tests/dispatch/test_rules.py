@@ -5,7 +5,7 @@ from __future__ import annotations
 from dispatch.config import Policy, load_policy
 from dispatch.scorer import Dispatcher
 from equipment.events import E10State
-from tests.dispatch.fabs import line, only, rank
+from tests.dispatch.fabs import batch_line, line, only, rank
 
 
 def test_fifo_is_the_tie_break_then_due_date_then_lot_order():
@@ -105,20 +105,26 @@ def test_minimum_run_keeps_a_setup_until_its_run_is_done():
 
 
 def test_batch_forming_waits_for_the_minimum_and_for_a_fuller_batch():
-    m = line(batch=True)
-    m.add_lot("a1", "PA", arrival_min=0.0)
+    m = batch_line()
+    m.add_lot("a1", "PA", step=2, arrival_min=0.0)
     # 25 wafers < batch minimum 50: nobody may start it
     assert rank(m, {"preset": "fifo"}) == []
-    m.add_lot("a2", "PA", arrival_min=0.0)
+    m.add_lot("a2", "PA", step=2, arrival_min=0.0)
     # 50 wafers: PySCFabSim-like presets go at the minimum
     assert rank(m, {"preset": "fifo"}) == ["a1", "a2"]
-    # fabd waits for a full batch (100 wafers) up to batch_max_wait_min (60) ...
+    # nothing more of A-1 upstream: fabd goes now rather than wait for nothing
+    assert rank(m, {"preset": "fabd"}, now=30.0) == ["a1", "a2"]
+    # a lot one step upstream: fabd waits for a full batch up to batch_max_wait_min (60) ...
+    m.add_lot("a3", "PA", step=1, arrival_min=0.0)
     assert rank(m, {"preset": "fabd"}, now=30.0) == []
+    d = Dispatcher(m, Policy(preset="fabd"))
+    d.score(30.0)
+    assert d.blocked() == {"a1": "batch_forming", "a2": "batch_forming"}
     # ... then goes with what it has
     assert rank(m, {"preset": "fabd"}, now=61.0) == ["a1", "a2"]
     # a fuller batch of another recipe ranks first
     for k in range(4):
-        m.add_lot(f"b{k}", "PB", arrival_min=10.0)
+        m.add_lot(f"b{k}", "PB", step=2, arrival_min=10.0)
     assert rank(m, {"preset": "fabd"}, now=61.0)[:4] == ["b0", "b1", "b2", "b3"]
     assert rank(m, only(fifo=0), now=61.0)[:2] == ["a1", "a2"]
 
@@ -181,9 +187,9 @@ def test_assign_gives_each_idle_tool_its_own_lot_best_first():
 
 
 def test_assign_forms_a_batch_of_one_recipe_within_min_and_max():
-    m = line(batch=True)
+    m = batch_line()
     for k in range(5):
-        m.add_lot(f"a{k}", "PA", arrival_min=-float(k))   # 125 wafers of A-1 waiting
-    m.add_lot("b0", "PB", arrival_min=-100.0)            # 25 wafers of B-1: below the minimum
+        m.add_lot(f"a{k}", "PA", step=2, arrival_min=-float(k))   # 125 wafers of A-1 waiting
+    m.add_lot("b0", "PB", step=2, arrival_min=-100.0)            # 25 wafers of B-1: too few
     got = Dispatcher(m, Policy(preset="fifo")).assign(0.0)
     assert got == {"G1": ["a1", "a2", "a3", "a4"]}        # oldest first, up to 100 wafers
