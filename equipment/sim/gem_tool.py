@@ -964,6 +964,15 @@ class GemToolSim:
         """Make a process parameter drift by `per_lot` after every completed lot."""
         self._drift_per_lot[parameter] = per_lot
 
+    def reset_knobs(self) -> None:
+        """Undo every test knob: no delays, drops, refusals or unsupported messages, no shifts."""
+        self.reply_delay_s = 0.0
+        self.process_time_s = self.config.process_time_s
+        self.unsupported = set()
+        self._drop_on.clear()
+        self._refuse_comm = 0
+        self.reset_process()
+
     def reset_process(self) -> None:
         """Forget every shift and drift: parameters go back around their set points."""
         self._shift.clear()

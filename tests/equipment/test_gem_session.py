@@ -57,10 +57,9 @@ def sim() -> Iterator[GemToolSim]:
 
 @pytest.fixture(autouse=True)
 def _reset_knobs(sim: GemToolSim) -> Iterator[None]:
-    sim.reply_delay_s = 0.0
+    sim.reset_knobs()
     yield
-    sim.reply_delay_s = 0.0
-    sim._drop_on.clear()
+    sim.reset_knobs()
 
 
 def _config(sim: GemToolSim, **overrides: object) -> GemToolConfig:
