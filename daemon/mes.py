@@ -119,8 +119,15 @@ _encode = msgspec.json.Encoder().encode
 _DECODERS = {kind: msgspec.json.Decoder(t) for kind, t in KINDS.items()}
 
 
+_iso_second = [-1, ""]  # (unix second, "YYYY-MM-DDTHH:MM:SS") of the last call
+
+
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
+    """Format UTC seconds as ISO 8601 with milliseconds ("2026-11-25T16:00:00.123Z")."""
+    sec = int(ts)
+    if sec != _iso_second[0]:  # events come in bursts within one second: format that part once
+        _iso_second[0], _iso_second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_iso_second[1]}.{int((ts - sec) * 1000):03d}Z"
 
 
 class Batch(msgspec.Struct, kw_only=True):
@@ -186,14 +193,15 @@ class MesState:
     def emit(self, event: ev.OutEvent, ts: float | None = None) -> int:
         """Append an outbound event to the pending batch; return its journal seq."""
         stream = event.STREAM
-        self.jseq += 1
-        seq = self.seq[stream] + 1
-        self.seq[stream] = seq
-        self._events.append((self.jseq, stream, seq, event.TYPE, f"{self.instance_id}-{self.jseq}",
-                             _iso(self.clock() if ts is None else ts), _encode(event)))
+        jseq = self.jseq = self.jseq + 1
+        seqs = self.seq
+        seq = seqs[stream] = seqs[stream] + 1
+        pending = self._events
+        pending.append((jseq, stream, seq, event.TYPE, f"{self.instance_id}-{jseq}",
+                        _iso(self.clock() if ts is None else ts), _encode(event)))
         if self.on_pending is not None:
-            self.on_pending(len(self._events))
-        return self.jseq
+            self.on_pending(len(pending))
+        return jseq
 
     # ------------------------------------------------------------ read API
 

@@ -31,7 +31,14 @@ from prometheus_client import Counter, Gauge
 
 from daemon.busconfig import BusConfig, RedisConfig, StoreConfig
 from daemon.events import SCHEMA_VERSION, STREAMS
-from daemon.redis_conn import REDIS_DOWN, Backoff, Outage, make_client, raise_if_cancelled
+from daemon.redis_conn import (
+    REDIS_DOWN,
+    Backoff,
+    Outage,
+    ReplyError,
+    RespConnection,
+    raise_if_cancelled,
+)
 from daemon.store import EventRow, Store
 from daemon.writer import Writer
 
@@ -44,6 +51,32 @@ OUTBOX_LIMIT = Gauge("fabd_outbox_limit_events", "Configured bound of the outbox
 RELAY_LAG = Gauge("fabd_relay_lag_seconds",
                   "Age of the oldest committed event not yet published (0 when caught up)")
 REDIS_UP = Gauge("fabd_redis_up", "1 when the relay's last Redis call succeeded")
+
+
+def xadd_heads(prefix: str, maxlen: int) -> dict[str, bytes]:
+    """Pre-encode the constant start of each stream's XADD (key, MAXLEN ~ n, *, "type")."""
+    heads = {}
+    for stream in STREAMS:
+        head = [b"XADD", f"{prefix}:{stream}".encode(), b"MAXLEN", b"~", str(maxlen).encode(),
+                b"*", b"type"]
+        heads[stream] = b"*18\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in head)
+    return heads
+
+
+_V = b"$1\r\nv\r\n$%d\r\n%s\r\n" % (len(str(SCHEMA_VERSION)), str(SCHEMA_VERSION).encode())
+
+
+def pack_xadds(rows: list[EventRow], heads: dict[str, bytes]) -> bytes:
+    """Encode the XADDs of journal rows in RESP2 (fields type, v, seq, eid, ts, data)."""
+    out: list[bytes] = []
+    ap = out.append
+    for _jseq, stream, seq, typ, eid, ts, data in rows:
+        t, e, s, q = typ.encode(), eid.encode(), ts.encode(), b"%d" % seq
+        ap(heads[stream])
+        ap(b"$%d\r\n%s\r\n%s$3\r\nseq\r\n$%d\r\n%s\r\n$3\r\neid\r\n$%d\r\n%s\r\n"
+           b"$2\r\nts\r\n$%d\r\n%s\r\n$4\r\ndata\r\n$%d\r\n%s\r\n"
+           % (len(t), t, _V, len(q), q, len(e), e, len(s), s, len(data), data))
+    return b"".join(out)
 
 
 class Relay:
@@ -60,9 +93,10 @@ class Relay:
         self._memory: deque[EventRow] = deque()
         self._commit_times: deque[tuple[int, float]] = deque()  # (last jseq of a commit, time)
         self._wake = asyncio.Event()
+        self._progress = asyncio.Event()  # set after each published batch
         self._warned = False
         self._client = None
-        self._keys = {s: f"{bus.prefix}:{s}" for s in STREAMS}
+        self._heads = xadd_heads(bus.prefix, bus.stream_maxlen)
         writer.on_commit.append(self._committed)
         OUTBOX_LIMIT.set(store_config.outbox_max_events)
 
@@ -115,21 +149,18 @@ class Relay:
             return await self.store.call(self.store.read_events, self.sent_jseq, n)
         return []
 
-    async def publish(self, client, rows: list[EventRow]) -> None:
-        """XADD rows in one pipeline (ordered, no MULTI); raise if Redis fails any of them."""
-        maxlen = self.bus.stream_maxlen
-        keys = self._keys
-        pipe = client.pipeline(transaction=False)
-        for _jseq, stream, seq, typ, eid, ts, data in rows:
-            pipe.xadd(keys[stream], {"type": typ, "v": SCHEMA_VERSION, "seq": seq, "eid": eid,
-                                     "ts": ts, "data": data}, maxlen=maxlen, approximate=True)
-        await pipe.execute()
+    async def publish(self, conn: RespConnection, rows: list[EventRow]) -> None:
+        """XADD rows in one pipeline (ordered, no MULTI); raise if Redis refused any of them."""
+        errors = await conn.pipeline(pack_xadds(rows, self._heads), len(rows))
+        if errors:
+            raise ReplyError(f"Redis refused {len(errors)} of {len(rows)} XADDs: {errors[0]}")
 
     async def run(self) -> None:
         """Publish until cancelled; survive Redis outages (the outbox grows on disk meanwhile)."""
         backoff = Backoff(self.redis_config.backoff_initial_s, self.redis_config.backoff_max_s)
         outage = Outage("relay", self.redis_config.url)
-        client = make_client(self.redis_config)
+        client = RespConnection(self.redis_config)
+        refused = False
         rows: list[EventRow] = []
         try:
             while True:
@@ -144,13 +175,21 @@ class Relay:
                     continue
                 try:
                     await self.publish(client, rows)
-                except REDIS_DOWN as exc:
+                except (*REDIS_DOWN, ReplyError) as exc:
                     REDIS_UP.set(0)
-                    outage.down(exc, time.monotonic())
+                    if isinstance(exc, ReplyError):
+                        if not refused:  # reachable but refusing: a config or ACL problem
+                            refused = True
+                            log.error("relay: %s; fix Redis (ACL, key types) - retrying", exc)
+                    else:
+                        outage.down(exc, time.monotonic())
                     RELAY_LAG.set(self.lag_s())
                     self._check_bound()
                     await asyncio.sleep(backoff.next())
                     continue  # the same rows again: same eid and seq
+                if refused:
+                    refused = False
+                    log.info("relay: Redis accepts entries again")
                 REDIS_UP.set(1)
                 outage.up(time.monotonic())
                 backoff.reset()
@@ -161,17 +200,24 @@ class Relay:
                     PUBLISHED.labels(stream).inc(n)
                 self.sent_jseq = rows[-1][0]
                 self.writer.mark_sent(self.sent_jseq)
+                self._progress.set()
+                self._progress.clear()
                 RELAY_LAG.set(self.lag_s())
                 self._check_bound()
                 rows = []
         finally:
-            await client.aclose()
+            await client.close()
+
+    async def wait_published(self, jseq: int) -> None:
+        """Return once every event up to journal seq `jseq` is in Redis."""
+        while self.sent_jseq < jseq:
+            await self._progress.wait()
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until everything committed is published (at stop); False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while self.sent_jseq < self.writer.committed_jseq:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.wait_published(self.writer.committed_jseq)
+        except TimeoutError:
+            return False
         return True
