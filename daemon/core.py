@@ -46,6 +46,7 @@ log = logging.getLogger("fabd.core")
 
 _E10_STATES = [s.value for s in dom.E10State]
 _REFUSAL_BACKOFF_S = 10.0
+_SPC_LOG_LINES = 20  # above this many violations in a tick, notify-only ones are summarised
 
 
 class CoreSink:
@@ -247,11 +248,13 @@ class FabCore:
             if lim is not None:
                 mes.spc_limits_changed(ch.chart_key, lim.center, lim.lcl, lim.ucl, ch.reason)
         for v in result.violations:
-            metrics.SPC_VIOLATIONS.labels(str(v.test)).inc()
+            rule = f"{v.rule_set}{v.test}" + (f"_{v.series}" if v.series in ("mr", "r", "s")
+                                              else "")
+            metrics.SPC_VIOLATIONS.labels(rule).inc()
             parameter = v.chart_key.rsplit("/", 1)[-1]
             action = str(v.action)
-            mes.spc_violation(v.chart_key, v.tool_id, parameter, f"nelson{v.test}", v.statistic,
-                              v.lot_id, action)
+            mes.spc_violation(v.chart_key, v.tool_id, parameter, rule, v.statistic, v.lot_id,
+                              action)
             reason = f"spc:{v.chart_key}"
             try:
                 if action == "hold_lot" and v.lot_id:
@@ -259,12 +262,18 @@ class FabCore:
                     if lot is not None and not any(h.reason == reason for h in lot.holds):
                         mes.hold(v.lot_id, reason, "spc")
                         self.counters["spc_holds"] += 1
+                elif action == "inhibit_chamber" and v.chamber:
+                    mes.inhibit(v.tool_id, f"{reason}@{v.chamber}", True, v.description)
                 elif action in ("inhibit_tool", "inhibit_chamber"):
                     mes.inhibit(v.tool_id, reason, True, v.description)
             except MesError as exc:
                 log.warning("SPC reaction on %s not applied: %s", v.chart_key, exc)
-            log.warning("SPC test %d on %s (tool %s, lot %s): %s -> %s", v.test, v.chart_key,
-                        v.tool_id, v.lot_id or "-", v.description, action)
+            if action != "notify" or len(result.violations) <= _SPC_LOG_LINES:
+                log.warning("SPC %s on %s (tool %s, lot %s): %s -> %s", rule, v.chart_key,
+                            v.tool_id, v.lot_id or "-", v.description, action)
+        if len(result.violations) > _SPC_LOG_LINES:
+            log.warning("SPC: %d violations this tick (notify-only ones not logged one by one)",
+                        len(result.violations))
 
     def step_sync(self) -> None:
         """Bring the dispatch model up to date with the state of record."""

@@ -190,11 +190,17 @@ class Demo:
             "bus": {"snapshot_interval_s": 10.0},
             "dispatch": {"mode": "auto"},
         }
+        speed = self.args.speed
         cfg = config_mod.loads(_toml(raw), source="demo")
+        # The policy's time constants are fab minutes: accelerate them with the process times.
+        policy = msgspec.structs.replace(
+            cfg.dispatch.policy, lookahead_min=0.5 / speed, qt_horizon_min=120.0 / speed,
+            batch_max_wait_min=2.0 / speed, balance_target_wait_min=240.0 / speed)
         return msgspec.structs.replace(
             cfg,
+            dispatch=msgspec.structs.replace(cfg.dispatch, policy=policy),
             spc=msgspec.structs.replace(cfg.spc, default=quiet, overrides=(
-                ChartOverride(pattern="*/Thickness_nm", spec=thickness),)),
+                ChartOverride(pattern="CVD*/Thickness_nm", spec=thickness),)),
             equipment=msgspec.structs.replace(cfg.equipment, hsms=hsms, opcua=opcua, mqtt=mqtt),
         )
 
@@ -432,16 +438,15 @@ class Demo:
 
 async def _xadd(client, stream: str, fields: dict) -> None:
     """XADD, retried while Redis is away (the ERP side does not give up on a command)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     delay_s = 0.2
     while True:
         try:
             await client.xadd(stream, fields)
             return
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            log.warning("ERP: Redis unavailable (%s); retrying in %.1fs", exc, delay_s)
-        except Exception as exc:  # redis-py's own ConnectionError is not an OSError
-            if "connect" not in str(exc).lower() and "closed" not in str(exc).lower():
-                raise
+        except (OSError, RedisConnectionError, RedisTimeoutError) as exc:
             log.warning("ERP: Redis unavailable (%s); retrying in %.1fs", exc, delay_s)
         await asyncio.sleep(delay_s)
         delay_s = min(2.0, delay_s * 2)

@@ -74,17 +74,17 @@ def checksum(body: bytes) -> str:
 
 # step: (tool group, recipe suffix, setup group, queue time limit s to the next step)
 _FLOWS: dict[str, list[tuple[str, str, str, float]]] = {
-    "LOGIC": [("CLEAN", "PRE", "", 480.0), ("FURN", "OX", "", 0), ("LITHO", "L1", "", 0),
+    "LOGIC": [("CLEAN", "PRE", "", 600.0), ("FURN", "OX", "", 0), ("LITHO", "L1", "", 0),
               ("ETCH", "STI", "", 0), ("CLEAN", "POST", "", 0), ("IMPL", "NW", "BORON", 0),
-              ("IMPL", "PW", "PHOS", 0), ("CLEAN", "PRE", "", 480.0), ("FURN", "ANN", "", 0),
+              ("IMPL", "PW", "PHOS", 0), ("CLEAN", "PRE", "", 600.0), ("FURN", "ANN", "", 0),
               ("CVD", "PMD", "", 0), ("CMP", "PMD", "", 0), ("METRO", "THK", "", 0),
               ("LITHO", "L2", "", 0), ("ETCH", "CT", "", 0), ("CVD", "W", "", 0),
               ("CMP", "W", "", 0), ("METRO", "THK", "", 0)],
-    "MEMORY": [("CLEAN", "PRE", "", 480.0), ("FURN", "OX", "", 0), ("LITHO", "M1", "", 0),
+    "MEMORY": [("CLEAN", "PRE", "", 600.0), ("FURN", "OX", "", 0), ("LITHO", "M1", "", 0),
                ("ETCH", "GATE", "", 0), ("IMPL", "SD", "ARSENIC", 0), ("CLEAN", "POST", "", 0),
                ("CVD", "ILD", "", 0), ("CMP", "ILD", "", 0), ("METRO", "THK", "", 0),
                ("LITHO", "M2", "", 0), ("ETCH", "VIA", "", 0), ("METRO", "CD", "", 0)],
-    "POWER": [("CLEAN", "PRE", "", 480.0), ("FURN", "DRV", "", 0), ("IMPL", "BODY", "BORON", 0),
+    "POWER": [("CLEAN", "PRE", "", 600.0), ("FURN", "DRV", "", 0), ("IMPL", "BODY", "BORON", 0),
               ("LITHO", "P1", "", 0), ("ETCH", "TR", "", 0), ("CVD", "POLY", "", 0),
               ("CMP", "POLY", "", 0), ("METRO", "THK", "", 0), ("IMPL", "SRC", "PHOS", 0),
               ("CLEAN", "POST", "", 0)],

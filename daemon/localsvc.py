@@ -74,16 +74,19 @@ class _Server:
 class RedisServer(_Server):
     name = "redis"
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(self, workdir: Path, password: str | None = None,
+                 persist: bool = False) -> None:
         super().__init__(workdir)
         self.password = password
+        self.persist = persist  # append-only file: streams survive a restart, as in production
 
     def argv(self) -> list[str]:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server not installed: run `make test` (it installs it)")
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"]
+                "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+                "--dir", str(self.workdir), "--daemonize", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         return args
