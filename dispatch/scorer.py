@@ -56,8 +56,8 @@ All kernels are `@njit(cache=True)` and pure: arrays in, arrays out.
     key_better(ka, arrival_a, due_a, id_a, kb, arrival_b, due_b, id_b) -> bool
     block_code(now_min, hold, qt_gate, qt_gate_factor, qt_limit_min,
                qt_target_wait_min, batch_max_wafers, batch_min_wafers, batch_wafers,
-               batch_oldest_min, batch_incoming_wafers, batch_fill,
-               batch_max_wait_min) -> BLOCK_* code
+               batch_oldest_min, batch_fill, batch_max_wait_min,
+               batch_incoming_wafers=1) -> BLOCK_* code
         with the policy row's parameters (pol.qt_gate[g], ...); BLOCK_OK = may start.
     setup_time_min(need, cur, step_setup_time_min, setup_change_min) -> minutes
     minrun_violation(need, cur, runs, setup_min_runs) -> -1.0 | 0.0
@@ -318,9 +318,8 @@ def prepare(now_min, fab, pol, ws):
             now_min, fab.lot_hold[i], pol.qt_gate[g], pol.qt_gate_factor[g],
             fab.step_qt_limit_min[s], ws.group_wait_min[fab.step_group[tq]] if tq >= 0 else -1.0,
             bmax, fab.step_batch_min[s], ws.recipe_wafers[r] if bmax > 0 else 0,
-            ws.recipe_oldest_min[r] if bmax > 0 else now_min,
-            ws.recipe_incoming[r] if bmax > 0 else 0, pol.batch_fill[g],
-            pol.batch_max_wait_min[g])
+            ws.recipe_oldest_min[r] if bmax > 0 else now_min, pol.batch_fill[g],
+            pol.batch_max_wait_min[g], ws.recipe_incoming[r] if bmax > 0 else 0)
         if ws.lot_block[i] == BLOCK_OK and fab.step_setup[s] >= 0:
             ws.group_plain[g] = False
     # Queues in base-key order let a tool whose own terms add nothing take its list from the
@@ -459,15 +458,16 @@ def add_tool_terms(level, weight, minrun_feature, setup_min, key):
 
 @njit(cache=True)
 def block_code(now_min, hold, qt_gate, qt_gate_factor, qt_limit_min, qt_target_wait_min,
-               batch_max_wafers, batch_min_wafers, batch_wafers, batch_oldest_min,
-               batch_incoming_wafers, batch_fill, batch_max_wait_min):
+               batch_max_wafers, batch_min_wafers, batch_wafers, batch_oldest_min, batch_fill,
+               batch_max_wait_min, batch_incoming_wafers=1):
     """Return why a waiting lot may not start anywhere now (BLOCK_*), BLOCK_OK if it may.
 
     qt_target_wait_min: wait at the group of the step that closes this step's
     queue-time window (< 0 if the step opens none). A batch below
     batch_fill x max waits for a fuller one only while more wafers of its
-    recipe are one step upstream (batch_incoming_wafers) and its oldest lot
-    has waited less than batch_max_wait_min; otherwise it goes now.
+    recipe are one step upstream (batch_incoming_wafers; the default 1 means
+    "some", for callers that do not count them) and its oldest lot has waited
+    less than batch_max_wait_min; otherwise it goes now.
     """
     if hold:
         return BLOCK_HOLD
