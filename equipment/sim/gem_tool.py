@@ -1,22 +1,31 @@
 """A GEM process tool simulator built on secsgem's GemEquipmentHandler (passive HSMS).
 
 It speaks the shared "fabd-sim" numbering (see `FabdSim` below and
-equipment/gem/profiles.py): status variables, data values, collection events
-with host-defined reports, E10 state changes, alarms, remote commands that run a
-lot through a recipe for its process time, process programs held in memory,
-trace data (S2F23 → S6F1), terminal messages, and spooling of events produced
-while no host is connected (delivered on S6F23).
+equipment/gem/profile.py `FABD_SIM`): status variables, data values, collection
+events with host-defined reports, E10 state changes, alarms, remote commands
+(PP-SELECT, START, STOP, PAUSE, RESUME, ABORT) that run a lot through a recipe
+for its process time, process programs held in memory (S7F3/F5/F17/F19), trace
+data (S2F23 → S6F1), terminal messages (S10F3 in, S10F1 out), the clock
+(S2F31), and E30 spooling of events and alarms produced while no host is
+connected (S6F23 transmit or purge).
+
+Where secsgem 0.3 falls short the handler fills in: S2F31/32 are defined here,
+the listening port stays bound across reconnects (port 0 works), a connection's
+dispatcher thread is stopped with it, `on_connection_closed` is actually wired,
+S6F11/S5F1 go out with the W-bit and are sent in order by one sender thread.
 
 secsgem is thread-per-connection: every knob that sends something to the host is
 an `async` method that runs the blocking secsgem call in a worker thread, so a
 host running on the same event loop can still answer.
 
 Test knobs: `shift()` / `drift()` a process parameter, `raise_alarm()` /
-`clear_alarm()`, `set_e10()`, `set_control()`, `drop_connection()` now or
-`drop_on(stream, function)` when the next such message arrives,
-`reply_delay_s` (provoke a host T3), `send_raw()` (malformed frames, wrong
-session id, unknown system bytes), `power_cycle()` (new handler, same port,
-every host definition forgotten).
+`clear_alarm()`, `set_e10()`, `set_control()`, `process_time_s`,
+`drop_connection()` now or `drop_on(stream, function)` when the next such message
+arrives, `reply_delay_s` (provoke a host T3), `unsupported` (answer S9F5),
+`refuse_communication(n)` (COMMACK 1), `send_raw()` / `hsms_frame()` (malformed
+frames, wrong session id, unknown system bytes), `power_cycle()` (new handler,
+same port, every host definition forgotten), `reset_knobs()`.
+Command line: `python -m equipment.sim.gem_tool --port 5000`.
 """
 
 from __future__ import annotations
