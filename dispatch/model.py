@@ -484,6 +484,17 @@ class FabModel:
         if hot is not None:
             self._lots["lot_hot"][i] = hot
 
+    def set_queue_time(self, lot: str, deadline_min: float | None, *, until_step: int = -1) -> None:
+        """Open a lot's queue-time window (start global step `until_step`, default its current one,
+        before `deadline_min`) or close it (deadline None)."""
+        i = self.lot(lot)
+        if deadline_min is None:
+            self._lots["lot_qt_deadline_min"][i] = NO_QT
+            self._lots["lot_qt_step"][i] = -1
+            return
+        self._lots["lot_qt_deadline_min"][i] = deadline_min
+        self._lots["lot_qt_step"][i] = until_step if until_step >= 0 else int(self._lots["lot_step"][i])
+
     def set_tool_state(self, tool: str, state: E10State) -> None:
         """Record a tool's E10 state."""
         self._tools["tool_e10"][self.tool(tool)] = E10_CODE[E10State(state)]

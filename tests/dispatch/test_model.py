@@ -129,3 +129,13 @@ def test_smt2020_scaled_fab_multiplies_tools_and_lots():
     m = from_smt2020(smt2020.load(HVLM), scale=2)
     assert (m.n_tools, m.n_lots) == (2886, 4510)
     assert "Init_Lot_3_2~1" in m.lot_index
+
+
+def test_queue_time_window_set_from_the_state_of_record():
+    m = line()
+    m.add_lot("a", "PA", step=2)
+    i = m.lot("a")
+    m.set_queue_time("a", 45.0)
+    assert m.lot_qt_deadline_min[i] == 45.0 and m.step_name(int(m.lot_qt_step[i])) == "A:2"
+    m.set_queue_time("a", None)
+    assert m.lot_qt_deadline_min[i] == NO_QT and m.lot_qt_step[i] == -1
