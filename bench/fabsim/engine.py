@@ -98,6 +98,19 @@ def _heap_pop(ht, hs, hk, ha, hb, n):
 
 
 @njit(cache=True)
+def _fail_alike(m, s0, s1, has_ded, tool_usable, tool_setup, tool_minrun_left, tool_minrun_setup):
+    # no lot (or no batch) for tool m: the same holds for idle tools of its family in the same state
+    tool_usable[m] = False
+    if has_ded:
+        return
+    for mm in range(s0, s1):
+        if (tool_usable[mm] and tool_setup[mm] == tool_setup[m]
+                and tool_minrun_left[mm] == tool_minrun_left[m]
+                and tool_minrun_setup[mm] == tool_minrun_setup[m]):
+            tool_usable[mm] = False
+
+
+@njit(cache=True)
 def _q_remove(q, q_len, lot_qpos, f, lot):
     pos = lot_qpos[lot]
     last = q[f, q_len[f] - 1]
@@ -259,6 +272,10 @@ def simulate(
     # queued work per family (minutes) and tools up, for the scorer's balance and QT-gate terms
     fam_work = np.zeros(n_fam, np.float64)
     fam_up = fam_tool_count.copy()
+    fam_has_ded = np.zeros(n_fam, np.bool_)
+    for s in range(st_ded_use.shape[0]):
+        if st_ded_use[s] >= 0:
+            fam_has_ded[st_family[s]] = True
     members = np.empty(qcap, np.int32)
     chosen = np.empty(max_b, np.int32)
 
@@ -560,7 +577,8 @@ def simulate(
                 if best < 0:
                     for j in range(nt):
                         g_count[touched[j]] = 0
-                    tool_usable[m] = False
+                    _fail_alike(m, s0, s1, fam_has_ded[f], tool_usable, tool_setup, tool_minrun_left,
+                                tool_minrun_setup)
                     continue
                 s = lot_step[q[f, best]]
                 if st_bmax[s] > 1:
@@ -625,7 +643,9 @@ def simulate(
                 for j in range(nt):
                     g_count[touched[j]] = 0
                 if nb == 0:
-                    tool_usable[m] = False
+                    # every idle tool in the same state would build the same (too small) batch
+                    _fail_alike(m, s0, s1, fam_has_ded[f], tool_usable, tool_setup, tool_minrun_left,
+                                tool_minrun_setup)
                     continue
                 s = lot_step[chosen[0]]
                 need = st_setup[s]
