@@ -31,7 +31,7 @@ from equipment.sim.farm import EquipmentFarm, FarmConfig
 from tests.support import eventually
 
 FAST = dict(e37_ranges=False, t3_reply_timeout_s=5.0, t5_connect_separation_s=0.05,
-            t6_control_timeout_s=2.0, t7_not_selected_timeout_s=5.0, linktest_interval_s=0.0,
+            t6_control_timeout_s=5.0, t7_not_selected_timeout_s=5.0, linktest_interval_s=0.0,
             reconnect_backoff_max_s=0.2)
 
 

@@ -31,8 +31,8 @@ from equipment.hsms import (
 from equipment.secs import U4, A, B, L, decode, encode
 from tests.support import eventually
 
-FAST = dict(e37_ranges=False, t3_reply_timeout_s=2.0, t5_connect_separation_s=0.05,
-            t6_control_timeout_s=1.0, t7_not_selected_timeout_s=1.0,
+FAST = dict(e37_ranges=False, t3_reply_timeout_s=10.0, t5_connect_separation_s=0.05,
+            t6_control_timeout_s=5.0, t7_not_selected_timeout_s=5.0,
             t8_intercharacter_timeout_s=1.0, linktest_interval_s=0.0,
             reconnect_backoff_max_s=0.2)
 
@@ -200,12 +200,12 @@ async def test_t3_timeout_fails_the_transaction_and_the_connection_stays() -> No
             await host.request(1, 3, L())
         assert metrics.REPLY_TIMEOUTS.labels("EQ-1", "hsms")._value.get() == t3_before + 1
         assert host.session is session and host.state is HsmsState.SELECTED
-        assert (await host.request(1, 1)).function == 2
+        assert (await host.request(1, 1, timeout_s=10.0)).function == 2
 
 
 async def test_t6_no_select_response_closes_and_the_supervisor_keeps_trying() -> None:
     async with raw_server() as (port, peers):
-        host = HsmsActive("EQ-T6", host_config(port, t6_control_timeout_s=0.2))
+        host = HsmsActive("EQ-T6", host_config(port, t6_control_timeout_s=1.0))
         async with running(host):
             first = await asyncio.wait_for(peers.get(), 5)
             assert (await first.read()).stype == SType.SELECT_REQ  # and never answer it
