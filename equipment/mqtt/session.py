@@ -44,6 +44,23 @@ _decode_json = msgspec.json.Decoder().decode
 _encode_json = msgspec.json.Encoder().encode
 
 
+EVENT_QUEUE_SIZE = 10_000
+
+
+class _IngestQueue(asyncio.Queue):
+    """Stands in for aiomqtt's incoming-message queue: maps each message where paho delivers it.
+
+    aiomqtt's message iterator costs a task and an asyncio.wait per message; handing
+    the message straight to the session from the socket read callback removes that
+    (see bench/mqtt.py). The iterator then only tells us when the connection is gone.
+    """
+
+    ingest: Callable[[Any], None]
+
+    def put_nowait(self, item: Any) -> None:
+        type(self).ingest(item)
+
+
 class MqttSessionState(enum.StrEnum):
     """Where the session is; tests and the daemon can wait on changes."""
 
@@ -69,6 +86,15 @@ def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MalformedPayload(f"{what} is not a number: {value!r:.40}")
     return float(value)
+
+
+def _raise_if_cancelling() -> None:
+    # Python 3.11's asyncio.wait_for (used inside asyncua and aiomqtt) can swallow a
+    # cancellation that races with its inner future completing; the task then stays
+    # "cancelling" but runs on. Honour such a cancellation at our own loop points.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class _Compiled:
@@ -116,6 +142,9 @@ class MqttSession:
         self._compiled = {id(m): _Compiled(m) for m in config.subscriptions}
         self._points: list[ProcessPoint] = []
         self._flush_scheduled = False
+        self._events: asyncio.Queue[list[DomainEvent]] | None = None
+        self._queue_type = type("IngestQueue", (_IngestQueue,),
+                                {"ingest": staticmethod(self._on_message)})
         self._tools_up: set[str] = set()
         self._retained: dict[str, bytes] = {}  # tool id -> last state payload
         self._malformed_logged: dict[str, tuple[float, int]] = {}  # topic -> (when, suppressed)
@@ -145,18 +174,26 @@ class MqttSession:
 
     async def run(self) -> None:
         """Supervise the broker forever: connect, subscribe, ingest, reconnect (until cancelled)."""
+        self.config.validate()
+        self._events = asyncio.Queue(EVENT_QUEUE_SIZE)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._deliver_loop(), name=f"mqtt-deliver[{self.broker_id}]")
+            tg.create_task(self._connection_loop(), name=f"mqtt-connect[{self.broker_id}]")
+
+    async def _connection_loop(self) -> None:
         cfg = self.config
-        cfg.validate()
         attempt = 0
         warned = False  # one WARNING per outage, one INFO when back
         try:
             while True:
+                _raise_if_cancelling()
                 self._set_state(MqttSessionState.CONNECTING)
-                client = build_client(cfg)
+                client = build_client(cfg, queue_type=self._queue_type)
                 try:
                     async with client:
                         for sub in cfg.subscriptions:
                             await client.subscribe(sub.filter(), qos=sub.qos)
+                        _raise_if_cancelling()
                         self._client = client
                         if self.connects:
                             metrics.RECONNECTS.labels(self.broker_id, PROTOCOL).inc()
@@ -168,6 +205,7 @@ class MqttSession:
                                      self.broker_id, cfg.host, cfg.port, cfg.client_id)
                         warned = False
                         await self._republish(client)
+                        _raise_if_cancelling()
                         self._set_state(MqttSessionState.CONNECTED)
                         await self._ingest_loop(client)
                 except aiomqtt.MqttError as exc:
@@ -194,10 +232,32 @@ class MqttSession:
             self._set_state(MqttSessionState.NOT_CONNECTED)
 
     async def _ingest_loop(self, client: aiomqtt.Client) -> None:
+        # Messages are handled in _on_message as they arrive; the iterator stays empty
+        # and raises MqttError when the connection is lost.
         async for message in client.messages:
-            events = self.handle(message.topic.value, message.payload)
-            if events:
-                await self.sink.submit(events)
+            self._on_message(message)
+
+    def _on_message(self, message: Any) -> None:
+        events = self.handle(message.topic.value, message.payload)
+        if events:
+            self._emit(events)
+
+    def _emit(self, events: list[DomainEvent]) -> None:
+        assert self._events is not None
+        try:
+            self._events.put_nowait(events)
+        except asyncio.QueueFull:
+            log.error("broker %s: event queue full (%d), dropping %d event(s); is the daemon "
+                      "core stuck?", self.broker_id, EVENT_QUEUE_SIZE, len(events))
+
+    async def _deliver_loop(self) -> None:
+        assert self._events is not None
+        queue = self._events
+        while True:
+            batch = await queue.get()
+            while not queue.empty():
+                batch.extend(queue.get_nowait())
+            await self.sink.submit(batch)
 
     async def _tools_down(self, reason: str) -> None:
         now = self._clock()
@@ -206,7 +266,7 @@ class MqttSession:
             for t in sorted(self._tools_up)]
         self._tools_up.clear()
         if events:
-            await self.sink.submit(events)
+            self._emit(events)
 
     # -- messages -> points and events ----------------------------------------------------
 

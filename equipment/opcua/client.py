@@ -149,12 +149,17 @@ class OpcUaClient:
         cfg = self.config
         while True:
             try:
-                await asyncio.wait_for(self._lost.wait(), cfg.watchdog_interval_s)
+                async with asyncio.timeout(cfg.watchdog_interval_s):
+                    await self._lost.wait()
                 return self._lost_reason
             except TimeoutError:
                 pass
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # swallowed by a 3.11 wait_for inside asyncua
             try:
-                await asyncio.wait_for(self.read_server_state(), cfg.request_timeout_s)
+                async with asyncio.timeout(cfg.request_timeout_s):
+                    await self.read_server_state()
             except Exception as exc:  # any failure of the probe means the session is unusable
                 self.mark_lost(status_name(exc))
 
@@ -168,8 +173,20 @@ class OpcUaClient:
         client, self._client = self._client, None
         if client is None:
             return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.disconnect(), self.config.request_timeout_s)
+        # asyncua's teardown can swallow a cancellation, so never wait on it unbounded:
+        # give it request_timeout_s, then drop the socket.
+        task = asyncio.create_task(client.disconnect(),
+                                   name=f"opcua-disconnect[{self.config.tool_id}]")
+        try:
+            await asyncio.wait({task}, timeout=self.config.request_timeout_s)
+        finally:
+            if not task.done():
+                with contextlib.suppress(Exception):
+                    client.disconnect_socket()
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a failed disconnect of a dead link is expected
 
     def _require(self) -> Client:
         if self._client is None:

@@ -73,6 +73,15 @@ def backoff_s(attempt: int, floor_s: float, cap_s: float, rng: random.Random) ->
     return min(cap_s, floor_s * 2 ** min(attempt, 30)) * rng.uniform(0.5, 1.0)
 
 
+def _raise_if_cancelling() -> None:
+    # Python 3.11's asyncio.wait_for (used inside asyncua and aiomqtt) can swallow a
+    # cancellation that races with its inner future completing; the task then stays
+    # "cancelling" but runs on. Honour such a cancellation at our own loop points.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class _Role(enum.IntEnum):
     PARAMETER = 0
     E10 = 1
@@ -109,6 +118,7 @@ class OpcUaSession:
         self._sums: dict[str, list[float]] = {}  # parameter -> [sum, count] for the running lot
         self._unknown_values: set[str] = set()
         self._labels = (self.tool_id, PROTOCOL)
+        self._m_received = metrics.MESSAGES_RECEIVED.labels(*self._labels)
         self.connects = 0  # successful connects so far (1 + reconnects)
         self.failed_attempts = 0  # connect attempts that failed
 
@@ -145,11 +155,13 @@ class OpcUaSession:
         warned = False  # one WARNING per outage, one INFO when back
         try:
             while True:
+                _raise_if_cancelling()
                 self._set_state(OpcUaSessionState.CONNECTING)
                 client = OpcUaClient(cfg)
                 try:
                     await client.connect()
                     await self._subscribe(client)
+                    _raise_if_cancelling()
                 except (OpcUaError, OSError, TimeoutError, ua.UaError) as exc:
                     await client.close()
                     self.failed_attempts += 1
@@ -194,7 +206,7 @@ class OpcUaSession:
             metrics.CONNECTED.labels(*self._labels).set(0)
             self._set_state(OpcUaSessionState.NOT_CONNECTED)
             if client is not None:
-                await asyncio.shield(client.close())
+                await client.close()
 
     async def _subscribe(self, client: OpcUaClient) -> None:
         cfg = self.config
@@ -240,7 +252,7 @@ class OpcUaSession:
 
     def on_data_change(self, node_id: ua.NodeId, value: Any, source_ts: Any) -> None:
         """Translate one data change (called by the subscription handler)."""
-        metrics.MESSAGES_RECEIVED.labels(*self._labels).inc()
+        self._m_received.inc()
         role = self._roles.get(node_id)
         if role is None:
             return
