@@ -4,7 +4,9 @@ Each tool is a passive HSMS-SS endpoint (our transport, one port per tool on
 127.0.0.1) that answers a real GEM host with the shared "fabd-sim" numbering:
 S1F1/F3/F13/F15/F17, S2F13/F31/F33/F35/F37/F41/F23, S5F3, S6F23, S7F3/F5/F17/F19,
 S10F3; it sends S6F11 collection events built from the host's report
-definitions (W-bit, waiting for S6F12) and S5F1 alarms. Remote commands run
+definitions (W-bit, waiting for S6F12) and S5F1 alarms, spools events that
+happen while no host is connected (sent on S6F23) and answers trace requests
+(S2F23) with S6F1 samples. Remote commands run
 lots for their process time: PP-SELECT, START (CE 3001 … process time … CE
 3002), STOP, PAUSE, RESUME, ABORT.
 
@@ -101,6 +103,7 @@ class FarmConfig(msgspec.Struct, frozen=True, kw_only=True):
     event_rate_hz: float = 0.0  # load mode: S6F11 per second per SELECTED tool (0: off)
     load_ceid: int = CE_PROCESS_COMPLETED
     load_wbit: bool = True  # load events expect S6F12
+    spool_max: int = 1000  # S6F11 kept per tool while no host is connected (E30 spooling)
     t3_reply_timeout_s: float = 45.0
     t7_not_selected_timeout_s: float = 10.0
     seed: int = 1
@@ -183,6 +186,7 @@ class FarmTool:
         self._trace_tasks: dict[int, asyncio.Task] = {}
         self._load_template: bytearray | None = None
         self.events_configured = False  # the host sent S2F33/S2F35/S2F37 (else: a bare host)
+        self.spool: list[L] = []  # S6F11 bodies produced while no host was connected
         self._load_uses = 0
 
     # --- convenience ------------------------------------------------------------------------
@@ -279,8 +283,13 @@ class FarmTool:
 
     async def send_event(self, ceid: int) -> bool:
         """Send S6F11 for an enabled collection event and wait for S6F12; False if not sent."""
+        if ceid not in self.enabled_ceids:
+            return False
         session = self.session
-        if session is None or ceid not in self.enabled_ceids:
+        if session is None:
+            # E30 spooling: keep what happened while the host was away, for S6F23
+            if len(self.spool) < self.farm.config.spool_max:
+                self.spool.append(self.event_body(ceid))
             return False
         try:
             await session.request(6, 11, self.event_body(ceid))
@@ -586,8 +595,25 @@ class FarmTool:
             self.enabled_alarms.difference_update(ids)
         session.reply_nowait(msg, B(b"\x00"))
 
-    def _s6f23(self, session: HsmsSession, msg: Message) -> None:
-        session.reply_nowait(msg, B(b"\x00"))  # the farm does not spool: nothing to send
+    def _s6f23(self, session: HsmsSession, msg: Message) -> Any:
+        rsdc = to_python(msg.body)
+        if not self.spool:
+            session.reply_nowait(msg, B(b"\x02"))  # RSDA 2: no spooled data
+            return None
+        session.reply_nowait(msg, B(b"\x00"))
+        spooled, self.spool = self.spool, []
+        if rsdc == 1:  # purge
+            return None
+        return self._transmit_spool(session, spooled)
+
+    async def _transmit_spool(self, session: HsmsSession, spooled: list[L]) -> None:
+        """Send spooled S6F11s in the order they happened, each acknowledged before the next."""
+        for body in spooled:
+            try:
+                await session.request(6, 11, body)
+            except HsmsError as exc:
+                log.debug("farm %s: spooled event not delivered: %s", self.tool_id, exc)
+                return
 
     def _s7f3(self, session: HsmsSession, msg: Message) -> None:
         ppid, body = msg.body

@@ -205,3 +205,32 @@ def test_farm_command_line_prints_ports_and_stats() -> None:
         assert proc.wait(10) == 0
     finally:
         proc.kill()
+
+
+async def test_events_while_the_host_is_away_are_spooled_and_sent_on_s6f23() -> None:
+    async with farm_running() as farm:
+        tool = farm.tools[0]
+        async with Host(tool.port) as host:
+            await host.start_up()
+        await eventually(lambda: tool.session is None, what="host gone")
+        await tool.set_e10("unscheduled_down", "pump fault")
+        await tool.set_e10("standby", "repaired")
+        async with Host(tool.port) as host:
+            assert await host.ack(6, 23, U1(0)) == 0
+            await eventually(lambda: len(host.events(3003)) == 2, what="two spooled CE 3003")
+            assert [e[2][0][1] for e in host.events(3003)] == [
+                ["unscheduled_down", "pump fault"], ["standby", "repaired"]]
+            assert await host.ack(6, 23, U1(0)) == 2  # nothing left
+
+
+async def test_trace_request_sends_s6f1_samples() -> None:
+    async with farm_running() as farm, Host(farm.tools[0].port) as host:
+        await host.start_up()
+        # TRID 7, DSPER 0.05 s (hhmmsscc), 3 samples, one per S6F1, of temperature and pressure
+        assert await host.ack(2, 23, L(U4(7), A("00000005"), U4(3), U4(1),
+                                       L(U4(2010), U4(2011)))) == 0
+        await eventually(lambda: len([m for m in host.received if m.stream == 6
+                                      and m.function == 1]) == 3, what="3 trace reports")
+        s6f1 = [to_python(m.body) for m in host.received if (m.stream, m.function) == (6, 1)]
+        assert [r[1] for r in s6f1] == [1, 2, 3] and all(len(r[3]) == 2 for r in s6f1)
+        assert await host.ack(2, 23, L(U4(8), A("bad"), U4(1), U4(1), L(U4(2010)))) == 1
