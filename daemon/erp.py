@@ -94,6 +94,7 @@ class ErpIntake:
         self.applied_total = 0
         self.dead_total = 0
         self.duplicate_total = 0
+        self.paused = False  # True while the outbox is at its bound (commands wait in Redis)
 
     def handle(self, entry_id: str, fields: dict) -> Rejected | None:
         """Validate and apply one entry (not yet durable); return the rejection, if any."""
@@ -185,19 +186,18 @@ class ErpIntake:
         client = make_client(self.redis_config)
         group, me = self.bus.consumer_group, self.bus.consumer_name
         recovered = False
-        paused = False
         try:
             while True:
                 raise_if_cancelled()
                 if self.relay is not None and self.relay.full:
-                    if not paused:
-                        paused = True
+                    if not self.paused:
+                        self.paused = True
                         log.error("erp intake paused: outbox at its bound (%d events); "
                                   "commands wait in %s", self.relay.depth, self.stream)
                     await asyncio.sleep(0.5)
                     continue
-                if paused:
-                    paused = False
+                if self.paused:
+                    self.paused = False
                     log.info("erp intake resumed: outbox below its bound")
                 try:
                     if not recovered:

@@ -83,7 +83,7 @@ def test_bench_quick_reports_the_contract_lines() -> None:
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert {r["metric"] for r in rows} == {"durable_publish_rate",
-                                           "durable_publish_rate_vs_redis_py"}
+                                           "durable_publish_rate_vs_resp_packer"}
     for r in rows:
         assert set(r) == {"bench", "metric", "value", "unit", "baseline", "baseline_value",
                           "ratio"}

@@ -130,3 +130,42 @@ def read_stream_raw(url: str, key: str) -> list[dict]:
         return [fields for _id, fields in r.xrange(key)]
     finally:
         r.close()
+
+
+async def test_entries_another_consumer_left_pending_are_claimed(redis_url, tmp_path) -> None:
+    # A replaced host ran as consumer fabd-old, read these and never came back.
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT, LOT])
+    r = redis_sync.Redis.from_url(redis_url)
+    r.xgroup_create("fab:erp:commands", "fabd", id="0")
+    r.xreadgroup("fabd", "fabd-old", {"fab:erp:commands": ">"})
+    r.close()
+    async with running_bus(redis_url, tmp_path, erp_claim_idle_s=0.01) as bus:
+        await eventually(lambda: "L1" in bus.mes.lots, what="claimed lot created")
+        await eventually(lambda: pending_count(redis_url) == 0, what="claimed and acknowledged")
+
+
+async def test_intake_pauses_at_the_outbox_bound_and_resumes(redis_url, tmp_path) -> None:
+    from prometheus_client import REGISTRY
+
+    from daemon.busconfig import StoreConfig
+
+    r = redis_sync.Redis.from_url(redis_url)
+    r.set("fab:lots", "x")  # Redis refuses lots entries: the outbox can only grow
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT])
+    async with running_bus(redis_url, tmp_path) as bus:
+        bus.store_config = StoreConfig(outbox_max_events=100)  # what the relay checks
+        bus.relay.store_config = bus.store_config
+        await eventually(lambda: "P1" in bus.mes.products, what="master data")
+        for i in range(120):
+            bus.mes.create_lot(f"X{i}", "PO", "P1", 1)
+        await bus.durable()
+        await eventually(lambda: bus.relay.full, what="outbox at its bound")
+        assert REGISTRY.get_sample_value("fabd_outbox_depth_events") >= 100
+        await eventually(lambda: bus.erp.paused, what="intake paused")
+        send_commands(redis_url, "fab", [LOT])
+        assert "L1" not in bus.mes.lots  # paused: the command waits in Redis
+        r.delete("fab:lots")  # the operator fixes Redis: outbox drains, intake resumes
+        await eventually(lambda: "L1" in bus.mes.lots, timeout_s=15, what="intake resumed")
+        assert await bus.drain(10)
+    r.close()
+    assert len(read_stream(redis_url, "fab:lots")) == 121
