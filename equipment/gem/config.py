@@ -8,7 +8,7 @@ from equipment.gem.errors import GemConfigError
 from equipment.hsms.config import HsmsConfig
 
 
-class GemToolConfig(msgspec.Struct, frozen=True, kw_only=True):
+class GemToolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One GEM tool: its id, how to reach it (HSMS-SS, active), which driver profile it speaks."""
 
     tool_id: str
@@ -22,24 +22,38 @@ class GemToolConfig(msgspec.Struct, frozen=True, kw_only=True):
     spool_settle_s: float = 0.5  # after S6F23: quiet time before the status read (E30 order)
     inbox_max: int = 1000  # primaries waiting for the ordered worker; beyond: left unacked
 
+    def __post_init__(self) -> None:
+        # Decoding fails here, so `fabd check-config` names the key path (msgspec adds it).
+        problem = self._problem()
+        if problem is not None:
+            raise ValueError(problem)
+
+    def _problem(self) -> str | None:
+        if not self.tool_id:
+            return "tool_id: required"
+        if self.hsms.mode != "active":
+            return 'hsms.mode: the GEM host connects ("active")'
+        if not 0 < self.hsms.port < 65536:
+            return f"hsms.port: {self.hsms.port} is not a TCP port to connect to"
+        if self.comm_retry_s <= 0:
+            return "comm_retry_s: must be > 0"
+        if self.trace_period_s < 0 or (0 < self.trace_period_s < 0.01):
+            return f"trace_period_s: {self.trace_period_s} (0, or at least 0.01)"
+        if not 1 <= self.trace_group_size <= 1000:
+            return f"trace_group_size: {self.trace_group_size} outside 1-1000"
+        if self.spool_settle_s < 0:
+            return "spool_settle_s: must be >= 0"
+        if self.inbox_max < 1:
+            return "inbox_max: must be >= 1"
+        return None
+
     def validate(self, where: str = "tool") -> None:
-        """Raise GemConfigError naming the key when a value cannot work."""
+        """Raise GemConfigError naming the key when a value cannot work (incl. the profile)."""
         from equipment.gem.profile import PROFILES
 
-        if not self.tool_id:
-            raise GemConfigError(f"{where}.tool_id: required")
-        if self.hsms.mode != "active":
-            raise GemConfigError(f"{where}.hsms.mode: the GEM host connects (\"active\")")
-        if not 0 < self.hsms.port < 65536:
-            raise GemConfigError(f"{where}.hsms.port: {self.hsms.port} is not a TCP port")
+        problem = self._problem()
+        if problem is not None:
+            raise GemConfigError(f"{where}.{problem}")
         if self.profile not in PROFILES:
             raise GemConfigError(f"{where}.profile: unknown profile {self.profile!r} "
                                  f"(known: {', '.join(sorted(PROFILES))})")
-        if self.comm_retry_s <= 0:
-            raise GemConfigError(f"{where}.comm_retry_s: must be > 0")
-        if self.trace_period_s < 0 or (0 < self.trace_period_s < 0.01):
-            raise GemConfigError(f"{where}.trace_period_s: {self.trace_period_s} (0 or >= 0.01)")
-        if not 1 <= self.trace_group_size <= 1000:
-            raise GemConfigError(f"{where}.trace_group_size: {self.trace_group_size} outside 1-1000")
-        if self.inbox_max < 1:
-            raise GemConfigError(f"{where}.inbox_max: must be >= 1")

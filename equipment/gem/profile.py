@@ -33,28 +33,28 @@ from equipment.gem.errors import GemConfigError
 from equipment.secs import L
 
 
-class ReportDef(msgspec.Struct, frozen=True, kw_only=True):
+class ReportDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One report the host defines (S2F33): RPTID → VIDs."""
 
     rptid: int
     vids: list[int]
 
 
-class EventLink(msgspec.Struct, frozen=True, kw_only=True):
+class EventLink(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One event link (S2F35): CEID → RPTIDs."""
 
     ceid: int
     rptids: list[int]
 
 
-class ParameterDef(msgspec.Struct, frozen=True, kw_only=True):
+class ParameterDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A process parameter: the VID that carries it and the name SPC charts it under."""
 
     vid: int
     name: str
 
 
-class GemDriverProfile(msgspec.Struct, frozen=True, kw_only=True):
+class GemDriverProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How one tool type speaks GEM, and how its messages map to fabd domain events."""
 
     name: str

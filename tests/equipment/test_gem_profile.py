@@ -91,8 +91,13 @@ def test_profile_with_a_link_to_an_undefined_report_is_rejected() -> None:
 def test_tool_config_errors_name_the_key() -> None:
     with pytest.raises(GemConfigError, match=r"tool\.profile"):
         GemToolConfig(tool_id="T1", profile="nope").validate()
-    with pytest.raises(GemConfigError, match=r"tool\.hsms\.mode"):
-        GemToolConfig(tool_id="T1", hsms=HsmsConfig(mode="passive")).validate()
+    with pytest.raises(ValueError, match=r"hsms\.mode"):
+        GemToolConfig(tool_id="T1", hsms=HsmsConfig(mode="passive"))
+    with pytest.raises(msgspec.ValidationError, match=r"comm_retry_s.*\$\[0\]"):
+        msgspec.json.decode(b'[{"tool_id": "T1", "comm_retry_s": 0}]',
+                            type=list[GemToolConfig])
+    with pytest.raises(msgspec.ValidationError, match="unknown field"):
+        msgspec.json.decode(b'{"tool_id": "T1", "comm_retry": 1}', type=GemToolConfig)
     GemToolConfig(tool_id="T1").validate()
 
 
