@@ -5,11 +5,13 @@ from __future__ import annotations
 import enum
 import struct
 
-from equipment.secs import Item, encode_into, to_sml
+from equipment.secs import U1, U2, U4, A, B, Item, encode, encode_into, to_sml
 
 HEADER = struct.Struct(">HBBBBI")  # session id, W-bit|stream, function, PType, SType, system bytes
 FRAME = struct.Struct(">IHBBBBI")  # length prefix + header
 CONTROL_SESSION_ID = 0xFFFF  # E37.1: HSMS-SS control messages
+_SMALL_TYPES = frozenset({B, U1, U2, U4, A})
+_small_bodies: dict[tuple[type, Item], bytes] = {}
 
 
 class HsmsState(enum.Enum):
@@ -107,8 +109,18 @@ def frame(session_id: int, stream: int, function: int, wbit: bool, stype: int, s
     out = bytearray(14)
     if encoded_body:
         out += encoded_body
-    else:
-        encode_into(body, out)
+    elif body is not None:
+        cls = type(body)
+        if cls in _SMALL_TYPES and len(body) <= 8:
+            # acks (S6F12, S5F2...) are a handful of tiny bodies: encode each once
+            data = _small_bodies.get((cls, body))
+            if data is None:
+                if len(_small_bodies) >= 4096:
+                    _small_bodies.clear()
+                data = _small_bodies[(cls, body)] = encode(body)
+            out += data
+        else:
+            encode_into(body, out)
     FRAME.pack_into(out, 0, len(out) - 4, session_id, (0x80 if wbit else 0) | stream, function,
                     ptype, stype, system)
     return out

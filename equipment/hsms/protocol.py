@@ -185,8 +185,8 @@ class HsmsProtocol(asyncio.Protocol):
         if on_timeout is not None:
             on_timeout(system)
 
-    def abort(self, reason: str, level: int = logging.WARNING) -> None:
-        """Close the connection at once, logging why (the session sees connection_lost)."""
+    def abort(self, reason: str, level: int = logging.DEBUG) -> None:
+        """Close the connection at once (the reason reaches `closed`, which the endpoint logs)."""
         if self.transport is None:
             return
         if not self._close_reason:
