@@ -44,8 +44,11 @@ class HsmsPassive(HsmsEndpoint):
         try:
             while not self._stopping:
                 if self.state is not HsmsState.SELECTED:
-                    selected = asyncio.ensure_future(self.wait_state(HsmsState.SELECTED))
-                    stopped = asyncio.ensure_future(self._stop_event.wait())
+                    loop = asyncio.get_running_loop()
+                    selected = loop.create_task(self.wait_state(HsmsState.SELECTED),
+                                                name=f"hsms[{self.tool_id}].wait_selected")
+                    stopped = loop.create_task(self._stop_event.wait(),
+                                               name=f"hsms[{self.tool_id}].wait_stop")
                     await asyncio.wait((selected, stopped), return_when=asyncio.FIRST_COMPLETED)
                     selected.cancel()
                     stopped.cancel()

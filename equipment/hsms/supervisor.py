@@ -66,6 +66,8 @@ class HsmsActive(HsmsEndpoint):
                     continue
                 session = self.session
                 assert session is not None
+                if self._stopping:  # stop() came while we were connecting
+                    break
                 if ever_selected:
                     metrics.RECONNECTS.labels(self.tool_id, "hsms").inc()
                     log.info("hsms %s: back: SELECTED on %s after %d attempt(s)",

@@ -404,3 +404,15 @@ async def test_data_right_behind_select_rsp_in_one_segment_is_accepted() -> None
                        + bytes(frame(0, 1, 1, True, SType.DATA, 500)))
             reply = await peer.read_data()
             assert (reply.stream, reply.function, reply.system) == (1, 2, 500)
+
+
+async def test_stop_while_connecting_ends_run_promptly() -> None:
+    async with raw_server() as (port, peers):
+        host = HsmsActive("EQ-STOP", host_config(port))
+        task = asyncio.create_task(host.run(), name="test.stop")
+        peer = await asyncio.wait_for(peers.get(), 5)
+        await peer.read()  # the Select.req: the host is mid-connect now
+        host.stop()
+        peer.write(frame(0xFFFF, 0, 0, False, SType.SELECT_RSP, 1))
+        await asyncio.wait_for(task, 5)
+        assert host.state is HsmsState.NOT_CONNECTED
