@@ -58,6 +58,7 @@ __all__ = [
     "Rules",
     "compile_policy",
     "load_policy",
+    "smt2020_policy",
 ]
 
 # Rule order is the kernel's feature column order; MINRUN and SETUP depend on the tool.
@@ -324,3 +325,32 @@ def compile_policy(policy: Policy, model: FabModel) -> PolicyArrays:
 def n_levels(pa: PolicyArrays) -> int:
     """Return the number of lexicographic levels in use (at least 1)."""
     return max(1, int(pa.level.max(initial=-1)) + 1)
+
+
+_SMT2020_RANKS = {"rank_HP": "priority", "rank_RSETUP": "setup", "rank_FIFO": "fifo",
+                  "rank_CR": "cr"}
+
+
+def smt2020_policy(dataset: Any) -> Policy:
+    """Return the dispatch rules an SMT2020 dataset gives its tool families, as a Policy.
+
+    RULE rule_HotLotFIRST puts hot lots first, rule_LSSU the least setup first;
+    FWLRANK's ranks follow as levels (rank_HP priority, rank_RSETUP setup,
+    rank_FIFO arrival); families with a setup group keep their minimum runs
+    first. Parameters are the "fifo" preset's (batches go at their minimum).
+    """
+    groups: dict[str, GroupPolicy] = {}
+    for name, fam in dataset.families.items():
+        order: list[str] = ["minrun"] if fam.setup_group else []
+        if fam.rule == "rule_LSSU":
+            order.append("setup")
+        order.append("hot")
+        for rank in fam.ranking:
+            rule = _SMT2020_RANKS.get(rank)
+            if rule is not None and rule not in order:
+                order.append(rule)
+        if "fifo" not in order:
+            order.append("fifo")
+        rules = {r: RuleWeight(level=order.index(r)) if r in order else _OFF for r in RULES}
+        groups[name] = GroupPolicy(preset="fifo", rules=Rules(**rules))
+    return load_policy(Policy(preset="fifo", groups=groups))

@@ -90,3 +90,23 @@ def test_the_shipped_example_policy_is_valid_for_smt2020():
     hvlm = Path(__file__).resolve().parents[3] / "shared" / "data" / "smt2020" / "HVLM"
     pa = compile_policy(policy, from_smt2020(smt2020.load(hvlm)))
     assert pa.level.shape == (106, 10)
+
+
+def test_smt2020_rules_become_a_policy():
+    from pathlib import Path
+
+    from dispatch import smt2020
+    from dispatch.config import RULES, smt2020_policy
+    from dispatch.model import from_smt2020
+
+    ds = smt2020.load(Path(__file__).resolve().parents[3] / "shared" / "data" / "smt2020" / "HVLM")
+    pa = compile_policy(smt2020_policy(ds), from_smt2020(ds))
+    m = from_smt2020(ds)
+    level = {g: dict(zip(RULES, pa.level[m.group_index[g]].tolist(), strict=True))
+             for g in ("DE_BE_11", "Implant_128")}
+    # rule_HotLotFIRST; rank_HP;rank_RSETUP;rank_FIFO
+    assert [level["DE_BE_11"][r] for r in ("hot", "priority", "setup", "fifo")] == [0, 1, 2, 3]
+    # rule_LSSU with the Implant_Gas setup group: minimum run, least setup, hot, HP, FIFO
+    assert [level["Implant_128"][r] for r in ("minrun", "setup", "hot", "priority", "fifo")] == [
+        0, 1, 2, 3, 4]
+    assert level["DE_BE_11"]["cr"] == -1

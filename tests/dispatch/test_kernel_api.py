@@ -18,7 +18,7 @@ from dispatch.scorer import (
 from tests.dispatch.fabs import line
 
 
-@njit
+@njit(cache=True)
 def _blocks():
     base = block_code(0.0, False, False, 1.0, 0.0, -1.0, 100, 50, 60, 0.0, 1.0, 60.0)
     nothing_upstream = block_code(0.0, False, False, 1.0, 0.0, -1.0, 100, 50, 60, 0.0, 1.0, 60.0, 0)
@@ -30,7 +30,7 @@ def test_block_code_call_forms():
     assert _blocks() == (BLOCK_BATCH_WAIT, BLOCK_OK, BLOCK_QT_GATE)
 
 
-@njit
+@njit(cache=True)
 def _key(level, weight, out):
     feat = np.zeros(10)
     candidate_key(0.0, level, weight, 120.0, 240.0, 1, 20, 600.0, -90.0, False, np.inf, 130.0,
