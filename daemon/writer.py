@@ -3,7 +3,9 @@
 Transitions mutate `MesState` at once and leave their changes in its pending
 batch; the writer commits whatever is pending every `commit_interval_ms` (or
 sooner when `commit_max_events` wait) in ONE transaction on the store thread.
-Callers that must not go on before their change is durable await `durable()`:
+Rows are bound on the event-loop thread, the COMMIT (write + fsync) runs on
+the store thread. Callers that must not go on before their change is durable
+await `durable()`:
 it resolves after the commit that holds everything mutated before the call.
 So a burst of 5,000 tool events costs one fsync, not 5,000.
 """
@@ -118,9 +120,12 @@ class Writer:
         if self._commits % PRUNE_EVERY_COMMITS == 0 and sent is not None and sent > keep:
             prune = sent - keep + 1
         t0 = time.perf_counter()
-        fut = asyncio.get_running_loop().run_in_executor(
-            self.store.executor, self.store.write, batch.entities, batch.events, batch.commands,
-            meta, prune)
+        try:
+            self.store.stage(batch.entities, batch.events, batch.commands, meta, prune)
+        except Exception as exc:
+            self._finish(batch.events, waiter, sent, exc, t0)
+            raise
+        fut = asyncio.get_running_loop().run_in_executor(self.store.executor, self.store.commit)
         try:
             await asyncio.shield(fut)
         except asyncio.CancelledError:
