@@ -77,18 +77,21 @@ def _preload(port: int, n: int) -> None:
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-publisher")
     client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        info = None
+        pending = []
         for i in range(n):
             tool = i % TOOLS
             payload = (f'{{"temp": {400 + (i % 97) * 0.1:.1f}, "pressure": {12 + (i % 13) * 0.01:.2f},'
                        f' "rf_w": {1200 + i % 31}, "lot": "L{i // 1000}", "ts": {1.7e9 + i}}}')
-            info = client.publish(f"fab/sensors/T{tool:03d}/data", payload, qos=1)
-        if info is not None:
-            info.wait_for_publish(120)
+            pending.append(client.publish(f"fab/sensors/T{tool:03d}/data", payload, qos=1))
+            if len(pending) == 1000:  # in chunks: paho's outgoing queue stays small
+                for info in pending:
+                    info.wait_for_publish(60)
+                pending.clear()
+        for info in pending:
+            info.wait_for_publish(60)
     finally:
         client.loop_stop()
         client.disconnect()

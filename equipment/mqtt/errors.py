@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from daemon.errors import FabdError, RetryableError
 
-class MqttAdapterError(Exception):
-    """Root of the MQTT adapter's errors (re-root on the shared FabdError when it lands)."""
+
+class MqttAdapterError(FabdError):
+    """Root of the MQTT adapter's errors."""
 
 
 class MqttConfigError(MqttAdapterError, ValueError):
     """The broker or topic mapping config cannot work: fix the config."""
 
 
-class MqttConnectionError(MqttAdapterError, ConnectionError):
+class MqttConnectionError(MqttAdapterError, RetryableError):
     """The broker is unreachable or dropped us: the session retries with backoff."""
 
 

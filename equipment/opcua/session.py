@@ -39,7 +39,12 @@ from equipment.events import (
 )
 from equipment.opcua.client import OpcUaClient, status_name
 from equipment.opcua.config import OpcUaToolConfig
-from equipment.opcua.errors import OpcUaCommandError, OpcUaError, OpcUaSecurityError
+from equipment.opcua.errors import (
+    OpcUaCommandError,
+    OpcUaError,
+    OpcUaNotConnectedError,
+    OpcUaSecurityError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -396,30 +401,47 @@ class OpcUaSession:
         if recipes is None or not getattr(recipes, what):
             raise OpcUaCommandError(f"tool {self.tool_id}: recipes.{what} not configured")
         if self._client is None:
-            raise OpcUaCommandError(f"tool {self.tool_id}: not connected")
+            raise OpcUaNotConnectedError(f"tool {self.tool_id}: not connected")
         return self._client, recipes
+
+    @contextlib.asynccontextmanager
+    async def _typed_errors(self, what: str) -> Any:
+        # Raw asyncua errors do not leave the adapter: refused -> give up, link -> retry.
+        try:
+            yield
+        except ua.UaStatusCodeError as exc:
+            raise OpcUaCommandError(f"tool {self.tool_id}: {what} refused: "
+                                    f"{status_name(exc)}") from exc
+        except (TimeoutError, OSError, ua.UaError) as exc:
+            raise OpcUaNotConnectedError(f"tool {self.tool_id}: {what} failed: "
+                                         f"{status_name(exc)}") from exc
 
     async def recipe_list(self) -> list[str]:
         """Read the tool's recipe list variable."""
         client, recipes = self._recipe_client("list_node")
-        value = await client.read(recipes.list_node)
+        async with self._typed_errors("recipe list"):
+            value = await client.read(recipes.list_node)
         return [str(v) for v in (value or [])]
 
     async def recipe_upload(self, ppid: str) -> bytes:
         """Fetch a recipe body through the upload method."""
         client, recipes = self._recipe_client("upload_method")
-        out = await client.call(recipes.object_node, recipes.upload_method, [ppid],
-                                self.config.request_timeout_s)
+        async with self._typed_errors(f"upload of {ppid}"):
+            out = await client.call(recipes.object_node, recipes.upload_method, [ppid],
+                                    self.config.request_timeout_s)
         return bytes(out[0]) if out and out[0] is not None else b""
 
     async def recipe_download(self, ppid: str, body: bytes) -> bool:
         """Send a recipe body through the download method; True when the tool accepts it."""
         client, recipes = self._recipe_client("download_method")
         try:
-            out = await client.call(recipes.object_node, recipes.download_method,
-                                    [ppid, bytes(body)], self.config.request_timeout_s)
-        except ua.UaStatusCodeError as exc:
-            log.info("tool %s: recipe %s refused: %s", self.tool_id, ppid, status_name(exc))
+            async with self._typed_errors(f"download of {ppid}"):
+                out = await client.call(recipes.object_node, recipes.download_method,
+                                        [ppid, bytes(body)], self.config.request_timeout_s)
+        except OpcUaNotConnectedError:
+            raise
+        except OpcUaCommandError as exc:
+            log.info("tool %s: recipe %s refused: %s", self.tool_id, ppid, exc.__cause__)
             return False
         return bool(out[0]) if out else True
 

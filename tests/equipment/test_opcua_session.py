@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.errors import RetryableError
 from equipment import metrics
 from equipment.events import (
     AlarmCleared,
@@ -24,7 +25,7 @@ from equipment.events import (
     ToolDisconnected,
 )
 from equipment.opcua.config import OpcUaSecurity, OpcUaToolConfig, ParameterNode
-from equipment.opcua.errors import OpcUaConfigError
+from equipment.opcua.errors import OpcUaCommandError, OpcUaConfigError
 from equipment.opcua.session import OpcUaSession, OpcUaSessionState
 from equipment.sim.opcua_tool import OpcUaToolSim, OpcUaToolSimConfig, make_certificate
 from tests.support import eventually, new_workdir
@@ -134,7 +135,12 @@ async def test_refused_commands_map_to_hcack_and_reach_the_tool(sim, running) ->
 
 async def test_recipes_list_upload_download(sim, running) -> None:
     session = start(running, sim.client_profile(), RecordingSink())
+    if session.state is not OpcUaSessionState.CONNECTED:
+        with pytest.raises(RetryableError):  # the daemon retries later
+            await session.recipe_list()
     await session.wait_state(OpcUaSessionState.CONNECTED)
+    with pytest.raises(OpcUaCommandError, match="BadNotFound"):
+        await session.recipe_upload("NO-SUCH")
     assert await session.recipe_list() == ["ETCH-A", "ETCH-B"]
     assert await session.recipe_upload("ETCH-A") == b"recipe ETCH-A\n"
     assert await session.recipe_download("ETCH-C", b"\x00body")
