@@ -187,7 +187,7 @@ class Bus:
 
     async def drain(self, timeout_s: float) -> bool:
         """Commit what is pending and wait until the relay published it (before cancelling)."""
-        await self.writer.durable()
+        await self.writer.flush()  # works whether or not the writer loop still runs
         ok = await self.relay.drain(timeout_s)
         if not ok:
             log.warning("stop: %d events still unpublished; they stay in the outbox for the "

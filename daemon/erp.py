@@ -95,6 +95,9 @@ class ErpIntake:
         self.dead_total = 0
         self.duplicate_total = 0
         self.paused = False  # True while the outbox is at its bound (commands wait in Redis)
+        self._stopping = False
+        self._idle = asyncio.Event()  # set while no batch is being applied
+        self._idle.set()
 
     def handle(self, entry_id: str, fields: dict) -> Rejected | None:
         """Validate and apply one entry (not yet durable); return the rejection, if any."""
@@ -148,6 +151,15 @@ class ErpIntake:
             log.warning("erp entry %s dead-lettered to %s: %s: %s", entry_id, self.dead_stream,
                         rej.code, rej.reason)
 
+    async def stop(self) -> None:
+        """Stop taking commands: finish (apply, commit, acknowledge) the batch in hand, then return.
+
+        `run()` stops reading at its next turn (within `erp_block_ms`) and then waits to
+        be cancelled; commands not yet read stay in Redis for the next start.
+        """
+        self._stopping = True
+        await self._idle.wait()
+
     async def _ensure_group(self, client) -> None:
         try:
             await client.xgroup_create(self.stream, self.bus.consumer_group, id="0",
@@ -167,7 +179,11 @@ class ErpIntake:
             if not entries:
                 break
             log.info("erp: re-processing %d pending command entries", len(entries))
-            await self.process(client, entries)
+            self._idle.clear()
+            try:
+                await self.process(client, entries)
+            finally:
+                self._idle.set()
         start = "0-0"
         idle_ms = int(self.bus.erp_claim_idle_s * 1000)
         while True:
@@ -187,7 +203,7 @@ class ErpIntake:
         group, me = self.bus.consumer_group, self.bus.consumer_name
         recovered = False
         try:
-            while True:
+            while not self._stopping:
                 raise_if_cancelled()
                 if self.relay is not None and self.relay.full:
                     if not self.paused:
@@ -207,8 +223,12 @@ class ErpIntake:
                     resp = await client.xreadgroup(group, me, {self.stream: ">"},
                                                    count=self.bus.erp_batch_commands,
                                                    block=self.bus.erp_block_ms)
-                    if resp:
-                        await self.process(client, resp[0][1])
+                    if resp and not self._stopping:
+                        self._idle.clear()
+                        try:
+                            await self.process(client, resp[0][1])
+                        finally:
+                            self._idle.set()
                 except REDIS_DOWN as exc:
                     outage.down(exc, time.monotonic())
                     recovered = False  # anything read but not acked is pending: re-read it
@@ -224,5 +244,7 @@ class ErpIntake:
                     continue
                 outage.up(time.monotonic())
                 backoff.reset()
+            log.info("erp intake stopped: new commands wait in %s", self.stream)
+            await asyncio.Event().wait()  # stopped: stay parked (a task runs until cancelled)
         finally:
             await client.aclose()

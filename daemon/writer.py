@@ -50,6 +50,7 @@ class Writer:
         self._inflight: asyncio.Future[None] | None = None  # resolves at the running commit
         self._failed: BaseException | None = None
         self._commits = 0
+        self._lock: asyncio.Lock | None = None  # run() and flush() may both commit at stop
         self.on_commit: list[Callable[[list[EventRow]], None]] = []  # relay's in-memory feed
         mes.on_pending = self._on_pending
 
@@ -96,6 +97,12 @@ class Writer:
 
     async def commit_once(self) -> None:
         """Commit what is pending now (no-op when nothing is)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # one transaction at a time on the one connection
+            await self._commit_locked()
+
+    async def _commit_locked(self) -> None:
         if self._failed is not None:
             raise self._failed
         if not self.mes.has_pending() and self._sent_pending is None:

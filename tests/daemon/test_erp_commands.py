@@ -169,3 +169,18 @@ async def test_intake_pauses_at_the_outbox_bound_and_resumes(redis_url, tmp_path
         assert await bus.drain(10)
     r.close()
     assert len(read_stream(redis_url, "fab:lots")) == 121
+
+
+async def test_stop_finishes_the_batch_in_hand_and_leaves_the_rest_in_redis(redis_url,
+                                                                           tmp_path) -> None:
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT, LOT])
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: "L1" in bus.mes.lots, what="lot created")
+        await bus.erp.stop()
+        await eventually(lambda: pending_count(redis_url) == 0, what="batch acknowledged")
+        send_commands(redis_url, "fab", [{**LOT, "command_id": "c-late", "lot_id": "L-late"}])
+        # Stopped: a bus at stop flushes and drains; the late command is not taken.
+        assert await bus.drain(5)
+        assert "L-late" not in bus.mes.lots
+    async with running_bus(redis_url, tmp_path) as bus:  # the next start takes it
+        await eventually(lambda: "L-late" in bus.mes.lots, what="late command applied")
