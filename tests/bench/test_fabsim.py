@@ -101,6 +101,7 @@ def test_bench_quick_prints_contract_lines(capsys):
     assert fabsim_bench.main(["--quick", "--json", "--compat"]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
     assert {r["metric"] for r in rows} == {"wall_s_per_sim_year_fifo_compat",
+                                           "cpu_s_per_sim_year_fifo_compat",
                                            "dispatch_decisions_per_s_fifo_compat"}
     for r in rows:
         assert set(r) == {"bench", "metric", "value", "unit", "baseline", "baseline_value", "ratio"}
