@@ -113,7 +113,7 @@ async def _bare(port: int, client_id: str, n: int) -> float:
     got = 0
     async with aiomqtt.Client("127.0.0.1", port, identifier=client_id,
                               clean_session=False) as client:
-        await client.subscribe("fab/sensors/+/data", qos=1)
+        await client.subscribe("fab/sensors/+/data", qos=1, timeout=300)
         async for _message in client.messages:
             got += 1
             if got == n:

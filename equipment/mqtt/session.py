@@ -192,7 +192,8 @@ class MqttSession:
                 try:
                     async with client:
                         for sub in cfg.subscriptions:
-                            await client.subscribe(sub.filter(), qos=sub.qos)
+                            await client.subscribe(sub.filter(), qos=sub.qos,
+                                                   timeout=cfg.subscribe_timeout_s)
                         _raise_if_cancelling()
                         self._client = client
                         if self.connects:
