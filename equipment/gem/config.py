@@ -29,6 +29,11 @@ class GemToolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             raise ValueError(problem)
 
     def _problem(self) -> str | None:
+        from equipment.gem.profile import PROFILES  # register site profiles before decoding
+
+        if self.profile not in PROFILES:
+            return (f"profile: unknown GEM driver profile {self.profile!r} "
+                    f"(known: {', '.join(sorted(PROFILES))})")
         if not self.tool_id:
             return "tool_id: required"
         if self.hsms.mode != "active":
@@ -48,12 +53,7 @@ class GemToolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return None
 
     def validate(self, where: str = "tool") -> None:
-        """Raise GemConfigError naming the key when a value cannot work (incl. the profile)."""
-        from equipment.gem.profile import PROFILES
-
+        """Raise GemConfigError naming the key when a value cannot work."""
         problem = self._problem()
         if problem is not None:
             raise GemConfigError(f"{where}.{problem}")
-        if self.profile not in PROFILES:
-            raise GemConfigError(f"{where}.profile: unknown profile {self.profile!r} "
-                                 f"(known: {', '.join(sorted(PROFILES))})")

@@ -33,7 +33,7 @@ async def farm_and_hosts(config: FarmConfig, sink: RecordingSink
     await farm.start()
     sessions = [GemHostSession(GemToolConfig(
         tool_id=tool.tool_id, comm_retry_s=0.5, spool_settle_s=0.05,
-        hsms=HsmsConfig(port=tool.port, t3_reply_timeout_s=5.0, t5_connect_separation_s=0.2,
+        hsms=HsmsConfig(port=tool.port, t3_reply_timeout_s=30.0, t5_connect_separation_s=0.2,
                         reconnect_backoff_max_s=1.0, linktest_interval_s=0,
                         e37_ranges=False)), sink) for tool in farm.tools]
     async with asyncio.TaskGroup() as tg:
@@ -51,7 +51,7 @@ async def farm_and_hosts(config: FarmConfig, sink: RecordingSink
 async def test_host_sessions_bring_farm_tools_online_and_run_a_lot() -> None:
     sink = RecordingSink()
     async with farm_and_hosts(FarmConfig(tools=3, process_time_s=0.2), sink) as (farm, hosts):
-        await eventually(lambda: all(h.state.communicating for h in hosts), timeout_s=20,
+        await eventually(lambda: all(h.state.communicating for h in hosts), timeout_s=60,
                          what="all sessions communicating")
         host, tool = hosts[0], farm.tools[0]
         assert host.state.control is ControlState.ONLINE_REMOTE
@@ -61,13 +61,14 @@ async def test_host_sessions_bring_farm_tools_online_and_run_a_lot() -> None:
         assert (await host.command(RemoteCommand.PP_SELECT, {"PPID": recipe})).code == 0
         assert (await host.command(RemoteCommand.START, {"LOTID": "FARM-LOT-1"})).code == 4
         await eventually(lambda: [e for e in sink.of(ProcessCompleted)
-                                  if e.lot_id == "FARM-LOT-1"], what="lot completed")
+                                  if e.lot_id == "FARM-LOT-1"], timeout_s=60,
+                         what="lot completed")
         [done] = [e for e in sink.of(ProcessCompleted) if e.lot_id == "FARM-LOT-1"]
         assert done.tool_id == tool.tool_id and done.recipe_id == recipe
         assert set(done.parameters) == {"Temperature_C", "Pressure_Pa", "RFPower_W",
                                         "Thickness_nm"}
         await farm.tools[1].raise_alarm(5003)
-        await eventually(lambda: sink.of(AlarmSet), what="alarm")
+        await eventually(lambda: sink.of(AlarmSet), timeout_s=60, what="alarm")
         assert (sink.of(AlarmSet)[0].tool_id, sink.of(AlarmSet)[0].alid) == (
             farm.tools[1].tool_id, 5003)
         body = b"approved body\n" * 1000
@@ -79,10 +80,10 @@ async def test_fifty_sessions_under_event_load_acknowledge_everything() -> None:
     sink = RecordingSink()
     config = FarmConfig(tools=50, event_rate_hz=5.0, process_time_s=1.0)
     async with farm_and_hosts(config, sink) as (farm, hosts):
-        await eventually(lambda: all(h.state.communicating for h in hosts), timeout_s=30,
+        await eventually(lambda: all(h.state.communicating for h in hosts), timeout_s=60,
                          what="all sessions communicating")
         farm.stats.reset()
-        await eventually(lambda: farm.stats.summary().get("acked", 0) >= 250, timeout_s=20,
+        await eventually(lambda: farm.stats.summary().get("acked", 0) >= 250, timeout_s=60,
                          what="load events acknowledged")
         summary = farm.stats.summary()
         assert summary["failed"] == 0, summary

@@ -89,8 +89,10 @@ def test_profile_with_a_link_to_an_undefined_report_is_rejected() -> None:
 
 
 def test_tool_config_errors_name_the_key() -> None:
-    with pytest.raises(GemConfigError, match=r"tool\.profile"):
-        GemToolConfig(tool_id="T1", profile="nope").validate()
+    with pytest.raises(ValueError, match=r"profile: unknown GEM driver profile 'nope'"):
+        GemToolConfig(tool_id="T1", profile="nope")
+    with pytest.raises(ValueError, match="tool_id: required"):
+        GemToolConfig(tool_id="")
     with pytest.raises(ValueError, match=r"hsms\.mode"):
         GemToolConfig(tool_id="T1", hsms=HsmsConfig(mode="passive"))
     with pytest.raises(msgspec.ValidationError, match=r"comm_retry_s.*\$\[0\]"):
