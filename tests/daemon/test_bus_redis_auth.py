@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -88,3 +89,62 @@ def test_bench_quick_reports_the_contract_lines() -> None:
         assert set(r) == {"bench", "metric", "value", "unit", "baseline", "baseline_value",
                           "ratio"}
         assert r["value"] > 0 and r["baseline_value"] > 0 and r["unit"] == "events/s"
+
+
+class TlsRedis(RedisServer):
+    """redis-server speaking only TLS, with a self-signed certificate for 127.0.0.1."""
+
+    def argv(self) -> list[str]:
+        args = super().argv()
+        i = args.index("--port")
+        args[i + 1] = "0"  # no plaintext listener
+        d = self.workdir
+        return [*args, "--tls-port", str(self.port), "--tls-cert-file", str(d / "cert.pem"),
+                "--tls-key-file", str(d / "key.pem"), "--tls-ca-cert-file", str(d / "cert.pem"),
+                "--tls-auth-clients", "no"]
+
+
+@pytest.fixture
+def tls_redis() -> Iterator[TlsRedis]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    workdir = new_workdir("redis-tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(workdir / "key.pem"), "-out", str(workdir / "cert.pem"), "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    server = TlsRedis(workdir)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def test_tls_with_a_ca_file_carries_events_and_commands(tls_redis, tmp_path) -> None:
+    from daemon.bus import Bus
+    from tests.daemon.bus_support import configs
+
+    url = f"rediss://127.0.0.1:{tls_redis.port}/0"
+    ca = str(tls_redis.workdir / "cert.pem")
+    cfg = configs(url)
+    cfg["redis"] = RedisConfig(url=url, tls_ca_file=ca, backoff_initial_s=0.05,
+                               backoff_max_s=0.2)
+    client = redis_sync.Redis.from_url(url, ssl_ca_certs=ca)
+    client.xadd("fab:erp:commands", {"cmd": json.dumps(
+        {"type": "define_tool", "command_id": "t1", "tool_id": "ETCH09", "tool_group": "ETCH"})})
+    bus = Bus(state_dir=tmp_path, **cfg)
+    await bus.start()
+    tasks = [asyncio.create_task(c(), name=n) for n, c in (
+        ("writer", bus.writer_loop), ("relay", bus.relay_loop), ("erp", bus.erp_loop))]
+    try:
+        await eventually(lambda: "ETCH09" in bus.mes.tools, what="command over TLS")
+        bus.mes.alarm("ETCH09", 3, True, "door open")
+        assert await bus.drain(10)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await bus.close()
+    entries = client.xrange("fab:equipment")
+    client.close()
+    assert [e[1][b"type"] for e in entries] == [b"alarm_set"]
