@@ -18,6 +18,8 @@ from pathlib import Path
 
 import msgspec
 
+from dispatch.errors import ModelError
+
 __all__ = [
     "Attachment",
     "Dataset",
@@ -45,8 +47,8 @@ _MINUTES = {
 }
 
 
-class Smt2020Error(ValueError):
-    """A dataset file is missing or malformed; the message names the file and line."""
+class Smt2020Error(ModelError):
+    """A dataset file is missing or malformed: fix the file named (with its line) in the message."""
 
 
 class ToolFamily(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bench.fabsim import run as fabrun
 from dispatch import smt2020
+from dispatch.errors import DispatchError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,13 @@ def run(args: argparse.Namespace) -> int:
     except smt2020.Smt2020Error as exc:
         print(f"fabd sim: {exc}", file=sys.stderr)
         return 2
+    try:
+        from bench.fabsim import policy as fabpolicy
+
+        fabpolicy.resolve(args.policy)
+    except DispatchError as exc:
+        print(f"fabd sim: policy {args.policy!r}: {exc}", file=sys.stderr)
+        return 2
     if args.days <= 0 or args.seeds < 1 or args.warmup_days < 0:
         print("fabd sim: --days and --seeds must be positive, --warmup-days >= 0", file=sys.stderr)
         return 2
@@ -56,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         bar = _Progress(args.days, f"{ds.name} {args.policy} seed {seed}")
         try:
             results.append(fabrun.run(ds, cfg, model_cache=cache, on_progress=bar.update))
-        except (fabrun.SimError, ValueError) as exc:
+        except (fabrun.SimError, DispatchError) as exc:
             bar.done()
             print(f"fabd sim: {exc}", file=sys.stderr)
             return 1

@@ -10,6 +10,7 @@ import msgspec
 import numpy as np
 
 from bench.fabsim import engine, model, policy
+from daemon.errors import FatalError
 from dispatch import smt2020
 
 
@@ -59,8 +60,8 @@ class SimResult(msgspec.Struct, kw_only=True):
     traces: list[LotTrace] = []
 
 
-class SimError(RuntimeError):
-    """The simulation kernel stopped early (an internal capacity was exceeded)."""
+class SimError(FatalError):
+    """The simulation kernel stopped early (an internal capacity was exceeded): give up this run."""
 
 
 def warm() -> None:
