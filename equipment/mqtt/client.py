@@ -24,7 +24,7 @@ def build_client(config: MqttBrokerConfig, **extra: Any) -> aiomqtt.Client:
         "identifier": config.client_id or None,
         "keepalive": config.keepalive_s,
         "max_queued_incoming_messages": config.max_queued_messages,
-        "timeout": 10.0,
+        "timeout": config.request_timeout_s,
     }
     if config.username:
         kwargs["username"] = config.username

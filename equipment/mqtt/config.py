@@ -80,6 +80,7 @@ class MqttBrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     clean_session: bool = False  # False: persistent session (data sent while we were away)
     session_expiry_s: int = 86_400  # MQTT 5: how long the broker keeps the session
     keepalive_s: int = 30
+    request_timeout_s: float = 10.0  # CONNACK, PUBACK for our publishes, UNSUBACK
     # After an outage the broker sends the whole QoS 1 backlog before the SUBACK: allow for it.
     subscribe_timeout_s: float = 120.0
     username: str = ""
