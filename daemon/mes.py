@@ -186,6 +186,8 @@ class MesState:
         return batch
 
     def _touch(self, kind: str, _id: str, obj: object) -> None:
+        if not self._dirty and self.on_pending is not None:
+            self.on_pending(0)  # the first change of a batch wakes the writer
         self._dirty[(kind, _id)] = obj
         for listener in self.listeners:
             listener(kind, _id)

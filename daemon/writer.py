@@ -55,7 +55,7 @@ class Writer:
         mes.on_pending = self._on_pending
 
     def _on_pending(self, n_events: int) -> None:
-        if n_events == 1 or n_events >= self.config.commit_max_events:
+        if n_events <= 1 or n_events >= self.config.commit_max_events:
             self._wake.set()
 
     def durable(self) -> asyncio.Future[None]:

@@ -80,3 +80,30 @@ async def test_state_and_sequences_survive_a_restart(redis_url, tmp_path) -> Non
     lots = read_stream(redis_url, "fab:lots")
     assert [e["seq"] for e in lots] == list(range(1, len(lots) + 1))
     assert lots[-1]["data"]["lot_id"] == "L3" and len({e["eid"] for e in lots}) == len(lots)
+
+
+async def test_journal_keeps_only_the_configured_number_of_sent_events(redis_url,
+                                                                     tmp_path) -> None:
+    from daemon.writer import PRUNE_EVERY_COMMITS
+
+    async with running_bus(redis_url, tmp_path, erp=False,
+                           store_kw={"journal_keep_events": 50}) as bus:
+        for i in range(PRUNE_EVERY_COMMITS + 20):  # one commit per alarm
+            await bus.sink.submit([dom.AlarmSet(tool_id="T1", ts=1.0, alid=i)])
+            await bus.relay.wait_published(bus.writer.committed_jseq)
+        await bus.drain(5)
+    (n, low), = rows(tmp_path / "fabd.sqlite3", "SELECT count(*), min(jseq) FROM event")
+    assert n < PRUNE_EVERY_COMMITS  # pruned; without it every event would still be there
+    assert low > 1 and n >= 50  # the newest sent events stay for audit
+    assert len(read_stream(redis_url, "fab:equipment")) == PRUNE_EVERY_COMMITS + 20
+
+
+async def test_a_change_without_events_is_committed_without_anyone_waiting(redis_url,
+                                                                          tmp_path) -> None:
+    from tests.support import eventually
+
+    async with running_bus(redis_url, tmp_path, erp=False) as bus:
+        bus.mes.define_tool("CMP01", "CMP")  # master data: no outbound event, nobody awaits
+        db = tmp_path / "fabd.sqlite3"
+        await eventually(lambda: rows(db, "SELECT id FROM entity WHERE kind='tool'"),
+                         what="tool committed by the writer on its own")
