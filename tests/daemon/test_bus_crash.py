@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+from daemon.store import read_journal
 from tests.daemon.bus_support import read_stream
 
 N_LOTS = 150
@@ -41,11 +41,8 @@ def test_sigkill_mid_stream_loses_nothing(redis_url, tmp_path) -> None:
     assert child.returncode == 0, out[-2000:]
     done = json.loads(out.splitlines()[-1].removeprefix("done "))
 
-    db = sqlite3.connect(tmp_path / "fabd.sqlite3")
-    journal = {stream: [r[0] for r in db.execute(
-        "SELECT eid FROM event WHERE stream = ? ORDER BY jseq", (stream,))]
-        for stream in ("lots", "quality")}
-    db.close()
+    events = read_journal(tmp_path / "fabd.sqlite3")
+    journal = {stream: [r[4] for r in events if r[1] == stream] for stream in ("lots", "quality")}
     for stream in ("lots", "quality"):
         entries = read_stream(redis_url, f"fab:{stream}")
         first: dict[str, dict] = {}

@@ -9,6 +9,7 @@ import sqlite3
 import msgspec
 
 from daemon.bus import Bus
+from daemon.store import read_journal
 from equipment import events as dom
 from tests.daemon.bus_support import configs, define_master_data, read_stream, running_bus
 
@@ -29,7 +30,7 @@ async def test_submit_returns_only_when_the_event_is_in_the_store(redis_url, tmp
                                dom.ProcessStarted(tool_id="LITHO01", ts=2.0, lot_id="L1")])
         # Right after the await: on disk, without any close or checkpoint.
         db = tmp_path / "fabd.sqlite3"
-        types = [r[0] for r in rows(db, "SELECT type FROM event ORDER BY jseq")]
+        types = [r[3] for r in read_journal(db)]
         assert types == ["lot_created", "alarm_set", "lot_tracked_in"]
         (body,) = rows(db, "SELECT body FROM entity WHERE kind='lot' AND id='L1'")[0]
         assert msgspec.json.decode(body)["state"] == "processing"
@@ -92,7 +93,8 @@ async def test_journal_keeps_only_the_configured_number_of_sent_events(redis_url
             await bus.sink.submit([dom.AlarmSet(tool_id="T1", ts=1.0, alid=i)])
             await bus.relay.wait_published(bus.writer.committed_jseq)
         await bus.drain(5)
-    (n, low), = rows(tmp_path / "fabd.sqlite3", "SELECT count(*), min(jseq) FROM event")
+    kept = [r[0] for r in read_journal(tmp_path / "fabd.sqlite3")]
+    n, low = len(kept), min(kept)
     assert n < PRUNE_EVERY_COMMITS  # pruned; without it every event would still be there
     assert low > 1 and n >= 50  # the newest sent events stay for audit
     assert len(read_stream(redis_url, "fab:equipment")) == PRUNE_EVERY_COMMITS + 20
@@ -107,3 +109,22 @@ async def test_a_change_without_events_is_committed_without_anyone_waiting(redis
         db = tmp_path / "fabd.sqlite3"
         await eventually(lambda: rows(db, "SELECT id FROM entity WHERE kind='tool'"),
                          what="tool committed by the writer on its own")
+
+
+def test_outbox_reads_resume_exactly_after_the_cursor_across_commits(tmp_path) -> None:
+    from daemon.store import Store
+
+    store = Store(tmp_path / "s.sqlite3", "NORMAL")
+    store.open()
+    jseq = 0
+    for size in (3, 1, 5, 2):  # four group commits of different sizes
+        batch = [(jseq + i + 1, "lots", jseq + i + 1, "lot_moved", f"e{jseq + i + 1}", "t", b"{}")
+                 for i in range(size)]
+        store.write([], batch, [], [])
+        jseq += size
+    for after in range(jseq + 1):
+        for limit in (1, 2, 4, 100):
+            got = [r[0] for r in store.read_events(after, limit)]
+            assert got == list(range(after + 1, min(jseq, after + limit) + 1)), (after, limit)
+    store.close()
+    store.shutdown()
