@@ -22,6 +22,13 @@ from equipment.mqtt.errors import MqttConfigError
 PLACEHOLDERS = ("{tool_id}", "{parameter}")
 
 
+def _raise_first(problems: list[tuple[str, str]]) -> None:
+    # "key: reason" is what daemon.config maps back to the key path of the config file.
+    if problems:
+        key, reason = problems[0]
+        raise MqttConfigError(f"{key}: {reason}")
+
+
 class TopicMapping(msgspec.Struct, frozen=True, kw_only=True):
     """One subscription and how its messages become SPC points and tool state."""
 
@@ -43,21 +50,27 @@ class TopicMapping(msgspec.Struct, frozen=True, kw_only=True):
             out = out.replace(p, "+")
         return out
 
-    def validate(self, where: str) -> None:
-        """Raise MqttConfigError naming the bad key."""
+    def __post_init__(self) -> None:
+        _raise_first(self.problems())
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Return (key, reason) for everything in this mapping that cannot work."""
+        out: list[tuple[str, str]] = []
         levels = self.topic.split("/")
-        if not self.topic or any(("{" in lv or "}" in lv) and lv not in PLACEHOLDERS
-                                 for lv in levels):
-            raise MqttConfigError(f"{where}.topic: {self.topic!r}: a placeholder must fill a "
-                                  "whole level ({tool_id} or {parameter})")
+        if not self.topic:
+            out.append(("topic", "required"))
+        elif any(("{" in lv or "}" in lv) and lv not in PLACEHOLDERS for lv in levels):
+            out.append(("topic", f"{self.topic!r}: a placeholder must fill a whole level "
+                                 "({tool_id} or {parameter})"))
         for p in PLACEHOLDERS:
             if levels.count(p) > 1:
-                raise MqttConfigError(f"{where}.topic: {p} appears twice")
+                out.append(("topic", f"{p} appears twice"))
         if "#" in levels[:-1]:
-            raise MqttConfigError(f"{where}.topic: '#' must be the last level")
-        if not (self.tool_id or self.tool_field or "{tool_id}" in levels):
-            raise MqttConfigError(f"{where}: name the tool: tool_id, tool_field or "
-                                  "{tool_id} in the topic")
+            out.append(("topic", "'#' must be the last level"))
+        if self.topic and not (self.tool_id or self.tool_field or "{tool_id}" in levels):
+            out.append(("tool_id", "name the tool: tool_id, tool_field or {tool_id} in the "
+                                   "topic"))
+        return out
 
 
 class MqttTls(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +80,15 @@ class MqttTls(msgspec.Struct, frozen=True, kw_only=True):
     client_cert_file: str = ""  # client certificate (PEM), for brokers that require one
     client_key_file: str = ""
     check_hostname: bool = True
+
+    def __post_init__(self) -> None:
+        problems = [(key, f"no such file: {getattr(self, key)}") for key in
+                    ("ca_file", "client_cert_file", "client_key_file")
+                    if getattr(self, key) and not Path(getattr(self, key)).is_file()]
+        if bool(self.client_cert_file) != bool(self.client_key_file):
+            problems.append(("client_key_file", "client_cert_file and client_key_file go "
+                                                "together"))
+        _raise_first(problems)
 
 
 class MqttBrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,32 +117,37 @@ class MqttBrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
 
-    def validate(self, where: str = "mqtt") -> None:
-        """Raise MqttConfigError naming the first bad key."""
-        where = f"{where}[{self.broker_id}]"
+    def __post_init__(self) -> None:
+        _raise_first(self.problems())
+
+    def validate(self) -> None:
+        """Raise MqttConfigError naming the first bad key (as construction does)."""
+        _raise_first(self.problems())
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Return (key path, reason) for everything in this broker block that cannot work."""
+        out: list[tuple[str, str]] = []
         if not (0 < self.port < 65536):
-            raise MqttConfigError(f"{where}.port: {self.port} out of range")
+            out.append(("port", f"{self.port} out of range"))
         if not self.client_id and not self.clean_session:
-            raise MqttConfigError(f"{where}.client_id: a persistent session needs a stable id")
+            out.append(("client_id", "a persistent session (clean_session false) needs a "
+                                     "stable client id"))
         if self.username and not (self.password_file or self.password_env):
-            raise MqttConfigError(f"{where}: username set but neither password_file nor "
-                                  "password_env")
+            out.append(("username", "set password_file or password_env as well"))
         if self.password_file and not Path(self.password_file).is_file():
-            raise MqttConfigError(f"{where}.password_file: no such file")
-        if self.tls is not None:
-            for key in ("ca_file", "client_cert_file", "client_key_file"):
-                path = getattr(self.tls, key)
-                if path and not Path(path).is_file():
-                    raise MqttConfigError(f"{where}.tls.{key}: no such file {path!r}")
-            if bool(self.tls.client_cert_file) != bool(self.tls.client_key_file):
-                raise MqttConfigError(f"{where}.tls: client_cert_file and client_key_file "
-                                      "go together")
+            out.append(("password_file", f"no such file: {self.password_file}"))
+        if self.password_env and self.password_env not in os.environ:
+            out.append(("password_env", f"environment variable {self.password_env} is not set"))
         if self.state_topic and "{tool_id}" not in self.state_topic:
-            raise MqttConfigError(f"{where}.state_topic: must contain {{tool_id}}")
+            out.append(("state_topic", "must contain {tool_id}"))
         for i, sub in enumerate(self.subscriptions):
-            sub.validate(f"{where}.subscriptions[{i}]")
+            out += [(f"subscriptions[{i}].{k}", r) for k, r in sub.problems()]
         if not (0 < self.reconnect_min_s <= self.reconnect_max_s):
-            raise MqttConfigError(f"{where}.reconnect_min_s: need 0 < min <= reconnect_max_s")
+            out.append(("reconnect_min_s", "need 0 < reconnect_min_s <= reconnect_max_s"))
+        for key in ("request_timeout_s", "subscribe_timeout_s", "malformed_log_interval_s"):
+            if getattr(self, key) <= 0:
+                out.append((key, "must be > 0"))
+        return out
 
     def password(self) -> str | None:
         """Read the password from its file or environment variable (never logged)."""

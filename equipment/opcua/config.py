@@ -1,8 +1,9 @@
 """OPC UA tool profiles: which node means what, how to connect, how to command.
 
 Node ids use the OPC UA string syntax (`ns=2;s=Tool1.State`, `ns=3;i=1042`).
-A profile is validated when it is built (`OpcUaToolConfig.validate()` is called
-by the session before connecting), so a bad node id fails at start with its key.
+A profile is validated when it is built or decoded (`__post_init__`, "key: reason",
+which daemon.config maps back to the key path), so a bad node id, a missing
+certificate file or an unset password variable fails at start, never later.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from asyncua import ua
 
 from equipment.events import E10State, RemoteCommand
 from equipment.opcua.errors import OpcUaConfigError
+
+
+def _raise_first(problems: list[tuple[str, str]]) -> None:
+    # "key: reason" is what daemon.config maps back to the key path of the config file.
+    if problems:
+        key, reason = problems[0]
+        raise OpcUaConfigError(f"{key}: {reason}")
 
 
 class OpcUaSecurity(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,32 +41,35 @@ class OpcUaSecurity(msgspec.Struct, frozen=True, kw_only=True):
     password_file: str = ""  # the password is read from this file (first line) ...
     password_env: str = ""  # ... or this environment variable; never from the config itself
 
-    def validate(self, where: str) -> None:
-        """Raise OpcUaConfigError when the combination cannot work."""
+    def __post_init__(self) -> None:
+        _raise_first(self.problems())
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Return (key, reason) for everything in this block that cannot work."""
+        out: list[tuple[str, str]] = []
         if (self.policy == "None") != (self.mode == "None"):
-            raise OpcUaConfigError(f"{where}.security: policy {self.policy!r} needs a matching "
-                                   f"mode (got {self.mode!r})")
+            out.append(("mode", f"policy {self.policy!r} needs a matching mode "
+                                f"(got {self.mode!r})"))
         if self.policy != "None":
             for key in ("client_cert_file", "client_key_file"):
-                path = getattr(self, key)
-                if not path:
-                    raise OpcUaConfigError(f"{where}.security.{key}: required for {self.policy}")
-                if not Path(path).is_file():
-                    raise OpcUaConfigError(f"{where}.security.{key}: no such file {path!r}")
+                if not getattr(self, key):
+                    out.append((key, f"required for {self.policy}"))
             if not self.server_cert_file and not self.trusted_certs_dir:
-                raise OpcUaConfigError(f"{where}.security: set server_cert_file or "
-                                       "trusted_certs_dir (which server do we trust?)")
-        if self.server_cert_file and not Path(self.server_cert_file).is_file():
-            raise OpcUaConfigError(f"{where}.security.server_cert_file: no such file "
-                                   f"{self.server_cert_file!r}")
+                out.append(("server_cert_file", "set server_cert_file or trusted_certs_dir "
+                                                "(which server do we trust?)"))
+        for key in ("client_cert_file", "client_key_file", "server_cert_file", "password_file"):
+            path = getattr(self, key)
+            if path and not Path(path).is_file():
+                out.append((key, f"no such file: {path}"))
         if self.trusted_certs_dir and not Path(self.trusted_certs_dir).is_dir():
-            raise OpcUaConfigError(f"{where}.security.trusted_certs_dir: no such directory "
-                                   f"{self.trusted_certs_dir!r}")
+            out.append(("trusted_certs_dir", f"no such directory: {self.trusted_certs_dir}"))
         if self.username and not (self.password_file or self.password_env):
-            raise OpcUaConfigError(f"{where}.security: username set but neither password_file "
-                                   "nor password_env")
-        if self.password_file and not Path(self.password_file).is_file():
-            raise OpcUaConfigError(f"{where}.security.password_file: no such file")
+            out.append(("username", "set password_file or password_env as well"))
+        for key in ("password_env", "client_key_password_env"):
+            name = getattr(self, key)
+            if name and name not in os.environ:
+                out.append((key, f"environment variable {name} is not set"))
+        return out
 
     def password(self) -> str | None:
         """Read the password from its file or environment variable (never logged)."""
@@ -132,15 +143,21 @@ class OpcUaToolConfig(msgspec.Struct, frozen=True, kw_only=True):
     reconnect_min_s: float = 0.5  # backoff floor
     reconnect_max_s: float = 30.0  # backoff cap (jittered exponential in between)
 
-    def validate(self, where: str = "opcua") -> None:
-        """Raise OpcUaConfigError naming the first bad key."""
-        where = f"{where}[{self.tool_id}]"
+    def __post_init__(self) -> None:
+        _raise_first(self.problems())
+
+    def validate(self) -> None:
+        """Raise OpcUaConfigError naming the first bad key (as construction does)."""
+        _raise_first(self.problems())
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Return (key path, reason) for everything in this profile that cannot work."""
+        out: list[tuple[str, str]] = []
         if not self.tool_id:
-            raise OpcUaConfigError(f"{where}.tool_id: empty")
+            out.append(("tool_id", "required"))
         if not self.endpoint_url.startswith("opc.tcp://"):
-            raise OpcUaConfigError(f"{where}.endpoint_url: must start with opc.tcp:// "
-                                   f"(got {self.endpoint_url!r})")
-        self.security.validate(where)
+            out.append(("endpoint_url", f"must start with opc.tcp:// (got {self.endpoint_url!r})"))
+        out += [(f"security.{k}", r) for k, r in self.security.problems()]
         nodes = [("e10_state_node", self.e10_state_node), ("lot_id_node", self.lot_id_node),
                  ("recipe_node", self.recipe_node)]
         nodes += [(f"alarms[{i}].node_id", a.node_id) for i, a in enumerate(self.alarms)]
@@ -156,16 +173,21 @@ class OpcUaToolConfig(msgspec.Struct, frozen=True, kw_only=True):
             if node:
                 try:
                     ua.NodeId.from_string(node)
-                except Exception as exc:
-                    raise OpcUaConfigError(f"{where}.{key}: bad node id {node!r} ({exc})") from None
+                except Exception:
+                    out.append((key, f"bad node id {node!r} (expected e.g. ns=2;s=Tool1.State "
+                                     "or ns=3;i=1042)"))
         for i, a in enumerate(self.alarms):
             if a.kind == "bool" and a.alid <= 0:
-                raise OpcUaConfigError(f"{where}.alarms[{i}].alid: a boolean alarm needs an ALID")
+                out.append((f"alarms[{i}].alid", "a boolean alarm needs an ALID > 0"))
         for name in self.commands:
             if name not in RemoteCommand._value2member_map_:
-                raise OpcUaConfigError(f"{where}.commands.{name}: not a remote command "
-                                       f"({', '.join(RemoteCommand)})")
+                out.append((f"commands.{name}", "not a remote command "
+                                                f"({', '.join(RemoteCommand)})"))
         if not (0 < self.reconnect_min_s <= self.reconnect_max_s):
-            raise OpcUaConfigError(f"{where}.reconnect_min_s: need 0 < min <= reconnect_max_s")
-        if self.publishing_interval_ms <= 0:
-            raise OpcUaConfigError(f"{where}.publishing_interval_ms: must be > 0")
+            out.append(("reconnect_min_s", "need 0 < reconnect_min_s <= reconnect_max_s"))
+        for key in ("publishing_interval_ms", "request_timeout_s", "watchdog_interval_s"):
+            if getattr(self, key) <= 0:
+                out.append((key, "must be > 0"))
+        if self.sampling_interval_ms < 0 or self.queue_size < 0:
+            out.append(("sampling_interval_ms", "sampling_interval_ms and queue_size >= 0"))
+        return out

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 
 import aiomqtt
+import msgspec
 import pytest
 
 from equipment import metrics
@@ -231,9 +232,12 @@ async def test_qos1_data_sent_while_away_arrives_after_restart_of_fabd(mosquitto
 
 
 def test_bad_topic_mappings_fail_with_their_key() -> None:
-    with pytest.raises(MqttConfigError, match=r"subscriptions\[0\]\.topic"):
-        MqttBrokerConfig(subscriptions=[TopicMapping(topic="fab/x{tool_id}/d")]).validate()
+    with pytest.raises(MqttConfigError, match=r"topic: .*whole level"):
+        TopicMapping(topic="fab/x{tool_id}/d")
     with pytest.raises(MqttConfigError, match=r"name the tool"):
-        MqttBrokerConfig(subscriptions=[TopicMapping(topic="fab/+/d")]).validate()
+        TopicMapping(topic="fab/+/d")
     with pytest.raises(MqttConfigError, match="state_topic"):
-        MqttBrokerConfig(state_topic="fab/state").validate()
+        MqttBrokerConfig(state_topic="fab/state")
+    raw = {"broker_id": "plant", "subscriptions": [{"topic": "fab/{tool_id}/a/{tool_id}"}]}
+    with pytest.raises(msgspec.ValidationError, match=r"appears twice"):
+        msgspec.convert(raw, MqttBrokerConfig)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from daemon.errors import RetryableError
@@ -24,7 +26,7 @@ from equipment.events import (
     ToolConnected,
     ToolDisconnected,
 )
-from equipment.opcua.config import OpcUaSecurity, OpcUaToolConfig, ParameterNode
+from equipment.opcua.config import OpcUaSecurity, OpcUaToolConfig
 from equipment.opcua.errors import OpcUaCommandError, OpcUaConfigError
 from equipment.opcua.session import OpcUaSession, OpcUaSessionState
 from equipment.sim.opcua_tool import OpcUaToolSim, OpcUaToolSimConfig, make_certificate
@@ -231,13 +233,24 @@ async def test_untrusted_server_certificate_is_refused(pki, running, caplog) -> 
         await tool.close()
 
 
-async def test_a_bad_profile_fails_at_start_with_its_key() -> None:
-    config = OpcUaToolConfig(tool_id="X1", endpoint_url="opc.tcp://127.0.0.1:4840",
-                             parameters=[ParameterNode(node_id="ns=2;q=oops", parameter="p")])
-    with pytest.raises(OpcUaConfigError, match=r"X1\]\.parameters\[0\]\.node_id"):
-        await OpcUaSession(config, RecordingSink()).run()
-    insecure = OpcUaToolConfig(tool_id="X2", endpoint_url="opc.tcp://h:1",
-                               security=OpcUaSecurity(policy="Basic256Sha256",
-                                                      mode="SignAndEncrypt"))
-    with pytest.raises(OpcUaConfigError, match="client_cert_file"):
-        insecure.validate()
+def test_a_bad_profile_fails_when_decoded_with_its_key() -> None:
+    raw = tomllib.loads("""
+        tool_id = "T1"
+        endpoint_url = "opc.tcp://127.0.0.1:4840"
+        e10_state_node = "ns=2;s=T1.State"
+        e10_state_values = { "1" = "productive", "2" = "standby" }
+        parameters = [ { node_id = "ns=2;s=T1.Rf", parameter = "rf_power_w" } ]
+        [commands.START]
+        object_node = "ns=2;s=T1"
+        method_node = "ns=2;s=T1.Start"
+        args = ["LOTID", "PPID"]
+    """)
+    profile = msgspec.convert(raw, OpcUaToolConfig)
+    assert profile.e10_state_values == {"1": E10State.PRODUCTIVE, "2": E10State.STANDBY}
+    raw["parameters"].append({"node_id": "ns=2;q=oops", "parameter": "p"})
+    with pytest.raises(msgspec.ValidationError, match=r"parameters\[1\]\.node_id: bad node id"):
+        msgspec.convert(raw, OpcUaToolConfig)
+    with pytest.raises(OpcUaConfigError, match="client_cert_file: required"):
+        OpcUaSecurity(policy="Basic256Sha256", mode="SignAndEncrypt")
+    with pytest.raises(OpcUaConfigError, match="password_env: environment variable"):
+        OpcUaSecurity(username="fab", password_env="FABD_SURELY_UNSET_VARIABLE")
