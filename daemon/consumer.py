@@ -86,7 +86,7 @@ class ReferenceConsumer:
 
     def __init__(self, stream: str, *, check_wip: bool = False,
                  report: Callable[[dict], None] = print, verbose: bool = False,
-                 dedupe_window: int = 1_000_000) -> None:
+                 dedupe_window: int = 100_000) -> None:
         self.stream = stream
         self.wip_stream = stream.rsplit(":", 1)[0] + ":wip" if check_wip else None
         self.report = report
