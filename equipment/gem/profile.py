@@ -199,6 +199,7 @@ class EventTranslator:
         self._completed = set(p.ceids_process_completed)
         self._e10 = set(p.ceids_e10_changed)
         self._control = set(p.ceids_control_changed)
+        self._recipe = set(p.ceids_recipe_changed)
 
     def values(self, reports: Sequence[tuple[int, Sequence[Any]]]) -> dict[int, Any]:
         """Return VID → value for the reports of one S6F11 (by our own report definitions)."""
@@ -210,6 +211,12 @@ class EventTranslator:
             for vid, value in zip(vids, values, strict=False):
                 out[vid] = value
         return out
+
+    def selected_recipe(self, ceid: int, values: dict[int, Any]) -> str | None:
+        """Return the recipe a RecipeChanged-role event names (None for other events)."""
+        if ceid not in self._recipe or not self.profile.vid_pp_exec_name:
+            return None
+        return _text(values.get(self.profile.vid_pp_exec_name))
 
     def translate(self, ceid: int, values: dict[int, Any],
                   ts: float | None = None) -> list[DomainEvent]:

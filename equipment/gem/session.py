@@ -552,8 +552,12 @@ class GemHostSession:
             return
         if (s, f) == (6, 11):
             _, ceid, reports = m.read_s6f11(msg.body)
-            events = self._translator.translate(ceid, self._translator.values(reports))
+            values = self._translator.values(reports)
+            events = self._translator.translate(ceid, values)
             self._track(events)
+            recipe = self._translator.selected_recipe(ceid, values)
+            if recipe is not None:
+                self._set(recipe=recipe)
             if events:
                 await self._sink.submit(events)  # durable first ...
             await self._reply(session, msg, B(b"\x00"))  # ... then S6F12 ACKC6 0

@@ -130,7 +130,10 @@ async def test_a_lot_runs_through_remote_commands_and_arrives_as_domain_events(
         sim: GemToolSim) -> None:
     sink = RecordingSink()
     async with running(sim, sink) as session:
+        assert (await session.command(RemoteCommand.PP_SELECT, {"PPID": "DEP-B"})).code == 0
+        await session.wait_for(lambda s: s.recipe == "DEP-B", 60)  # CE RecipeChanged
         lot = await _run_lot(session)
+        await session.wait_for(lambda s: s.recipe == "ETCH-A", 60)
         await eventually(lambda: _completed(sink, lot), what="ProcessCompleted")
         [done] = _completed(sink, lot)
         assert done.recipe_id == "ETCH-A" and done.ok
