@@ -184,3 +184,15 @@ async def test_stop_finishes_the_batch_in_hand_and_leaves_the_rest_in_redis(redi
         assert "L-late" not in bus.mes.lots
     async with running_bus(redis_url, tmp_path) as bus:  # the next start takes it
         await eventually(lambda: "L-late" in bus.mes.lots, what="late command applied")
+
+
+async def test_intake_survives_a_redis_restart_that_lost_the_group(own_redis, tmp_path) -> None:
+    url = own_redis.url
+    send_commands(url, "fab", [ROUTE, PRODUCT])
+    async with running_bus(url, tmp_path) as bus:
+        await eventually(lambda: "P1" in bus.mes.products, what="master data")
+        own_redis.stop()  # no persistence: the stream and its consumer group are gone after
+        own_redis.start()
+        send_commands(url, "fab", [LOT])  # a new stream, no group yet: fabd recreates it
+        await eventually(lambda: "L1" in bus.mes.lots, timeout_s=15, what="intake back")
+        await eventually(lambda: pending_count(url) == 0, what="acknowledged")
