@@ -257,7 +257,7 @@ def simulate(
     fam_visits = np.zeros(n_fam, np.int64)
 
     # scratch for one decision
-    n_levels = pol_level.shape[1]
+    n_levels = 1
     for g in range(pol_level.shape[0]):
         for r in range(pol_level.shape[1]):
             if pol_level[g, r] + 1 > n_levels:
