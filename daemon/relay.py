@@ -30,7 +30,7 @@ from collections import deque
 from prometheus_client import Counter, Gauge
 
 from daemon.busconfig import BusConfig, RedisConfig, StoreConfig
-from daemon.events import SCHEMA_VERSION, STREAMS
+from daemon.events import SCHEMA_VERSION
 from daemon.redis_conn import (
     REDIS_DOWN,
     Backoff,
@@ -53,29 +53,39 @@ RELAY_LAG = Gauge("fabd_relay_lag_seconds",
 REDIS_UP = Gauge("fabd_redis_up", "1 when the relay's last Redis call succeeded")
 
 
-def xadd_heads(prefix: str, maxlen: int) -> dict[str, bytes]:
-    """Pre-encode the constant start of each stream's XADD (key, MAXLEN ~ n, *, "type")."""
-    heads = {}
-    for stream in STREAMS:
-        head = [b"XADD", f"{prefix}:{stream}".encode(), b"MAXLEN", b"~", str(maxlen).encode(),
-                b"*", b"type"]
-        heads[stream] = b"*18\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in head)
-    return heads
+class XaddHeads(dict):
+    """Pre-encoded constant start of each (stream, type) XADD: key, MAXLEN ~ n, *, type, v."""
+
+    def __init__(self, prefix: str, maxlen: int) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.maxlen = maxlen
+
+    def __missing__(self, key: tuple[str, str]) -> bytes:
+        stream, typ = key
+        head = [b"XADD", f"{self.prefix}:{stream}".encode(), b"MAXLEN", b"~",
+                str(self.maxlen).encode(), b"*", b"type", typ.encode(), b"v",
+                str(SCHEMA_VERSION).encode(), b"seq"]
+        value = self[key] = b"*18\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in head)
+        return value
 
 
-_V = b"$1\r\nv\r\n$%d\r\n%s\r\n" % (len(str(SCHEMA_VERSION)), str(SCHEMA_VERSION).encode())
+def xadd_heads(prefix: str, maxlen: int) -> XaddHeads:
+    """Return the cache of pre-encoded XADD heads for a stream prefix."""
+    return XaddHeads(prefix, maxlen)
 
 
-def pack_xadds(rows: list[EventRow], heads: dict[str, bytes]) -> bytes:
+def pack_xadds(rows: list[EventRow], heads: XaddHeads) -> bytes:
     """Encode the XADDs of journal rows in RESP2 (fields type, v, seq, eid, ts, data)."""
     out: list[bytes] = []
     ap = out.append
     for _jseq, stream, seq, typ, eid, ts, data in rows:
-        t, e, s, q = typ.encode(), eid.encode(), ts.encode(), b"%d" % seq
-        ap(heads[stream])
-        ap(b"$%d\r\n%s\r\n%s$3\r\nseq\r\n$%d\r\n%s\r\n$3\r\neid\r\n$%d\r\n%s\r\n"
-           b"$2\r\nts\r\n$%d\r\n%s\r\n$4\r\ndata\r\n$%d\r\n%s\r\n"
-           % (len(t), t, _V, len(q), q, len(e), e, len(s), s, len(data), data))
+        q = b"%d" % seq
+        # eid and ts are ASCII: len(str) is their byte length
+        ap(heads[(stream, typ)])
+        ap(b"$%d\r\n%s\r\n$3\r\neid\r\n$%d\r\n%s\r\n$2\r\nts\r\n$%d\r\n%s\r\n"
+           b"$4\r\ndata\r\n$%d\r\n%s\r\n"
+           % (len(q), q, len(eid), eid.encode(), len(ts), ts.encode(), len(data), data))
     return b"".join(out)
 
 
