@@ -82,6 +82,16 @@ def _get(doc: Any, path: tuple[str, ...]) -> Any:
     return doc
 
 
+def _text(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise MalformedPayload(f"{what} is not a string: {value!r:.40}")
+
+
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MalformedPayload(f"{what} is not a number: {value!r:.40}")
@@ -199,11 +209,14 @@ class MqttSession:
                         if self.connects:
                             metrics.RECONNECTS.labels(self.broker_id, PROTOCOL).inc()
                         self.connects += 1
-                        attempt = 0
                         self._m_connected.set(1)
-                        if warned or self.connects == 1:
+                        if warned:
+                            log.info("broker %s: back: MQTT session up at %s:%d after %d failed "
+                                     "attempt(s)", self.broker_id, cfg.host, cfg.port, attempt)
+                        elif self.connects == 1:
                             log.info("broker %s: MQTT session up at %s:%d (client id %s)",
                                      self.broker_id, cfg.host, cfg.port, cfg.client_id)
+                        attempt = 0
                         warned = False
                         await self._republish(client)
                         _raise_if_cancelling()
@@ -292,7 +305,7 @@ class MqttSession:
             raise MalformedPayload(f"not JSON: {payload[:40]!r}") from None
         tool_id = route.tool_id
         if c.tool:
-            tool_id = str(_get(doc, c.tool) or tool_id)
+            tool_id = _text(_get(doc, c.tool), "tool field") or tool_id
         if not tool_id:
             raise MalformedPayload("no tool id in topic or payload")
         now = self._clock()
@@ -327,10 +340,10 @@ class MqttSession:
                 ts = _number(raw_ts, "ts field")
         lot = ""
         if c.lot:
-            lot = str(_get(doc, c.lot) or "")
+            lot = _text(_get(doc, c.lot), "lot field")
         elif self.current_lot is not None:
             lot = self.current_lot(tool_id)
-        chamber = str(_get(doc, c.chamber) or "") if c.chamber else ""
+        chamber = _text(_get(doc, c.chamber), "chamber field") if c.chamber else ""
         points = self._points
         n0 = len(points)
         if route.parameter:

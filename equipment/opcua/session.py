@@ -184,14 +184,17 @@ class OpcUaSession:
                                                   cfg.reconnect_max_s, self._rng))
                     attempt += 1
                     continue
-                attempt = 0
                 self._client = client
                 if self.connects:
                     metrics.RECONNECTS.labels(*self._labels).inc()
                 self.connects += 1
                 metrics.CONNECTED.labels(*self._labels).set(1)
-                if warned or self.connects == 1:
+                if warned:
+                    log.info("tool %s: back: OPC UA session up at %s after %d failed attempt(s)",
+                             self.tool_id, cfg.endpoint_url, attempt)
+                elif self.connects == 1:
                     log.info("tool %s: OPC UA session up at %s", self.tool_id, cfg.endpoint_url)
+                attempt = 0
                 warned = False
                 self._emit(ToolConnected(tool_id=self.tool_id, ts=self._clock(),
                                          protocol=PROTOCOL, peer=cfg.endpoint_url))
