@@ -40,12 +40,14 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
     # group workload: tools first, then waiting lots not on hold (same order as the kernel)
     up = [0] * n_groups
     work = [0.0] * n_groups
+    qt_work = [0.0] * n_groups   # busy time left + work of queue-time-window lots
     for t, g in enumerate(a["tool_group"]):
         if a["tool_e10"][t] <= _UP_MAX and not a["tool_inhibited"][t]:
             up[g] += 1
             rem = a["tool_busy_until_min"][t] - now_min
             if rem > 0.0:
                 work[g] += rem
+                qt_work[g] += rem
     waiting = [i for i, st in enumerate(a["lot_state"]) if st == 0]
     incoming: dict[int, int] = {}   # wafers one step before a batch step, per recipe
     for i, st in enumerate(a["lot_state"]):
@@ -61,12 +63,16 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
             continue
         g = step_group[s]
         bmax = a["step_batch_max"][s]
-        work[g] += _ptime(a["step_ptime_per"][s], a["step_ptime_min"][s], a["lot_wafers"][i], bmax)
+        pt = _ptime(a["step_ptime_per"][s], a["step_ptime_min"][s], a["lot_wafers"][i], bmax)
+        work[g] += pt
+        if a["lot_qt_step"][i] >= 0:
+            qt_work[g] += pt
         if bmax > 0:
             r = step_recipe[s]
             recipe_wafers[r] = recipe_wafers.get(r, 0) + a["lot_wafers"][i]
             recipe_oldest[r] = min(recipe_oldest.get(r, math.inf), a["lot_arrival_min"][i])
     wait = [work[g] / up[g] if up[g] > 0 else _SATURATED_MIN for g in range(n_groups)]
+    qt_wait = [qt_work[g] / up[g] if up[g] > 0 else _SATURATED_MIN for g in range(n_groups)]
 
     # per lot: features, base keys, and whether it may be dispatched at all
     feats: dict[int, list[float]] = {}
@@ -108,7 +114,7 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
             continue
         tq = a["step_qt_to"][s]
         if (tq >= 0 and pol.qt_gate[g]
-                and wait[step_group[tq]] > pol.qt_gate_factor[g].item() * a["step_qt_limit_min"][s]):
+                and qt_wait[step_group[tq]] > pol.qt_gate_factor[g].item() * a["step_qt_limit_min"][s]):
             continue
         if bmax > 0:
             if w < a["step_batch_min"][s]:

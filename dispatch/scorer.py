@@ -141,6 +141,8 @@ class Workspace(NamedTuple):
     group_up: np.ndarray         # int32[G], tools up and not inhibited
     group_work_min: np.ndarray   # float64[G]
     group_wait_min: np.ndarray   # float64[G], work per up tool
+    group_qt_work_min: np.ndarray  # float64[G], busy time left + work of queue-time-window lots
+    group_qt_wait_min: np.ndarray  # float64[G], what a window lot waits: that per up tool
     recipe_wafers: np.ndarray    # int64[NR], waiting wafers at batch steps, per recipe
     recipe_oldest_min: np.ndarray  # float64[NR]
     recipe_incoming: np.ndarray  # int64[NR], wafers one step before a batch step of the recipe
@@ -173,6 +175,7 @@ def new_workspace(fab: FabArrays, pol: PolicyArrays) -> Workspace:
         group_ptr=np.zeros(G + 1, np.int64), group_lots=np.zeros(L, np.int32),
         group_fill=np.zeros(G, np.int64), group_up=np.zeros(G, np.int32),
         group_work_min=np.zeros(G), group_wait_min=np.zeros(G),
+        group_qt_work_min=np.zeros(G), group_qt_wait_min=np.zeros(G),
         recipe_wafers=np.zeros(max(nr, 1), np.int64), recipe_oldest_min=np.zeros(max(nr, 1)),
         recipe_incoming=np.zeros(max(nr, 1), np.int64),
         lot_block=np.zeros(L, np.int8), lot_feat=np.zeros((L, N_RULES)),
@@ -252,6 +255,7 @@ def prepare(now_min, fab, pol, ws):
     n_slots = fab.lot_state.shape[0]
     ws.group_up[:] = 0
     ws.group_work_min[:] = 0.0
+    ws.group_qt_work_min[:] = 0.0
     ws.group_fill[:] = 0
     ws.group_plain[:] = True
     ws.recipe_wafers[:] = 0
@@ -264,6 +268,7 @@ def prepare(now_min, fab, pol, ws):
             rem = fab.tool_busy_until_min[t] - now_min
             if rem > 0.0:
                 ws.group_work_min[g] += rem
+                ws.group_qt_work_min[g] += rem
     for i in range(n_slots):
         st = fab.lot_state[i]
         if st > 1:
@@ -279,8 +284,11 @@ def prepare(now_min, fab, pol, ws):
         ws.group_fill[g] += 1
         if fab.lot_hold[i]:
             continue
-        ws.group_work_min[g] += lot_ptime_min(fab.step_ptime_per[s], fab.step_ptime_min[s],
-                                              fab.lot_wafers[i], fab.step_batch_max[s])
+        pt = lot_ptime_min(fab.step_ptime_per[s], fab.step_ptime_min[s], fab.lot_wafers[i],
+                           fab.step_batch_max[s])
+        ws.group_work_min[g] += pt
+        if fab.lot_qt_step[i] >= 0:   # window lots go first (qtime rule): only they are ahead
+            ws.group_qt_work_min[g] += pt
         if fab.step_batch_max[s] > 0:
             r = fab.step_recipe[s]
             ws.recipe_wafers[r] += fab.lot_wafers[i]
@@ -292,8 +300,10 @@ def prepare(now_min, fab, pol, ws):
         ws.group_fill[g] = ws.group_ptr[g]
         if ws.group_up[g] > 0:
             ws.group_wait_min[g] = ws.group_work_min[g] / ws.group_up[g]
+            ws.group_qt_wait_min[g] = ws.group_qt_work_min[g] / ws.group_up[g]
         else:
             ws.group_wait_min[g] = _SATURATED_MIN
+            ws.group_qt_wait_min[g] = _SATURATED_MIN
     for i in range(n_slots):
         if fab.lot_state[i] != 0:
             ws.lot_block[i] = BLOCK_NOT_WAITING
@@ -316,7 +326,7 @@ def prepare(now_min, fab, pol, ws):
         base_key(pol.level[g], pol.weight[g], f, ws.lot_base[i])
         ws.lot_block[i] = block_code(
             now_min, fab.lot_hold[i], pol.qt_gate[g], pol.qt_gate_factor[g],
-            fab.step_qt_limit_min[s], ws.group_wait_min[fab.step_group[tq]] if tq >= 0 else -1.0,
+            fab.step_qt_limit_min[s], ws.group_qt_wait_min[fab.step_group[tq]] if tq >= 0 else -1.0,
             bmax, fab.step_batch_min[s], ws.recipe_wafers[r] if bmax > 0 else 0,
             ws.recipe_oldest_min[r] if bmax > 0 else now_min, pol.batch_fill[g],
             pol.batch_max_wait_min[g], ws.recipe_incoming[r] if bmax > 0 else 0)
@@ -462,8 +472,10 @@ def block_code(now_min, hold, qt_gate, qt_gate_factor, qt_limit_min, qt_target_w
                batch_max_wait_min, batch_incoming_wafers=1):
     """Return why a waiting lot may not start anywhere now (BLOCK_*), BLOCK_OK if it may.
 
-    qt_target_wait_min: wait at the group of the step that closes this step's
-    queue-time window (< 0 if the step opens none). A batch below
+    qt_target_wait_min: what a lot in a queue-time window waits at the group
+    of the step that closes this step's window: (busy time left on its tools
+    + process time of the window lots queued there) / tools up; < 0 if the
+    step opens no window. A batch below
     batch_fill x max waits for a fuller one only while more wafers of its
     recipe are one step upstream (batch_incoming_wafers; the default 1 means
     "some", for callers that do not count them) and its oldest lot has waited

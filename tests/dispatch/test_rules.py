@@ -60,10 +60,14 @@ def test_queue_time_gate_holds_back_a_lot_whose_downstream_group_is_saturated():
     d.score(0.0)
     assert d.explain("G1") == []
     assert d.blocked() == {"a": "downstream_qt_at_risk"}
-    # N1 up but 3 h of work queued in front of it: still saturated
+    # N1 up with 3 h of ordinary work queued: window lots go first there, so the lot may start
     m.set_tool_state("N1a", E10State.STANDBY)
     for k in range(3):
         m.add_lot(f"q{k}", "PA", step=2)
+    assert rank(m, {"preset": "fabd"}) == ["a"]
+    # ... but 2 h of other window lots queued ahead of it: the 60 min limit cannot be met
+    for k in range(2):
+        m.set_queue_time(f"q{k}", 500.0)
     assert rank(m, {"preset": "fabd"}) == []
     # the gate is a policy choice: off, the lot is offered
     assert rank(m, {"preset": "fabd", "qt_gate": False}) == ["a"]
