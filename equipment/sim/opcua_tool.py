@@ -29,6 +29,8 @@ import msgspec
 from asyncua import Server, ua
 from asyncua.crypto import cert_gen
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from equipment.events import E10State
@@ -77,6 +79,7 @@ class OpcUaToolSimConfig(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 0  # 0: pick a free port at the first start, keep it across restarts
     secure: bool = False  # True: Basic256Sha256 Sign and SignAndEncrypt only (no None endpoint)
     cert_dir: str = ""  # where the server (and a test client) certificate live; "" = a temp dir
+    trusted_client_certs_dir: str = ""  # secure: accept only client certs (or CAs) found here
     username: str = ""  # non-empty: clients must log in with username/password
     password: str = ""
     process_time_s: float = 2.0  # how long one lot takes
@@ -183,6 +186,13 @@ class OpcUaToolSim:
                 self.cert_dir, "server", f"urn:fabd:sim:{cfg.tool_id}", server=True)
             await server.load_certificate(str(self.server_cert_file))
             await server.load_private_key(str(self.server_key_file))
+            if cfg.trusted_client_certs_dir:
+                store = TrustStore([Path(cfg.trusted_client_certs_dir)], [])
+                await store.load()
+                opts = (CertificateValidatorOptions.TIME_RANGE | CertificateValidatorOptions.URI
+                        | CertificateValidatorOptions.TRUSTED
+                        | CertificateValidatorOptions.PEER_CLIENT)
+                server.set_certificate_validator(CertificateValidator(opts, store))
             server.set_security_policy([
                 ua.SecurityPolicyType.Basic256Sha256_Sign,
                 ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,

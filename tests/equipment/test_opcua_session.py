@@ -189,9 +189,13 @@ def pki() -> dict[str, Path]:
 
 @pytest.mark.parametrize("mode", ["SignAndEncrypt", "Sign"])
 async def test_secure_channel_with_user_password(pki, running, mode) -> None:
+    clients = pki["dir"] / f"clients-{mode}"  # the tool trusts exactly our certificate
+    clients.mkdir(exist_ok=True)
+    shutil.copy(pki["cert"], clients / "fabd.der")
     tool = OpcUaToolSim(OpcUaToolSimConfig(tool_id="CVD02", secure=True, username="fab",
                                            password="wafer", process_time_s=0.3,
-                                           sample_interval_s=0.05))
+                                           sample_interval_s=0.05,
+                                           trusted_client_certs_dir=str(clients)))
     await tool.start()
     try:
         trusted = pki["dir"] / f"trusted-{mode}"
@@ -254,3 +258,32 @@ def test_a_bad_profile_fails_when_decoded_with_its_key() -> None:
         OpcUaSecurity(policy="Basic256Sha256", mode="SignAndEncrypt")
     with pytest.raises(OpcUaConfigError, match="password_env: environment variable"):
         OpcUaSecurity(username="fab", password_env="FABD_SURELY_UNSET_VARIABLE")
+
+
+async def test_a_tool_that_does_not_trust_our_certificate_refuses_us(pki, running,
+                                                                     caplog) -> None:
+    caplog.set_level(logging.INFO, logger="equipment.opcua.session")
+    others = pki["dir"] / "others"
+    stranger, _ = await make_certificate(others / "pki", "stranger", "urn:x:stranger",
+                                         server=False)
+    shutil.copy(stranger, others / "stranger.der")
+    tool = OpcUaToolSim(OpcUaToolSimConfig(tool_id="CVD04", secure=True,
+                                           trusted_client_certs_dir=str(others)))
+    await tool.start()
+    try:
+        trusted = pki["dir"] / "trusted-cvd04"
+        trusted.mkdir(exist_ok=True)
+        shutil.copy(tool.server_cert_file, trusted / "cvd04.der")
+        security = OpcUaSecurity(
+            policy="Basic256Sha256", mode="SignAndEncrypt", client_cert_file=str(pki["cert"]),
+            client_key_file=str(pki["key"]), trusted_certs_dir=str(trusted))
+        session = start(running, tool.client_profile(security=security,
+                                                     reconnect_min_s=0.2), RecordingSink())
+        await eventually(lambda: session.failed_attempts >= 2, timeout_s=20,
+                         what="two refused attempts")
+        assert session.connects == 0
+        errors = [r.getMessage() for r in caplog.records
+                  if r.name.startswith("equipment.") and r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "CVD04" in errors[0] and "BadCertificate" in errors[0]
+    finally:
+        await tool.close()
