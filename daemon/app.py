@@ -66,6 +66,7 @@ class App:
         self._warmups: list[_Hook] = []
         self._readiness: list[_Hook] = []
         self._stop_hooks: dict[Phase, list[_Hook]] = {p: [] for p in PHASES}
+        self._closers: list[_Hook] = []
         self._stop = asyncio.Event()
         self._fatal: tuple[str, BaseException] | None = None
         self.ready = False
@@ -91,6 +92,10 @@ class App:
     def add_stop_hook(self, phase: Phase, name: str, fn: Callable[[], object]) -> None:
         """Run `fn` during the graceful stop, within the phase's budget."""
         self._stop_hooks[phase].append(_Hook(name, fn))
+
+    def add_closer(self, name: str, fn: Callable[[], object]) -> None:
+        """Run `fn` once every component has stopped (close the store last, after the writer)."""
+        self._closers.append(_Hook(name, fn))
 
     def request_stop(self, reason: str = "requested") -> None:
         if not self._stop.is_set():
@@ -156,6 +161,11 @@ class App:
             await self._graceful_stop()
             for task in tasks:
                 task.cancel()
+        for hook in self._closers:
+            try:
+                await _maybe_await(hook.fn())
+            except Exception:
+                log.exception("closing %s failed", hook.name)
         self.notifier.close()
         if self._fatal is not None:
             name, exc = self._fatal

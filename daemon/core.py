@@ -161,6 +161,7 @@ class FabCore:
         app.add_stop_hook("intake", "erp", self._stop_intake)
         app.add_stop_hook("flush", "outbox", self._flush)
         app.add_stop_hook("sessions", "equipment", self._stop_sessions)
+        app.add_closer("store", self.bus.close)
 
     async def start(self) -> None:
         """Open the store, rebuild the state of record and the dispatch model."""
@@ -494,7 +495,6 @@ class FabCore:
 
     async def _flush(self) -> None:
         await self.bus.drain(self.config.service.stop_flush_budget_s * 0.9)
-        await self.bus.close()
 
     async def _stop_sessions(self) -> None:
         for s in [*self.sessions.values(), *self.mqtt]:
