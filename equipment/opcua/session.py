@@ -327,13 +327,13 @@ class OpcUaSession:
             means = {k: s / n for k, (s, n) in self._sums.items() if n}
             self._emit(ProcessCompleted(tool_id=self.tool_id, ts=now, lot_id=self.lot_id,
                                         recipe_id=self.recipe_id, parameters=means))
-            log.info("tool %s: lot %s completed", self.tool_id, self.lot_id)
+            log.debug("tool %s: lot %s completed", self.tool_id, self.lot_id)
         self._sums = {}
         self.lot_id = lot
         if lot:
             self._emit(ProcessStarted(tool_id=self.tool_id, ts=now, lot_id=lot,
                                       recipe_id=self.recipe_id))
-            log.info("tool %s: lot %s started (recipe %s)", self.tool_id, lot, self.recipe_id)
+            log.debug("tool %s: lot %s started (recipe %s)", self.tool_id, lot, self.recipe_id)
 
     def _on_alarm_bool(self, a: Any, on: bool) -> None:
         if self._alarm_on.get(a.alid, False) == on:
@@ -396,7 +396,7 @@ class OpcUaSession:
             return CommandResult(accepted=False, code=HCACK_CANNOT_NOW, reason="timeout")
         except (OpcUaError, OSError, ua.UaError) as exc:
             return CommandResult(accepted=False, code=HCACK_CANNOT_NOW, reason=status_name(exc))
-        log.info("tool %s: %s accepted", self.tool_id, rcmd)
+        log.debug("tool %s: %s accepted", self.tool_id, rcmd)
         return CommandResult(accepted=True, code=HCACK_OK)
 
     def _recipe_client(self, what: str) -> tuple[OpcUaClient, Any]:
