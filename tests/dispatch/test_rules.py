@@ -50,13 +50,14 @@ def test_queue_time_urgency_grows_as_the_deadline_nears():
 
 
 def test_queue_time_gate_holds_back_a_lot_whose_downstream_group_is_saturated():
+    gated = {"preset": "fabd", "qt_gate": True}
     m = line(qt_min=60.0)
     m.add_lot("a", "PA")
     # downstream N1 idle: the lot may start
-    assert rank(m, {"preset": "fabd"}) == ["a"]
+    assert rank(m, gated) == ["a"]
     # N1's only tool down: the 60 min window cannot be met, never start it
     m.set_tool_state("N1a", E10State.UNSCHEDULED_DOWN)
-    d = Dispatcher(m, Policy(preset="fabd"))
+    d = Dispatcher(m, load_policy(gated))
     d.score(0.0)
     assert d.explain("G1") == []
     assert d.blocked() == {"a": "downstream_qt_at_risk"}
@@ -64,13 +65,13 @@ def test_queue_time_gate_holds_back_a_lot_whose_downstream_group_is_saturated():
     m.set_tool_state("N1a", E10State.STANDBY)
     for k in range(3):
         m.add_lot(f"q{k}", "PA", step=2)
-    assert rank(m, {"preset": "fabd"}) == ["a"]
+    assert rank(m, gated) == ["a"]
     # ... but 2 h of other window lots queued ahead of it: the 60 min limit cannot be met
     for k in range(2):
         m.set_queue_time(f"q{k}", 500.0)
-    assert rank(m, {"preset": "fabd"}) == []
-    # the gate is a policy choice: off, the lot is offered
-    assert rank(m, {"preset": "fabd", "qt_gate": False}) == ["a"]
+    assert rank(m, gated) == []
+    # the gate is a policy choice, off in the fabd preset: the lot is offered
+    assert rank(m, {"preset": "fabd"}) == ["a"]
 
 
 def test_critical_ratio_and_slack_prefer_the_lot_closest_to_its_due_date():
