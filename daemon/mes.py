@@ -148,7 +148,8 @@ class MesState:
         self.routes: dict[str, Route] = {}
         self.recipes: dict[str, Recipe] = {}
         self.tools: dict[str, Tool] = {}
-        self.lots: dict[str, Lot] = {}
+        self.lots: dict[str, Lot] = {}  # every lot ever (completed and scrapped ones too)
+        self._active: dict[str, Lot] = {}  # lots still in the WIP: what the tick iterates
         self.applied: set[str] = set()
         self.jseq = 0  # journal sequence across all streams (the outbox order)
         self.seq: dict[str, int] = dict.fromkeys(ev.STREAMS, 0)  # per-stream entry seq
@@ -166,6 +167,8 @@ class MesState:
         for kind, _id, body in entities:
             obj = _DECODERS[kind].decode(body)
             getattr(self, kind + "s")[_id] = obj
+            if kind == "lot" and obj.state in ACTIVE_STATES:
+                self._active[_id] = obj
         self.seq.update(seqs)
         self.jseq = jseq
         self.applied.update(applied)
@@ -211,13 +214,17 @@ class MesState:
         """Return the route step a lot is at."""
         return self.routes[lot.route_id].steps[lot.step_index]
 
-    def active_lots(self) -> Iterable[Lot]:
-        return (lot for lot in self.lots.values() if lot.state in ACTIVE_STATES)
+    def active_lots(self) -> list[Lot]:
+        """Lots still in the WIP (queued, processing, held), without the finished ones.
+
+        A list (a copy): callers may complete or scrap lots while they walk it.
+        """
+        return list(self._active.values())
 
     def queued_by_step(self) -> dict[tuple[str, str], list[Lot]]:
         """Lots waiting (queued, not held) per (route id, step id), oldest arrival first."""
         out: dict[tuple[str, str], list[Lot]] = defaultdict(list)
-        for lot in self.lots.values():
+        for lot in self._active.values():
             if lot.state == QUEUED:
                 out[(lot.route_id, lot.step_id)].append(lot)
         for lots in out.values():
@@ -226,7 +233,7 @@ class MesState:
 
     def holds(self) -> dict[str, list[Hold]]:
         """Return the holds of every lot that has one."""
-        return {lot.lot_id: list(lot.holds) for lot in self.lots.values() if lot.holds}
+        return {lot.lot_id: list(lot.holds) for lot in self._active.values() if lot.holds}
 
     def wip_counts(self) -> list[ev.WipCount]:
         """Lots and wafers per product and step, for every lot still in the WIP."""
@@ -378,7 +385,7 @@ class MesState:
         lot = Lot(lot_id=lot_id, production_order=production_order, product_id=product_id,
                   route_id=route.route_id, step_index=0, step_id=route.steps[0].step_id,
                   wafers=wafers, priority=priority, due=due, arrived_ts=now, created_ts=now)
-        self.lots[lot_id] = lot
+        self.lots[lot_id] = self._active[lot_id] = lot
         self._touch("lot", lot_id, lot)
         self.emit(ev.LotCreated(lot_id=lot_id, product_id=product_id, step_id=lot.step_id,
                                 wafers=wafers, production_order=production_order,
@@ -423,6 +430,7 @@ class MesState:
         lot = self._active_lot(lot_id)
         self._free_tool(lot)
         lot.state = SCRAPPED
+        self._active.pop(lot_id, None)
         self._touch("lot", lot_id, lot)
         self.emit(ev.LotScrapped(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
                                  wafers=lot.wafers, reason=reason, by=by))
@@ -477,6 +485,7 @@ class MesState:
             lot.route_id, lot.step_index = back.route_id, back.step_index
         else:
             lot.state = COMPLETED
+            self._active.pop(lot.lot_id, None)
             self.emit(ev.LotCompleted(lot_id=lot.lot_id, product_id=lot.product_id,
                                       step_id=from_step, wafers=lot.wafers), now)
             return
