@@ -106,3 +106,33 @@ def test_bench_quick_prints_contract_lines(capsys):
     for r in rows:
         assert set(r) == {"bench", "metric", "value", "unit", "baseline", "baseline_value", "ratio"}
         assert r["value"] > 0 and np.isfinite(r["ratio"])
+
+
+def _one_tool_fab(mttr_min: float) -> smt2020.Dataset:
+    """One tool, one 10-minute step, a lot an hour, breakdowns every ~30 minutes."""
+    return smt2020.Dataset(
+        name="one", epoch="2018-01-01T00:00:00",
+        families={"A": smt2020.ToolFamily(name="A", count=1, area="X")},
+        parts={"p": smt2020.Part(name="p", route="r")},
+        routes={"r": [smt2020.RouteStep(route="r", step=1, desc="s1", family="A", pdist="constant",
+                                        ptime_min=10.0)]},
+        setup_times={}, min_runs={}, setup_groups={}, pm_calendars={},
+        down_calendars={"BD": smt2020.DownCalendar(name="BD", kind="mttf_by_cal", mttf_min=30.0,
+                                                    mttr_min=mttr_min)},
+        attachments=[smt2020.Attachment(calendar="BD", kind="down", res_type="stngrp", res_name="X",
+                                        foa_dist="exponential", foa_min=30.0)],
+        orders=[smt2020.Order(lot_type="L", part="p", priority=10, pieces=25, start_min=0.0,
+                              interval_min=60.0, count=5000, due_offset_min=120.0)],
+        wip=[], transport=smt2020.Transport())
+
+
+def test_a_down_tool_takes_no_lots_unless_compat():
+    ds = _one_tool_fab(mttr_min=30.0)
+    compat = fabrun.run(ds, fabrun.SimConfig(days=60, policy="fifo", compat=True, seed=3))
+    faithful = fabrun.run(ds, fabrun.SimConfig(days=60, policy="fifo", seed=3))
+    ct_compat = compat.by_lot_type["L"].cycle_time_days * 1440.0
+    ct_faithful = faithful.by_lot_type["L"].cycle_time_days * 1440.0
+    # PySCFabSim: a failure on the idle tool costs nothing, only running lots wait
+    assert ct_compat < 25.0
+    # faithful: half the time the tool is down and lots queue behind the repair
+    assert ct_faithful > 1.5 * ct_compat
