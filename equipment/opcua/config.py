@@ -15,7 +15,7 @@ from typing import Literal
 import msgspec
 from asyncua import ua
 
-from equipment.events import E10State, RemoteCommand
+from equipment.events import ControlState, E10State, RemoteCommand
 from equipment.opcua.errors import OpcUaConfigError
 
 
@@ -128,6 +128,9 @@ class OpcUaToolConfig(msgspec.Struct, frozen=True, kw_only=True):
     e10_state_node: str = ""
     # value (as text) -> E10 state; empty = the value is the E10State name itself
     e10_state_values: dict[str, E10State] = {}
+    control_state_node: str = ""  # GEM-like control state (remote commands need online_remote)
+    # value (as text) -> control state; empty = the value is the ControlState name itself
+    control_state_values: dict[str, ControlState] = {}
     lot_id_node: str = ""  # non-empty value = that lot is in process; empty = idle
     recipe_node: str = ""  # the selected / running recipe (PPID)
     alarms: list[AlarmNode] = []
@@ -159,7 +162,7 @@ class OpcUaToolConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append(("endpoint_url", f"must start with opc.tcp:// (got {self.endpoint_url!r})"))
         out += [(f"security.{k}", r) for k, r in self.security.problems()]
         nodes = [("e10_state_node", self.e10_state_node), ("lot_id_node", self.lot_id_node),
-                 ("recipe_node", self.recipe_node)]
+                 ("recipe_node", self.recipe_node), ("control_state_node", self.control_state_node)]
         nodes += [(f"alarms[{i}].node_id", a.node_id) for i, a in enumerate(self.alarms)]
         nodes += [(f"parameters[{i}].node_id", p.node_id) for i, p in enumerate(self.parameters)]
         nodes += [(f"status_nodes.{k}", v) for k, v in self.status_nodes.items()]

@@ -26,6 +26,8 @@ from equipment.events import (
     AlarmCleared,
     AlarmSet,
     CommandResult,
+    ControlState,
+    ControlStateChanged,
     DomainEvent,
     E10State,
     E10StateChanged,
@@ -95,6 +97,7 @@ class _Role(enum.IntEnum):
     ALARM_BOOL = 4
     ALARM_CODE = 5
     STATUS = 6
+    CONTROL = 7
 
 
 class OpcUaSession:
@@ -107,6 +110,7 @@ class OpcUaSession:
         self.sink = sink
         self.status: dict[str, Any] = {}  # latest value of each status_nodes entry
         self.e10_state: E10State | None = None
+        self.control_state: ControlState | None = None
         self.lot_id = ""
         self.recipe_id = ""
         self._clock = clock
@@ -225,6 +229,8 @@ class OpcUaSession:
             roles[cfg.recipe_node] = (_Role.RECIPE, None)
         if cfg.e10_state_node:
             roles[cfg.e10_state_node] = (_Role.E10, None)
+        if cfg.control_state_node:
+            roles[cfg.control_state_node] = (_Role.CONTROL, None)
         for p in cfg.parameters:
             roles[p.node_id] = (_Role.PARAMETER, p)
         for a in cfg.alarms:
@@ -269,6 +275,8 @@ class OpcUaSession:
             self._on_parameter(arg, value, source_ts)
         elif kind is _Role.E10:
             self._on_e10(value)
+        elif kind is _Role.CONTROL:
+            self._on_control(value)
         elif kind is _Role.LOT:
             self._on_lot("" if value is None else str(value).strip())
         elif kind is _Role.RECIPE:
@@ -306,6 +314,18 @@ class OpcUaSession:
         points, self._points = self._points, []
         if points:
             self.sink.points(points)
+
+    def _on_control(self, value: Any) -> None:
+        mapping = self.config.control_state_values
+        key = str(value)
+        try:
+            state = mapping[key] if mapping else ControlState(key.lower())
+        except (KeyError, ValueError):
+            self._malformed(f"control state value {value!r}")
+            return
+        if state is not self.control_state:
+            self.control_state = state
+            self._emit(ControlStateChanged(tool_id=self.tool_id, ts=self._clock(), state=state))
 
     def _on_e10(self, value: Any) -> None:
         mapping = self.config.e10_state_values

@@ -33,7 +33,7 @@ from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from equipment.events import E10State
+from equipment.events import ControlState, E10State
 from equipment.opcua.config import (
     AlarmNode,
     CommandMethod,
@@ -166,6 +166,7 @@ class OpcUaToolSim:
         if not self._values:
             self._values = {
                 "State": E10_CODES[E10State.STANDBY], "LotId": "", "Recipe": cfg.recipes[0],
+                "ControlState": ControlState.ONLINE_REMOTE.value,
                 "AlarmCode": 0, "LotsProcessed": 0, "Recipes": list(cfg.recipes),
                 **{p: 0.0 for p in self._params},
                 **{f"Alarms.{n}": False for n, _ in DEFAULT_ALARMS.values()},
@@ -256,6 +257,7 @@ class OpcUaToolSim:
             security=security or OpcUaSecurity(),
             e10_state_node=n("State"),
             e10_state_values={str(code): state for state, code in E10_CODES.items()},
+            control_state_node=n("ControlState"),
             lot_id_node=n("LotId"),
             recipe_node=n("Recipe"),
             alarms=[AlarmNode(node_id=n(f"Alarms.{name}"), alid=alid, text=text)
@@ -284,6 +286,10 @@ class OpcUaToolSim:
     async def set_e10(self, state: E10State) -> None:
         """Put the tool in an E10 state (as an operator or the tool itself would)."""
         await self._write("State", E10_CODES[state])
+
+    async def set_control_state(self, state: ControlState) -> None:
+        """Switch the tool's control state (an operator at the tool going local or remote)."""
+        await self._write("ControlState", state.value)
 
     async def set_alarm(self, alid: int, on: bool) -> None:
         """Set or clear one of the boolean alarms (ALID from DEFAULT_ALARMS)."""
@@ -357,6 +363,8 @@ class OpcUaToolSim:
 
     async def _m_start(self, parent: ua.NodeId, lot: ua.Variant, recipe: ua.Variant) -> list | ua.StatusCode:
         self.calls.append(("Start", (lot.Value, recipe.Value)))
+        if self._values["ControlState"] != ControlState.ONLINE_REMOTE.value:
+            return _bad(ua.StatusCodes.BadInvalidState)  # E30: the host commands only when remote
         if not lot.Value:
             return _bad(ua.StatusCodes.BadInvalidArgument)
         try:

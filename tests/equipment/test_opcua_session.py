@@ -17,6 +17,8 @@ from equipment import metrics
 from equipment.events import (
     AlarmCleared,
     AlarmSet,
+    ControlState,
+    ControlStateChanged,
     E10State,
     E10StateChanged,
     ProcessCompleted,
@@ -133,6 +135,24 @@ async def test_refused_commands_map_to_hcack_and_reach_the_tool(sim, running) ->
     ok = await session.command(RemoteCommand.PP_SELECT, {"PPID": "ETCH-B"})
     assert ok.accepted
     await eventually(lambda: session.recipe_id == "ETCH-B", what="recipe variable follows")
+
+
+async def test_control_state_changes_and_local_mode_refuses_start(sim, running) -> None:
+    sink = RecordingSink()
+    session = start(running, sim.client_profile(), sink)
+    await session.wait_state(OpcUaSessionState.CONNECTED)
+    await eventually(lambda: sink.of(ControlStateChanged), what="initial control state")
+    await sim.set_control_state(ControlState.ONLINE_LOCAL)
+    await eventually(lambda: session.control_state is ControlState.ONLINE_LOCAL,
+                     what="local mode seen")
+    refused = await session.command(RemoteCommand.START, {"LOTID": "L1", "PPID": "ETCH-A"})
+    assert (refused.accepted, refused.code, refused.reason) == (False, 2, "BadInvalidState")
+    await sim.set_control_state(ControlState.ONLINE_REMOTE)
+    await eventually(lambda: len(sink.of(ControlStateChanged)) == 3, what="remote again")
+    assert [e.state for e in sink.of(ControlStateChanged)] == [
+        ControlState.ONLINE_REMOTE, ControlState.ONLINE_LOCAL, ControlState.ONLINE_REMOTE]
+    assert (await session.command(RemoteCommand.START, {"LOTID": "L1", "PPID": "ETCH-A"})
+            ).accepted
 
 
 async def test_recipes_list_upload_download(sim, running) -> None:
