@@ -46,6 +46,7 @@ log = logging.getLogger("fabd.core")
 
 _E10_STATES = [s.value for s in dom.E10State]
 _REFUSAL_BACKOFF_S = 10.0
+_SPC_SAVE_EVERY_TICKS = 60  # SPC chart state is saved about once a minute (and at stop)
 _SPC_LOG_LINES = 20  # above this many violations in a tick, notify-only ones are summarised
 
 
@@ -119,7 +120,7 @@ class FabCore:
         self._last_lists: dict[str, tuple[str, ...]] = {}
         self._state_since: dict[str, tuple[str, float]] = {}  # tool -> (E10 state, since)
         self.counters: dict[str, int] = defaultdict(int)
-        self._redis_ok = False
+        self._spc_ticks = 0
 
     # -- assembly -------------------------------------------------------------------------
     def install(self, app: App) -> None:
@@ -161,6 +162,7 @@ class FabCore:
         app.add_stop_hook("intake", "erp", self._stop_intake)
         app.add_stop_hook("flush", "outbox", self._flush)
         app.add_stop_hook("sessions", "equipment", self._stop_sessions)
+        app.add_closer("spc", self.save_spc)
         app.add_closer("store", self.bus.close)
 
     async def start(self) -> None:
@@ -184,6 +186,26 @@ class FabCore:
 
         kernel.warm()
         self.spc = SpcEngine(self.config.spc)
+        path = self._spc_snapshot_path()
+        if path.exists():
+            try:
+                self.spc.restore(path.read_bytes())
+                log.info("SPC charts restored from %s", path)
+            except Exception as exc:  # a stale or foreign snapshot: charts start in phase I
+                log.warning("SPC snapshot %s not restored (%s); charts re-estimate limits",
+                            path, exc)
+
+    def _spc_snapshot_path(self) -> Path:
+        return Path(self.config.service.state_directory) / "spc.snapshot"
+
+    def save_spc(self) -> None:
+        """Write the SPC charts (limits, run windows, history) so a restart keeps them."""
+        if self.spc is None:
+            return
+        path = self._spc_snapshot_path()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(self.spc.snapshot())
+        tmp.replace(path)
 
     def _warm_dispatch(self) -> None:
         from dispatch import scorer
@@ -244,6 +266,9 @@ class FabCore:
             return
         mes = self.bus.mes
         result = self.spc.evaluate()
+        self._spc_ticks += 1
+        if self._spc_ticks % _SPC_SAVE_EVERY_TICKS == 0:
+            self.save_spc()
         for ch in result.limit_changes:
             lim = ch.limits
             if lim is not None:

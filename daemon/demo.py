@@ -51,8 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default="", help="keep the store here (default: temp)")
     parser.add_argument("--no-view", action="store_true",
                         help="print a line per interval instead of the refreshing table")
-    parser.add_argument("--fab", choices=["synthetic"], default="synthetic",
-                        help="which fab to simulate")
+    parser.add_argument("--fab", choices=["synthetic", "smt2020"], default="synthetic",
+                        help="synthetic (20+ tools, every protocol) or smt2020 (the HVLM "
+                        "reference fab, 1,443 tools on the equipment farm)")
+    parser.add_argument("--dataset", default=str(_default_dataset()),
+                        help="SMT2020 dataset directory for --fab smt2020 (default %(default)s)")
     parser.add_argument("--seed", type=int, default=7)
 
 
@@ -160,6 +163,28 @@ class Demo:
                 f"({i + 1}/{len(tools)})")
         return hsms_cfgs, opcua_cfgs
 
+    async def _start_farm(self):
+        """The SMT2020 fab on the equipment farm (another process), one HSMS port per tool."""
+        from daemon import demo_smt2020
+        from equipment.gem.config import GemToolConfig
+        from equipment.hsms.config import HsmsConfig
+
+        ptime = max(0.5, 60.0 / self.args.speed)
+        say(f"loading SMT2020 from {self.args.dataset}")
+        plan = await asyncio.to_thread(demo_smt2020.plan, self.args.dataset, ptime)
+        say(f"starting the equipment farm: {len(plan.tools)} SECS/GEM tools")
+        self.farm = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "equipment.sim.farm", "--tools", str(len(plan.tools)),
+            "--process-time", str(ptime), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE)
+        ports = json.loads(await self.farm.stdout.readline())["ports"]
+        hsms = [GemToolConfig(tool_id=tid, request_spooled=False,
+                              hsms=HsmsConfig(host="127.0.0.1", port=port, mode="active",
+                                              t5_connect_separation_s=2.0))
+                for (tid, _family), port in zip(plan.tools, ports, strict=True)]
+        self.smt_products = plan.products
+        return plan, hsms
+
     def _config(self, redis_url: str, hsms: list, opcua: list, mqtt_port: int | None):
         import msgspec
 
@@ -216,13 +241,20 @@ class Demo:
         stream = "fab:erp:commands"
         enc = msgspec.json.encode
         try:
-            for cmd in plan.commands:
-                await _xadd(client, stream, {"cmd": enc(cmd)})
+            for i in range(0, len(plan.commands), 500):
+                await _xadd_many(client, stream, [{"cmd": enc(c)}
+                                                  for c in plan.commands[i:i + 500]])
             self.note(f"ERP sent {len(plan.commands)} master-data commands")
             release_window_s = self.args.duration * 0.55
             gap_s = release_window_s / max(1, n_lots)
             for i in range(n_lots):
-                cmd = demo_fab.lot_release(i, dt.datetime.now(dt.UTC), self.args.speed)
+                now = dt.datetime.now(dt.UTC)
+                if self.args.fab == "smt2020":
+                    from daemon import demo_smt2020
+
+                    cmd = demo_smt2020.lot_release(i, self.smt_products, now)
+                else:
+                    cmd = demo_fab.lot_release(i, now, self.args.speed)
                 await _xadd(client, stream, {"cmd": enc(cmd)})
                 self.released += 1
                 await asyncio.sleep(gap_s)
@@ -325,8 +357,17 @@ class Demo:
 
         c = st["counters"]
         elapsed = time.monotonic() - self.started_at
+        tools = st["tools"]
+        if len(tools) > 40:  # a whole fab: states by count, then the tools that are down
+            states: dict[str, int] = {}
+            for t in tools:
+                key = t["e10"] if t["connected"] else "link down"
+                states[key] = states.get(key, 0) + 1
+            tools = [t for t in tools if not t["connected"] or "down" in t["e10"]][:15]
+            self.events_header = "tools by E10 state: " + "  ".join(
+                f"{k} {v}" for k, v in sorted(states.items()))
         rows = [[t["tool"], t["protocol"], "up" if t["connected"] else "DOWN", t["e10"],
-                 t["lot"] or "-", t["inhibited"] or ""] for t in st["tools"]]
+                 t["lot"] or "-", t["inhibited"] or ""] for t in tools]
         by_step: dict[str, list[int]] = {}
         for w in st["wip"]:
             group = w["step"].split("-")[-1]
@@ -342,8 +383,8 @@ class Demo:
             f"lots released {self.released}  in WIP {c['lots'] - c['completed']}  completed "
             f"{c['completed']}  held {c['held']}  starts {c['starts']}  SPC holds "
             f"{c['spc_holds']}  events/s {rate:5.0f}  outbox {c['outbox']}",
-            "WIP by tool group: " + (wip or "-"),
-            "",
+            "WIP by tool group: " + (wip or "-")[:600],
+            getattr(self, "events_header", ""),
             _table(rows, ["tool", "proto", "link", "E10 state", "lot", "inhibit"]),
             "",
             *self.events,
@@ -359,10 +400,14 @@ class Demo:
         say(f"starting a synthetic fab: {n_tools} tools, speed {args.speed:g}x, "
             f"{args.duration:.0f}s (Ctrl-C stops)")
         redis_url = await self._redis()
-        mqtt_port = await self._mosquitto()
-        tools = demo_fab.tools(n_tools)
-        plan = demo_fab.plan(tools, args.speed)
-        hsms, opcua = await self._start_tools(tools)
+        if args.fab == "smt2020":
+            plan, hsms = await self._start_farm()
+            opcua, mqtt_port = [], None
+        else:
+            mqtt_port = await self._mosquitto()
+            tools = demo_fab.tools(n_tools)
+            plan = demo_fab.plan(tools, args.speed)
+            hsms, opcua = await self._start_tools(tools)
         cfg = self._config(redis_url, hsms, opcua, mqtt_port)
         self.app, self.core = assemble.build(cfg, recipes=plan.recipes)
         n_lots = args.lots or max(12, int(args.duration * args.speed / 150))
@@ -378,7 +423,8 @@ class Demo:
         self.started_at = time.monotonic()
         helpers = [asyncio.create_task(self._erp(redis_url, plan, n_lots), name="demo.erp"),
                    asyncio.create_task(self._engineer(redis_url), name="demo.engineer"),
-                   asyncio.create_task(self._faults(), name="demo.faults"),
+                   *([asyncio.create_task(self._faults(), name="demo.faults")]
+                     if args.fab == "synthetic" else []),
                    asyncio.create_task(self._view(), name="demo.view")]
         if mqtt_port is not None:
             helpers.append(asyncio.create_task(self._sensors(mqtt_port), name="demo.sensors"))
@@ -429,6 +475,12 @@ class Demo:
         for sim in [*self.gem_sims.values(), *self.opcua_sims.values()]:
             with contextlib.suppress(Exception):
                 await sim.stop()
+        farm = getattr(self, "farm", None)
+        if farm is not None and farm.returncode is None:
+            farm.stdin.write(b"quit\n")
+            with contextlib.suppress(Exception):
+                await farm.stdin.drain()
+                await asyncio.wait_for(farm.wait(), 20)
         for server in (self.mqtt_server, self.redis_server):
             if server is not None:
                 await asyncio.to_thread(server.stop)
@@ -450,6 +502,28 @@ async def _xadd(client, stream: str, fields: dict) -> None:
             log.warning("ERP: Redis unavailable (%s); retrying in %.1fs", exc, delay_s)
         await asyncio.sleep(delay_s)
         delay_s = min(2.0, delay_s * 2)
+
+
+async def _xadd_many(client, stream: str, entries: list[dict]) -> None:
+    """XADD a batch in one pipeline (master data), retried as a whole while Redis is away."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    while True:
+        try:
+            pipe = client.pipeline(transaction=False)
+            for fields in entries:
+                pipe.xadd(stream, fields)
+            await pipe.execute()
+            return
+        except (OSError, RedisConnectionError) as exc:
+            log.warning("ERP: Redis unavailable (%s); retrying", exc)
+            await asyncio.sleep(1.0)
+
+
+def _default_dataset():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "smt2020" / "HVLM"
 
 
 def _exists(path: str) -> bool:
