@@ -167,12 +167,20 @@ class OpcUaSession:
                 _raise_if_cancelling()
                 self._set_state(OpcUaSessionState.CONNECTING)
                 client = OpcUaClient(cfg)
+                announced = False
                 try:
                     await client.connect()
+                    # Before subscribing: the initial values must follow ToolConnected.
+                    self._emit(ToolConnected(tool_id=self.tool_id, ts=self._clock(),
+                                             protocol=PROTOCOL, peer=cfg.endpoint_url))
+                    announced = True
                     await self._subscribe(client)
                     _raise_if_cancelling()
                 except (OpcUaError, OSError, TimeoutError, ua.UaError) as exc:
                     await client.close()
+                    if announced:
+                        self._emit(ToolDisconnected(tool_id=self.tool_id, ts=self._clock(),
+                                                    protocol=PROTOCOL, reason=status_name(exc)))
                     self.failed_attempts += 1
                     self._set_state(OpcUaSessionState.NOT_CONNECTED)
                     if isinstance(exc, OpcUaSecurityError):
@@ -200,8 +208,6 @@ class OpcUaSession:
                     log.info("tool %s: OPC UA session up at %s", self.tool_id, cfg.endpoint_url)
                 attempt = 0
                 warned = False
-                self._emit(ToolConnected(tool_id=self.tool_id, ts=self._clock(),
-                                         protocol=PROTOCOL, peer=cfg.endpoint_url))
                 self._set_state(OpcUaSessionState.CONNECTED)
                 reason = await client.wait_lost()
                 self._client = None

@@ -77,6 +77,7 @@ async def test_a_lot_run_arrives_as_domain_events_and_spc_points(sim, running) -
     await eventually(lambda: sink.of(E10StateChanged), what="initial E10 state")
     assert sink.of(E10StateChanged)[0].state is E10State.STANDBY
     assert sink.of(ToolConnected)[0].peer == sim.endpoint_url
+    assert isinstance(sink.events[0], ToolConnected)  # before the initial values
 
     result = await session.command(RemoteCommand.START, {"LOTID": "LOT-7", "PPID": "ETCH-B"})
     assert result.accepted and result.code == 0
