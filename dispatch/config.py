@@ -303,10 +303,14 @@ def _effective(policy: Policy, gp: GroupPolicy | None) -> _Preset:
     return _Preset(rules=rules, **vals)
 
 
-def compile_policy(policy: Policy, model: FabModel) -> PolicyArrays:
-    """Resolve the policy for every tool group of the model; unknown group names are errors."""
+def compile_policy(policy: Policy, model: FabModel, *, strict: bool = True) -> PolicyArrays:
+    """Resolve the policy for every tool group of the model.
+
+    Group overrides naming a group the model does not have are errors when
+    `strict`, else ignored (they apply once master data brings the group).
+    """
     unknown = [g for g in policy.groups if g not in model.group_index]
-    if unknown:
+    if unknown and strict:
         raise PolicyError([(f"groups.{g}", "no such tool group in the fab model") for g in unknown])
     G, R = model.n_groups, len(RULES)
     level = np.full((G, R), -1, np.int8)

@@ -912,7 +912,8 @@ class Dispatcher:
     def _ensure(self) -> tuple[FabArrays, PolicyArrays, Workspace]:
         fab = self.model.arrays()
         if self._pol is None or self._pol.level.shape[0] != self.model.n_groups:
-            self._pol = compile_policy(self.policy, self.model)
+            # groups may arrive with master data after the policy: not an error here
+            self._pol = compile_policy(self.policy, self.model, strict=False)
             self._ws = None
         shape = (fab.lot_state.shape[0], fab.tool_group.shape[0], fab.step_recipe.shape[0])
         if self._ws is None or shape != self._shape:

@@ -110,3 +110,17 @@ def test_smt2020_rules_become_a_policy():
     assert [level["Implant_128"][r] for r in ("minrun", "setup", "hot", "priority", "fifo")] == [
         0, 1, 2, 3, 4]
     assert level["DE_BE_11"]["cr"] == -1
+
+
+def test_a_group_override_waits_for_its_group_to_appear():
+    from dispatch.model import StepSpec
+
+    m = line()
+    m.add_lot("old", "PA", arrival_min=-60.0, due_min=90000.0)
+    d = Dispatcher(m, load_policy({"groups": {"Later": {"preset": "cr"}}}))
+    d.score(0.0)                       # no such group yet: scored with the fab-wide policy
+    assert d.top("G1") == "old"
+    m.add_route("C", [StepSpec(group="Later", recipe="c-1")])
+    m.add_tool("L1", "Later")
+    d.score(0.0)
+    assert int(d._pol.level[m.group_index["Later"], 5]) == 4    # cr at level 4 now applies
