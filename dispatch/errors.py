@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from daemon.errors import ConfigError, FabdError
 
-class DispatchError(Exception):
+
+class DispatchError(FabdError):
     """Root of every error the dispatch package raises on purpose."""
 
 
@@ -18,12 +20,5 @@ class ModelError(DispatchError, ValueError):
     """The fab description is inconsistent (bad step reference, duplicate id): fix the input."""
 
 
-class PolicyError(DispatchError, ValueError):
-    """A dispatch policy is invalid; `problems` lists (key path, reason) pairs to fix."""
-
-    def __init__(self, problems: list[tuple[str, str]], source: str = "") -> None:
-        self.problems = problems
-        self.source = source
-        lines = [f"{source}: {path}: {reason}" if source else f"{path}: {reason}"
-                 for path, reason in problems]
-        super().__init__("\n".join(lines))
+class PolicyError(DispatchError, ConfigError):
+    """A dispatch policy is invalid: reconfigure. `problems` lists (key path, reason) pairs."""
