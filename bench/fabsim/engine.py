@@ -312,7 +312,7 @@ def simulate(
         if t_next > horizon or t_next == INF:
             break
         t = t_next
-        while day <= int(t // 1440.0) and day < n_days:
+        while day * 1440.0 < t and day < n_days:
             wip_day[day] = n_in - n_out
             out_day[day] = n_out
             day += 1

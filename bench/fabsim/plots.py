@@ -35,7 +35,7 @@ def write(folder: Path, dataset: str, policy: str, results: list[SimResult]) -> 
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for k, r in enumerate(results):
-        ax.plot(range(len(r.wip_by_day)), r.wip_by_day, lw=1, label=f"seed run {k}")
+        ax.plot(range(len(r.wip_by_day)), r.wip_by_day, lw=1, label=f"run {k + 1}")
     ax.set_xlabel("day")
     ax.set_ylabel("lots in the fab")
     ax.set_title(f"{dataset}: WIP over time, policy {policy}")
