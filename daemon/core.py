@@ -35,6 +35,7 @@ from daemon import metrics
 from daemon.app import App
 from daemon.bus import Bus
 from daemon.config import FabdConfig
+from daemon.events import SpcPoint
 from daemon.fabsync import FabSync
 from daemon.mes import COMPLETED, PROCESSING, QUEUED, MesError
 from dispatch import enforce
@@ -279,8 +280,12 @@ class FabCore:
             metrics.SPC_VIOLATIONS.labels(rule).inc()
             parameter = v.chart_key.rsplit("/", 1)[-1]
             action = str(v.action)
-            mes.spc_violation(v.chart_key, v.tool_id, parameter, rule, v.statistic, v.lot_id,
-                              action)
+            mes.spc_violation(
+                v.chart_key, v.tool_id, parameter, rule, v.statistic, v.lot_id, action,
+                chamber=v.chamber, test=v.test, description=v.description,
+                limits_version=v.limits_version,
+                points=[SpcPoint(value=x, ts=t, lot_id=lot)
+                        for x, t, lot in zip(v.values, v.ts, v.lot_ids, strict=False)])
             reason = f"spc:{v.chart_key}"
             try:
                 if action == "hold_lot" and v.lot_id:

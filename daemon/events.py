@@ -237,16 +237,29 @@ class ProcessDataSummary(OutEvent, frozen=True, kw_only=True):
     parameters: list[ParameterSummary]
 
 
+class SpcPoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One point of the pattern that fired (the plotted statistic, its time and lot)."""
+
+    value: float
+    ts: float
+    lot_id: str = ""
+
+
 class SpcViolation(OutEvent, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "spc_violation"
     STREAM: ClassVar[str] = "quality"
-    chart: str  # chart key, e.g. "<tool>/<parameter>"
+    chart: str  # chart key "<tool>/<chamber>/<step>/<parameter>" ("-" for none)
     tool_id: str
     parameter: str
-    rule: str  # e.g. "we1" (one point beyond 3 sigma)
-    value: float
-    lot_id: str = ""
-    action: str = ""  # reaction plan taken: "hold_lot", "inhibit_tool", ""
+    rule: str  # rule set + Nelson test number, e.g. "nelson1", "we5"; "_mr"/"_r"/"_s": dispersion
+    value: float  # the flagged point's statistic
+    lot_id: str = ""  # lot of the flagged point
+    action: str = ""  # reaction plan taken: "hold_lot", "inhibit_tool", "inhibit_chamber", "notify"
+    chamber: str = ""
+    test: int = 0  # 1..8 (Nelson numbering)
+    description: str = ""  # e.g. "9 points in a row on one side of the centre line"
+    limits_version: int = 0
+    points: list[SpcPoint] = []  # the points involved, first to flagged
 
 
 class SpcLimitsChanged(OutEvent, frozen=True, kw_only=True):

@@ -13,7 +13,7 @@ import logging
 
 from daemon import mes as mes_mod
 from daemon.mes import MesState
-from dispatch.model import NO_QT, FabModel, StepSpec
+from dispatch.model import FabModel, StepSpec
 from equipment.events import E10State
 
 log = logging.getLogger("fabd.dispatch.sync")
@@ -142,27 +142,22 @@ class FabSync:
                       hot=hot_class(lot.priority), due_min=due_min,
                       arrival_min=model.minutes(lot.arrived_ts), hold=bool(lot.holds))
         model.move_lot(lot_id, lot.route_id, lot.step_index + 1, model.minutes(lot.arrived_ts))
-        i = model.lot(lot_id)
         if lot.holds:
             model.set_hold(lot_id, True, lot.holds[0].reason)
-        self._queue_time(lot, i)
+        self._queue_time(lot)
         if lot.state == mes_mod.PROCESSING and lot.tool_id in model.tool_index:
             model.start_lot(lot_id, lot.tool_id, model.minutes(lot.arrived_ts))
 
-    def _queue_time(self, lot: mes_mod.Lot, i: int) -> None:
+    def _queue_time(self, lot: mes_mod.Lot) -> None:
         """A lot that arrived from a step with a queue-time limit must start before its deadline."""
-        route = self.mes.routes[lot.route_id]
         if lot.step_index == 0:
             return
-        prev = route.steps[lot.step_index - 1]
-        L = self.model._lots
+        prev = self.mes.routes[lot.route_id].steps[lot.step_index - 1]
         if prev.queue_time_limit_s > 0:
-            L["lot_qt_deadline_min"][i] = self.model.minutes(lot.arrived_ts
-                                                             + prev.queue_time_limit_s)
-            L["lot_qt_step"][i] = int(L["lot_step"][i])
+            self.model.set_queue_time(lot.lot_id,
+                                      self.model.minutes(lot.arrived_ts + prev.queue_time_limit_s))
         else:
-            L["lot_qt_deadline_min"][i] = NO_QT
-            L["lot_qt_step"][i] = -1
+            self.model.set_queue_time(lot.lot_id, None)
 
 
 def _e10(state: str) -> E10State:

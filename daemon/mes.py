@@ -616,9 +616,10 @@ class MesState:
             tool_id=tool_id, recipe_id=recipe_id, parameters=parameters), ts)
 
     def spc_violation(self, chart: str, tool_id: str, parameter: str, rule: str, value: float,
-                      lot_id: str = "", action: str = "") -> None:
+                      lot_id: str = "", action: str = "", **details) -> None:
+        """Publish a violation; `details` are SpcViolation's optional fields (points, test, ...)."""
         self.emit(ev.SpcViolation(chart=chart, tool_id=tool_id, parameter=parameter, rule=rule,
-                                  value=value, lot_id=lot_id, action=action))
+                                  value=value, lot_id=lot_id, action=action, **details))
 
     def spc_limits_changed(self, chart: str, center: float, lcl: float, ucl: float,
                            reason: str = "") -> None:

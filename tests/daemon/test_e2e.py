@@ -190,6 +190,9 @@ def test_spc_shift_holds_the_lot_measured_off_target(fab_run):
     v = holds[0]
     assert v["parameter"] == "Thickness_nm"
     assert v["value"] > 120.0 + 3 * 0.5
+    # the event carries the points involved, the flagged one last, and the action taken
+    assert v["points"] and v["points"][-1]["value"] == v["value"]
+    assert v["points"][-1]["lot_id"] == v["lot_id"] and v["test"] in (1, 5)
     lot_events = fab_run["streams"]["lots"]
     held = [e["data"] for e in lot_events if e["type"] == "lot_held"
             and e["data"]["lot_id"] == v["lot_id"] and e["data"]["reason"].startswith("spc:")]
