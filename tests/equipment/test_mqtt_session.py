@@ -23,7 +23,8 @@ from equipment.events import (
 from equipment.mqtt.config import MqttBrokerConfig, TopicMapping
 from equipment.mqtt.errors import MqttConfigError
 from equipment.mqtt.session import MqttSession, MqttSessionState
-from tests.support import MosquittoServer, eventually, new_workdir
+from tests.support import MosquittoServer, new_workdir
+from tests.support import eventually as _eventually
 
 SENSORS = TopicMapping(
     topic="fab/sensors/{tool_id}/data",
@@ -33,6 +34,11 @@ SENSORS = TopicMapping(
                   "DOWN": E10State.UNSCHEDULED_DOWN},
 )
 PV = TopicMapping(topic="fab/{tool_id}/pv/{parameter}", qos=1)
+
+
+def eventually(predicate, timeout_s: float = 30.0, **kw):
+    """tests.support.eventually with a deadline that suits a busy shared machine."""
+    return _eventually(predicate, timeout_s=timeout_s, **kw)
 
 
 class _RootSafeMosquitto(MosquittoServer):
@@ -100,7 +106,7 @@ async def publish(server: MosquittoServer, items: list[tuple[str, bytes | str]],
 async def test_json_payloads_become_spc_points_and_tool_state(mosquitto_server, sessions) -> None:
     sink = RecordingSink()
     session = sessions.start(MqttSession(broker(mosquitto_server, client_id="fabd-json"), sink))
-    await session.wait_state(MqttSessionState.CONNECTED)
+    await session.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
     await publish(mosquitto_server, [
         ("fab/sensors/CVD01/data", b'{"temp": 451.5, "p": {"mtorr": 12}, "lot": "L100", '
                                    b'"ts": 1700000000.5, "state": "RUN"}'),
@@ -127,7 +133,7 @@ async def test_parameter_from_topic_and_the_daemons_current_lot(mosquitto_server
     lots = {"PVD07": "LOT-42"}
     session = sessions.start(MqttSession(broker(mosquitto_server, client_id="fabd-pv"), sink,
                                          current_lot=lambda tool: lots.get(tool, "")))
-    await session.wait_state(MqttSessionState.CONNECTED)
+    await session.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
     await publish(mosquitto_server, [("fab/PVD07/pv/target_voltage_v", b"401.25"),
                                      ("fab/PVD07/pv/argon_flow_sccm", b'{"value": 18}')])
     await eventually(lambda: len(sink.point_list) == 2, what="two points")
@@ -141,7 +147,7 @@ async def test_malformed_payloads_are_rejected_counted_and_logged_once_per_topic
     caplog.set_level(logging.WARNING, logger="equipment.mqtt.session")
     sink = RecordingSink()
     session = sessions.start(MqttSession(broker(mosquitto_server, client_id="fabd-bad"), sink))
-    await session.wait_state(MqttSessionState.CONNECTED)
+    await session.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
     before = metrics.MALFORMED.labels("plant", "mqtt")._value.get()
     await publish(mosquitto_server, [
         ("fab/sensors/CVD01/data", b"not json at all"),
@@ -169,7 +175,7 @@ async def test_password_broker_with_password_from_file(mosquitto_with_password, 
     sink = RecordingSink()
     session = sessions.start(MqttSession(broker(
         mosquitto_with_password, username="fab", password_file=str(tmp_path / "pw")), sink))
-    await session.wait_state(MqttSessionState.CONNECTED)
+    await session.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
     await publish(mosquitto_with_password, [("fab/ETCH01/pv/bias_v", b"88")],
                   username="fab", password="wafer")
     await eventually(lambda: sink.point_list, what="point through an authenticated broker")
@@ -195,7 +201,7 @@ async def test_broker_restart_is_survived_and_retained_state_republished(own_mos
     session = sessions.start(MqttSession(broker(own_mosquitto, client_id="fabd-restart",
                                                 state_topic="fab/state/{tool_id}",
                                                 keepalive_s=5), sink))
-    await session.wait_state(MqttSessionState.CONNECTED)
+    await session.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
     await publish(own_mosquitto, [("fab/LITHO3/pv/dose_mj", b"25.5")])
     await eventually(lambda: sink.point_list, what="point before restart")
     assert await session.publish_tool_state("LITHO3", {"e10": "productive", "lot": "L9"})
@@ -220,13 +226,13 @@ async def test_qos1_data_sent_while_away_arrives_after_restart_of_fabd(mosquitto
                                                                         protocol) -> None:
     config = broker(mosquitto_server, client_id=f"fabd-persist-{protocol}", protocol=protocol)
     first = sessions.start(MqttSession(config, RecordingSink()))
-    await first.wait_state(MqttSessionState.CONNECTED)
+    await first.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
     await sessions.stop()  # fabd goes away; the broker keeps its session and subscriptions
 
     await publish(mosquitto_server, [("fab/IMP01/pv/beam_ma", str(i).encode()) for i in range(5)])
     sink = RecordingSink()
     second = sessions.start(MqttSession(config, sink))
-    await second.wait_state(MqttSessionState.CONNECTED)
+    await second.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
     await eventually(lambda: len(sink.point_list) == 5, what="backlog delivered")
     assert [p.value for p in sink.point_list] == [0.0, 1.0, 2.0, 3.0, 4.0]
 

@@ -21,7 +21,13 @@ from cryptography.x509.oid import NameOID
 from equipment.events import RecordingSink
 from equipment.mqtt.config import MqttBrokerConfig, MqttTls, TopicMapping
 from equipment.mqtt.session import MqttSession, MqttSessionState
-from tests.support import MosquittoServer, eventually, new_workdir
+from tests.support import MosquittoServer, new_workdir
+from tests.support import eventually as _eventually
+
+
+def eventually(predicate, timeout_s: float = 30.0, **kw):
+    """tests.support.eventually with a deadline that suits a busy shared machine."""
+    return _eventually(predicate, timeout_s=timeout_s, **kw)
 
 
 def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
@@ -100,7 +106,7 @@ async def test_tls_with_client_certificate_delivers_points(tls_broker) -> None:
     session = MqttSession(tls_config(tls_broker, with_client_cert=True), sink)
     task = asyncio.create_task(session.run(), name="mqtt[secure]")
     try:
-        await session.wait_state(MqttSessionState.CONNECTED)
+        await session.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
         d = tls_broker.workdir
         ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
         ctx.load_cert_chain(str(d / "client.pem"), str(d / "client.key"))

@@ -32,7 +32,13 @@ from equipment.opcua.config import OpcUaSecurity, OpcUaToolConfig
 from equipment.opcua.errors import OpcUaCommandError, OpcUaConfigError
 from equipment.opcua.session import OpcUaSession, OpcUaSessionState
 from equipment.sim.opcua_tool import OpcUaToolSim, OpcUaToolSimConfig, make_certificate
-from tests.support import eventually, new_workdir
+from tests.support import eventually as _eventually
+from tests.support import new_workdir
+
+
+def eventually(predicate, timeout_s: float = 30.0, **kw):
+    """tests.support.eventually with a deadline that suits a busy shared machine."""
+    return _eventually(predicate, timeout_s=timeout_s, **kw)
 
 
 @pytest.fixture
@@ -73,7 +79,7 @@ def start(running: list[Running], config: OpcUaToolConfig, sink: RecordingSink) 
 async def test_a_lot_run_arrives_as_domain_events_and_spc_points(sim, running) -> None:
     sink = RecordingSink()
     session = start(running, sim.client_profile(), sink)
-    await session.wait_state(OpcUaSessionState.CONNECTED)
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
     await eventually(lambda: sink.of(E10StateChanged), what="initial E10 state")
     assert sink.of(E10StateChanged)[0].state is E10State.STANDBY
     assert sink.of(ToolConnected)[0].peer == sim.endpoint_url
@@ -102,7 +108,7 @@ async def test_a_lot_run_arrives_as_domain_events_and_spc_points(sim, running) -
 async def test_alarms_boolean_and_code_nodes(sim, running) -> None:
     sink = RecordingSink()
     session = start(running, sim.client_profile(), sink)
-    await session.wait_state(OpcUaSessionState.CONNECTED)
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
     await sim.set_alarm(1001, True)
     await eventually(lambda: sink.of(AlarmSet), what="alarm set")
     await sim.set_alarm(1001, False)
@@ -121,7 +127,7 @@ async def test_refused_commands_map_to_hcack_and_reach_the_tool(sim, running) ->
     stop = await session.command(RemoteCommand.STOP, {})
     assert (stop.accepted, stop.code, stop.reason) == (False, 2, "not connected") or \
         session.state is OpcUaSessionState.CONNECTED
-    await session.wait_state(OpcUaSessionState.CONNECTED)
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
 
     stop = await session.command(RemoteCommand.STOP, {})  # nothing running
     assert (stop.accepted, stop.code, stop.reason) == (False, 2, "BadInvalidState")
@@ -141,7 +147,7 @@ async def test_refused_commands_map_to_hcack_and_reach_the_tool(sim, running) ->
 async def test_control_state_changes_and_local_mode_refuses_start(sim, running) -> None:
     sink = RecordingSink()
     session = start(running, sim.client_profile(), sink)
-    await session.wait_state(OpcUaSessionState.CONNECTED)
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
     await eventually(lambda: sink.of(ControlStateChanged), what="initial control state")
     await sim.set_control_state(ControlState.ONLINE_LOCAL)
     await eventually(lambda: session.control_state is ControlState.ONLINE_LOCAL,
@@ -161,7 +167,7 @@ async def test_recipes_list_upload_download(sim, running) -> None:
     if session.state is not OpcUaSessionState.CONNECTED:
         with pytest.raises(RetryableError):  # the daemon retries later
             await session.recipe_list()
-    await session.wait_state(OpcUaSessionState.CONNECTED)
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
     with pytest.raises(OpcUaCommandError, match="BadNotFound"):
         await session.recipe_upload("NO-SUCH")
     assert await session.recipe_list() == ["ETCH-A", "ETCH-B"]
@@ -176,7 +182,7 @@ async def test_server_restart_is_survived_without_manual_action(sim, running, ca
     profile = sim.client_profile(watchdog_interval_s=0.3, reconnect_min_s=0.1,
                                  reconnect_max_s=0.5)
     session = start(running, profile, sink)
-    await session.wait_state(OpcUaSessionState.CONNECTED)
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
     reconnects = metrics.RECONNECTS.labels("ETCH01", "opcua")._value.get()
     caplog.set_level(logging.INFO, logger="equipment.opcua.session")
 
@@ -184,7 +190,7 @@ async def test_server_restart_is_survived_without_manual_action(sim, running, ca
     await eventually(lambda: sink.of(ToolDisconnected), what="loss noticed")
     await sim.start()
     await eventually(lambda: len(sink.of(ToolConnected)) == 2, what="reconnected")
-    await session.wait_state(OpcUaSessionState.CONNECTED)
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
 
     # The re-created subscription delivers new values.
     await sim.set_parameter("rf_power_w", 777.0)
@@ -228,7 +234,7 @@ async def test_secure_channel_with_user_password(pki, running, mode) -> None:
             username="fab", password_file=str(pki["password"]))
         sink = RecordingSink()
         session = start(running, tool.client_profile(security=security), sink)
-        await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=20)
+        await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
         result = await session.command(RemoteCommand.START, {"LOTID": "LOT-S", "PPID": "ETCH-A"})
         assert result.accepted
         await eventually(lambda: sink.of(ProcessCompleted), what="secure lot completed")
@@ -300,7 +306,7 @@ async def test_a_tool_that_does_not_trust_our_certificate_refuses_us(pki, runnin
             client_key_file=str(pki["key"]), trusted_certs_dir=str(trusted))
         session = start(running, tool.client_profile(security=security,
                                                      reconnect_min_s=0.2), RecordingSink())
-        await eventually(lambda: session.failed_attempts >= 2, timeout_s=20,
+        await eventually(lambda: session.failed_attempts >= 2, timeout_s=30,
                          what="two refused attempts")
         assert session.connects == 0
         errors = [r.getMessage() for r in caplog.records
