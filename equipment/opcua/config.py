@@ -135,6 +135,8 @@ class OpcUaToolConfig(msgspec.Struct, frozen=True, kw_only=True):
     recipe_node: str = ""  # the selected / running recipe (PPID)
     alarms: list[AlarmNode] = []
     parameters: list[ParameterNode] = []
+    # With a lot_id_node, parameters feed SPC only while a lot is in process; True: always.
+    idle_points: bool = False
     status_nodes: dict[str, str] = {}  # name -> node id; latest values in session.status
     commands: dict[str, CommandMethod] = {}  # RemoteCommand value ("START", ...) -> method
     recipes: RecipeMethods | None = None

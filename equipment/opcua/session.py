@@ -128,6 +128,7 @@ class OpcUaSession:
         self._unknown_values: set[str] = set()
         self._labels = (self.tool_id, PROTOCOL)
         self._m_received = metrics.MESSAGES_RECEIVED.labels(*self._labels)
+        self._skip_idle = bool(config.lot_id_node) and not config.idle_points
         self.connects = 0  # successful connects so far (1 + reconnects)
         self.failed_attempts = 0  # connect attempts that failed
 
@@ -300,6 +301,8 @@ class OpcUaSession:
         except (TypeError, ValueError):
             self._malformed(f"{p.parameter}={value!r}")
             return
+        if not self.lot_id and self._skip_idle:
+            return  # an idle tool's setpoints and zeros are not process data
         ts = source_ts.timestamp() if source_ts is not None else self._clock()
         self._points.append(ProcessPoint(self.tool_id, p.parameter, v, ts, self.lot_id,
                                          p.chamber))

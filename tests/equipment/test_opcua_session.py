@@ -97,6 +97,7 @@ async def test_a_lot_run_arrives_as_domain_events_and_spc_points(sim, running) -
     states = [e.state for e in sink.of(E10StateChanged)]
     assert states == [E10State.STANDBY, E10State.PRODUCTIVE, E10State.STANDBY]
     lot_points = [p for p in sink.point_list if p.lot_id == "LOT-7"]
+    assert lot_points == sink.point_list  # idle values (zeros, setpoints) are not SPC data
     assert {p.parameter for p in lot_points} == {"chamber_pressure_mtorr", "rf_power_w",
                                                  "chuck_temperature_c"}
     assert all(p.tool_id == "ETCH01" for p in lot_points)
@@ -180,7 +181,7 @@ async def test_recipes_list_upload_download(sim, running) -> None:
 async def test_server_restart_is_survived_without_manual_action(sim, running, caplog) -> None:
     sink = RecordingSink()
     profile = sim.client_profile(watchdog_interval_s=0.3, reconnect_min_s=0.1,
-                                 reconnect_max_s=0.5)
+                                 reconnect_max_s=0.5, idle_points=True)
     session = start(running, profile, sink)
     await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
     reconnects = metrics.RECONNECTS.labels("ETCH01", "opcua")._value.get()
@@ -192,7 +193,7 @@ async def test_server_restart_is_survived_without_manual_action(sim, running, ca
     await eventually(lambda: len(sink.of(ToolConnected)) == 2, what="reconnected")
     await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
 
-    # The re-created subscription delivers new values.
+    # The re-created subscription delivers new values (idle_points: the tool is not running).
     await sim.set_parameter("rf_power_w", 777.0)
     await eventually(lambda: any(p.value == 777.0 for p in sink.point_list), what="new value")
     assert metrics.RECONNECTS.labels("ETCH01", "opcua")._value.get() == reconnects + 1
