@@ -252,7 +252,15 @@ class MqttSession:
             self._on_message(message)
 
     def _on_message(self, message: Any) -> None:
-        events = self.handle(message.topic.value, message.payload)
+        # Runs inside paho's read callback: nothing may escape, or the connection breaks.
+        try:
+            events = self.handle(message.topic.value, message.payload)
+        except Exception:
+            self._m_malformed.inc()
+            self.malformed_total += 1
+            log.exception("broker %s: mapping a message on %s failed", self.broker_id,
+                          getattr(message.topic, "value", "?"))
+            return
         if events:
             self._emit(events)
 
