@@ -319,61 +319,44 @@ class FabCore:
         if model.n_tools == 0:
             return
         mes = self.bus.mes
-        now = mes.clock()
-        lists = dispatcher.score(model.minutes(now))
+        now_min = model.minutes(mes.clock())
+        lists = dispatcher.score(now_min)
+        cfg = self.config.dispatch
+        auto_groups = {g for g in model.group_ids if cfg.group_modes.get(g, cfg.mode) == "auto"}
+        if cfg.publish_lists:
+            for tool_id in model.tool_ids:
+                tool = mes.tools.get(tool_id)
+                if tool is None or tool.tool_group in auto_groups or tool.lot_id:
+                    continue
+                t = model.tool(tool_id)
+                lots = tuple(model.lot_ids[int(lists.lot[t, k])] for k in range(int(lists.n[t])))
+                if lots and lots != self._last_lists.get(tool_id):
+                    self._last_lists[tool_id] = lots
+                    mes.dispatch_list(tool_id, list(lots),
+                                      [float(lists.key[t, k, 0]) for k in range(len(lots))])
+                    metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "advised").inc()
+        if not auto_groups:
+            return
+        # Auto groups: the scorer's assignment (a batch on batch tools, no lot on two tools).
         mono = time.monotonic()
-        for tool_id in model.tool_ids:
-            t = model.tool(tool_id)
-            n = int(lists.n[t])
+        for tool_id, lots in dispatcher.assign(now_min).items():
             tool = mes.tools.get(tool_id)
-            if n == 0 or tool is None or tool.lot_id or not tool.connected:
+            if (tool is None or tool.tool_group not in auto_groups or tool.lot_id
+                    or not tool.connected or tool_id not in self.sessions
+                    or self._reserved_tools.get(tool_id, 0.0) > mono):
                 continue
-            lots = [model.lot_ids[int(lists.lot[t, k])] for k in range(n)]
-            group = tool.tool_group
-            mode = self.config.dispatch.group_modes.get(group, self.config.dispatch.mode)
-            if mode == "advisory":
-                if self.config.dispatch.publish_lists and tuple(lots) != self._last_lists.get(
-                        tool_id):
-                    self._last_lists[tool_id] = tuple(lots)
-                    mes.dispatch_list(tool_id, lots, [float(lists.key[t, k, 0])
-                                                      for k in range(n)])
-                    metrics.DISPATCH_DECISIONS.labels(group, "advised").inc()
-                continue
-            if tool_id in self._reserved_tools and self._reserved_tools[tool_id] > mono:
-                continue
-            if tool_id not in self.sessions:
-                continue
-            chosen = self._choose(model, lots)
+            chosen = [x for x in lots if x not in self._reserved_lots
+                      and (lot := mes.lots.get(x)) is not None and lot.state == QUEUED]
             if not chosen:
                 continue
-            self._reserved_tools[tool_id] = mono + 2 * self.config.dispatch.command_timeout_s
+            self._reserved_tools[tool_id] = mono + 2 * cfg.command_timeout_s
             self._reserved_lots.update(chosen)
             try:
                 self._actions.put_nowait((tool_id, chosen))
             except asyncio.QueueFull:
                 self._reserved_tools.pop(tool_id, None)
                 self._reserved_lots.difference_update(chosen)
-                metrics.DISPATCH_DECISIONS.labels(group, "queue_full").inc()
-
-    def _choose(self, model, lots: list[str]) -> list[str]:
-        """The head of the list, plus the lots that batch with it (same step) up to the limit."""
-        mes = self.bus.mes
-        free = [x for x in lots if x not in self._reserved_lots]
-        if not free:
-            return []
-        head = mes.lots.get(free[0])
-        if head is None or head.state != QUEUED:
-            return []
-        step = mes.step_of(head)
-        if step.batch_max_lots <= 1:
-            return [head.lot_id]
-        batch = [head.lot_id]
-        for lot_id in free[1:]:
-            lot = mes.lots.get(lot_id)
-            if (lot is not None and lot.state == QUEUED and lot.route_id == head.route_id
-                    and lot.step_index == head.step_index and len(batch) < step.batch_max_lots):
-                batch.append(lot_id)
-        return batch
+                metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "queue_full").inc()
 
     def step_gauges(self) -> None:
         """Refresh the gauges a shift lead watches (tools by state, WIP, holds, utilisation)."""
