@@ -255,11 +255,9 @@ class MqttSession:
         # Runs inside paho's read callback: nothing may escape, or the connection breaks.
         try:
             events = self.handle(message.topic.value, message.payload)
-        except Exception:
-            self._m_malformed.inc()
-            self.malformed_total += 1
-            log.exception("broker %s: mapping a message on %s failed", self.broker_id,
-                          getattr(message.topic, "value", "?"))
+        except Exception as exc:  # a bug, not bad data: counted and logged like bad data
+            self._malformed(str(getattr(message.topic, "value", "?")),
+                            f"mapping failed: {exc!r}")
             return
         if events:
             self._emit(events)
