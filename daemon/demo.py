@@ -472,9 +472,12 @@ class Demo:
         ]), flush=True)
 
     async def _teardown(self) -> None:
-        for sim in [*self.gem_sims.values(), *self.opcua_sims.values()]:
+        for sim in self.gem_sims.values():
             with contextlib.suppress(Exception):
                 await sim.stop()
+        for sim in self.opcua_sims.values():  # close(): stop() is the tool's reboot knob
+            with contextlib.suppress(Exception):
+                await sim.close()
         farm = getattr(self, "farm", None)
         if farm is not None and farm.returncode is None:
             farm.stdin.write(b"quit\n")

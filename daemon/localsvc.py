@@ -112,6 +112,8 @@ class MosquittoServer(_Server):
             raise RuntimeError("mosquitto not installed: run `make test` (it installs it)")
         conf = self.workdir / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", "persistence false"]
+        if os.geteuid() == 0:  # as root mosquitto drops to its own user, which cannot read our files
+            lines.append("user root")
         if self.username:
             pwfile = self.workdir / "passwd"
             pwfile.write_text(f"{self.username}:{self.password}\n")

@@ -40,7 +40,7 @@ EQUIPMENT_EXAMPLE = """
 # [[equipment.opcua]]                  # an OPC UA tool
 # tool_id = "CVD02"
 # endpoint_url = "opc.tcp://10.1.21.12:4840"
-# e10_node = "ns=2;s=CVD02.State"
+# e10_state_node = "ns=2;s=CVD02.State"
 #
 # [[equipment.mqtt]]                   # an MQTT broker with sensors
 # broker_id = "facility"
