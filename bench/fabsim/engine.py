@@ -270,8 +270,14 @@ def simulate(
     g_oldest = np.zeros(n_names, np.float64)
     touched = np.empty(n_names, np.int32)
     # queued work per family (minutes) and tools up, for the scorer's balance and QT-gate terms
+    # (as dispatch.scorer.prepare: busy time left + queued work, per tool up)
     fam_work = np.zeros(n_fam, np.float64)
+    fam_qt_work = np.zeros(n_fam, np.float64)     # work of queue-time-window lots queued
+    fam_busy_end = np.zeros(n_fam, np.float64)    # sum of the busy tools' done times
+    fam_busy_n = np.zeros(n_fam, np.int32)
     fam_up = fam_tool_count.copy()
+    tool_is_down = np.zeros(n_tools, np.bool_)
+    bk_incoming = np.zeros(n_names, np.int64)     # wafers one step before a batch step, per batch key
     fam_has_ded = np.zeros(n_fam, np.bool_)
     for s in range(st_ded_use.shape[0]):
         if st_ded_use[s] >= 0:
@@ -349,9 +355,14 @@ def simulate(
                     tool_busy[m] = False
                     tool_job_n[m] = 0
                     f = tool_family[m]
+                    fam_busy_end[f] -= tool_mdone[m]
+                    fam_busy_n[f] -= 1
                     if compat == 0 and tool_pm_owed[m] > 0.0:
                         tool_down_until[m] = t + tool_pm_owed[m]
                         tool_pm_owed[m] = 0.0
+                        if not tool_is_down[m]:
+                            tool_is_down[m] = True
+                            fam_up[f] -= 1
                         hn = _heap_push(ht, hs, hk, ha, hb, hn, seq, tool_down_until[m], EV_UP, m, 0)
                         seq += 1
                         continue
@@ -367,6 +378,9 @@ def simulate(
                     if tool_busy[m] or tool_down_until[m] > t:
                         continue
                     f = tool_family[m]
+                    if tool_is_down[m]:
+                        tool_is_down[m] = False
+                        fam_up[f] += 1
                     if q_len[f] > 0:
                         tool_usable[m] = True
                         if not fam_dirty[f]:
@@ -387,6 +401,7 @@ def simulate(
                         # the job on the tool waits for the repair
                         tool_epoch[m] += 1
                         tool_mdone[m] += length
+                        fam_busy_end[tool_family[m]] += length
                         hn = _heap_push(ht, hs, hk, ha, hb, hn, seq, tool_mdone[m], EV_MDONE, m, tool_epoch[m])
                         seq += 1
                         for j in range(tool_job_n[m]):
@@ -402,6 +417,9 @@ def simulate(
                     elif compat == 0:
                         tool_down_until[m] = max(tool_down_until[m], t) + length
                         tool_usable[m] = False
+                        if not tool_is_down[m]:
+                            tool_is_down[m] = True
+                            fam_up[tool_family[m]] -= 1
                         hn = _heap_push(ht, hs, hk, ha, hb, hn, seq, tool_down_until[m], EV_UP, m, 0)
                         seq += 1
                     if cal_is_down[c] == 1 or compat == 1:
@@ -423,6 +441,8 @@ def simulate(
                     cur = lot_step[lot]
                     lot_steps_done[lot] += 1
                     check_rework = True
+                    if cur + 1 < route_start[lot_route[lot]] + route_len[lot_route[lot]] and st_bmax[cur + 1] > 1:
+                        bk_incoming[st_bkey[cur + 1]] -= lot_pieces[lot]
             # --- move `lot` on from step `cur` (released lots: cur = the step before) -------
             r = lot_route[lot]
             end = route_start[r] + route_len[r]
@@ -464,6 +484,10 @@ def simulate(
             q[f, q_len[f]] = lot
             lot_qpos[lot] = q_len[f]
             fam_work[f] += st_pt_mean[cur] / st_bmax[cur]
+            if (lot_cqt[lot] != 0) if compat == 1 else (lot_cqt_to[lot] >= 0):
+                fam_qt_work[f] += st_pt_mean[cur] / st_bmax[cur]
+            if cur + 1 < end and st_bmax[cur + 1] > 1:
+                bk_incoming[st_bkey[cur + 1]] += lot_pieces[lot]
             q_len[f] += 1
             s0 = fam_tool_start[f]
             for m in range(s0, s0 + fam_tool_count[f]):
@@ -542,15 +566,15 @@ def simulate(
                     qt_wait = -1.0
                     if st_cqt_to[s] >= 0:
                         fq = st_family[st_cqt_to[s]]
-                        qt_wait = fam_work[fq] / max(1, fam_up[fq])
+                        qt_wait = (fam_busy_end[fq] - fam_busy_n[fq] * t + fam_qt_work[fq]) / max(1, fam_up[fq])
                     next_wait = -1.0
                     if s + 1 < route_start[lot_route[lot]] + route_len[lot_route[lot]]:
                         fn = st_family[s + 1]
-                        next_wait = fam_work[fn] / max(1, fam_up[fn])
+                        next_wait = (fam_busy_end[fn] - fam_busy_n[fn] * t + fam_work[fn]) / max(1, fam_up[fn])
                     blk = block_code(t, False, pol_qt_gate[f], pol_qt_gate_factor[f],
                                      st_cqt_min[s] if st_cqt_to[s] >= 0 else 0.0, qt_wait, bmaxw,
                                      st_bmin[s] * pieces_per_lot, bwaf, oldest, pol_batch_fill[f],
-                                     pol_batch_max_wait[f])
+                                     pol_batch_max_wait[f], bk_incoming[st_bkey[s]] if st_bmax[s] > 1 else 0)
                     # compat: PySCFabSim's batch builder, not the policy, decides when a batch goes
                     if blk == BLOCK_BATCH_WAIT and compat == 1:
                         blk = BLOCK_OK
@@ -670,6 +694,8 @@ def simulate(
                     pieces += lot_pieces[lot]
                     _q_remove(q, q_len, lot_qpos, f, lot)
                     fam_work[f] -= st_pt_mean[lot_step[lot]] / st_bmax[lot_step[lot]]
+                    if (lot_cqt[lot] != 0) if compat == 1 else (lot_cqt_to[lot] >= 0):
+                        fam_qt_work[f] -= st_pt_mean[lot_step[lot]] / st_bmax[lot_step[lot]]
                     lot_state[lot] = Q_BUSY
                     lot_tool[lot] = m
                     if lot < n_trace and lot_starts[lot] < trace_len:
@@ -727,6 +753,8 @@ def simulate(
                         tool_minrun_setup[m] = -1
                 tool_epoch[m] += 1
                 tool_mdone[m] = t + mach_time + su
+                fam_busy_end[f] += tool_mdone[m]
+                fam_busy_n[f] += 1
                 hn = _heap_push(ht, hs, hk, ha, hb, hn, seq, tool_mdone[m], EV_MDONE, m, tool_epoch[m])
                 seq += 1
                 tool_job_n[m] = nb
