@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import secsgem.common
 import secsgem.gem
@@ -24,12 +25,38 @@ def _secsgem_settings(port: int, passive: bool) -> secsgem.hsms.HsmsSettings:
                      else secsgem.common.DeviceType.HOST))
 
 
+_SECSGEM_EQUIPMENT = """
+import os, sys
+import secsgem.common, secsgem.gem, secsgem.hsms
+eq = secsgem.gem.GemEquipmentHandler(secsgem.hsms.HsmsSettings(
+    address="127.0.0.1", port=int(sys.argv[1]), session_id=0,
+    connect_mode=secsgem.hsms.HsmsConnectMode.PASSIVE,
+    device_type=secsgem.common.DeviceType.EQUIPMENT))
+eq.enable()
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+os._exit(0)  # secsgem's server thread is not a daemon: do not wait for it
+"""
+
+
 async def test_our_host_selects_a_secsgem_equipment_and_talks_gem() -> None:
+    # secsgem runs in a child process: its listening thread is not a daemon thread and
+    # can outlive disable(), which would keep a test process from exiting
     port = free_port()
-    equipment = secsgem.gem.GemEquipmentHandler(_secsgem_settings(port, passive=True))
-    equipment.enable()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SECSGEM_EQUIPMENT, str(port),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     try:
-        host = HsmsActive("SG-EQ", HsmsConfig(**{**FAST, "port": port}))
+        assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"ready"
+
+        def host_handler(session: HsmsSession, msg: Message) -> None:
+            # secsgem's equipment also opens with S1F13: answer it as a GEM host does
+            if (msg.stream, msg.function) == (1, 13):
+                session.reply_nowait(msg, L(B(b"\x00"), L()))
+            elif msg.wbit:
+                session.send_s9(5, msg.header)
+
+        host = HsmsActive("SG-EQ", HsmsConfig(**{**FAST, "port": port}), host_handler)
         async with running(host):
             await host.wait_state(HsmsState.SELECTED, 10)
             # S1F13 establish communications: COMMACK 0 and the equipment's MDLN/SOFTREV
@@ -40,12 +67,17 @@ async def test_our_host_selects_a_secsgem_equipment_and_talks_gem() -> None:
             # S1F1 are you there
             reply = await host.request(1, 1)
             assert reply.function == 2 and isinstance(reply.body, L)
-            # S1F3 selected status: the clock SV secsgem always has (SVID 1002 in secsgem's own set)
+            # S1F11 status variable namelist: secsgem always has a few of its own
             reply = await host.request(1, 11, L())
             assert reply.function == 12 and len(reply.body) > 0
             await host.session.linktest()
     finally:
-        await asyncio.to_thread(equipment.disable)
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def test_secsgem_host_selects_our_passive_equipment_and_establishes_communication() -> None:
