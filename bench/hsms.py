@@ -235,7 +235,8 @@ async def run_fabd(mode: str, tools: int, rate_hz: float, warmup_s: float, windo
         cpu = c1 - c0
         stats["cpu_share"] = (stats["cpu_s"] - farm_cpu0) / (w1 - w0)
         stats["cpu_us_per_event"] = (stats["cpu_s"] - farm_cpu0) / max(1, stats["acked"]) * 1e6
-        return {"mode": mode, "sessions": up, "acked": events, "seconds": w1 - w0,
+        return {"mode": mode, "sessions": up,
+                "host_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "acked": events, "seconds": w1 - w0,
                 "rate": events / (w1 - w0), "host_cpu_s": cpu,
                 "per_cpu_s": events / cpu if cpu else 0.0, "cpu_share": cpu / (w1 - w0),
                 "p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "farm": stats}

@@ -54,6 +54,9 @@ class RejectReason(enum.IntEnum):
     ENTITY_NOT_SELECTED = 4
 
 
+_STYPES = frozenset(SType)
+
+
 class Message:
     """One received or sent HSMS message; `body` is the decoded SECS-II item (None if empty)."""
 
@@ -83,7 +86,8 @@ class Message:
 
     def __repr__(self) -> str:
         if self.stype != SType.DATA:
-            return f"<{SType(self.stype).name if self.stype in SType._value2member_map_ else self.stype} system={self.system}>"
+            name = SType(self.stype).name if self.stype in _STYPES else str(self.stype)
+            return f"<{name} system={self.system}>"
         w = " W" if self.wbit else ""
         return f"<S{self.stream}F{self.function}{w} system={self.system} device={self.session_id}>"
 

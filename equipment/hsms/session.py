@@ -184,7 +184,8 @@ class HsmsSession:
         if rsp.stype == SType.REJECT_REQ:
             raise HsmsRejectedError(f"{self.tool_id}: Select.req rejected", rsp.function)
         if rsp.function != SelectStatus.ESTABLISHED:
-            status = SelectStatus(rsp.function).name if rsp.function in SelectStatus._value2member_map_ else rsp.function
+            known = rsp.function in frozenset(SelectStatus)
+            status = SelectStatus(rsp.function).name if known else str(rsp.function)
             raise HsmsRejectedError(f"{self.tool_id}: select refused ({status})", rsp.function)
         if not self.selected:
             self._selected()
