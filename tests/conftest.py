@@ -10,6 +10,33 @@ import pytest
 from tests.support import MosquittoServer, RedisServer, new_workdir
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the numba kernels once, up front, into numba's cache.
+
+    On a fresh checkout the first compile takes a minute or more; doing it here
+    means the tests that start `fabd run` or a benchmark as a child process load
+    the cached kernels instead of each compiling them under its own timeout.
+    """
+    import sys
+    import time
+
+    t0 = time.monotonic()
+    print("\n[tests] warming numba kernels (a fresh checkout compiles them once)...",
+          file=sys.stderr, flush=True)
+    from dispatch import scorer
+    from spc import kernel
+
+    kernel.warm()
+    scorer.warm()
+    try:
+        from bench.fabsim import run as fabsim_run
+    except ImportError:
+        fabsim_run = None
+    if fabsim_run is not None:
+        fabsim_run.warm()
+    print(f"[tests] kernels ready in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One private redis-server for the session (use `redis_url` for a clean database)."""
