@@ -36,6 +36,7 @@ import json
 import logging
 import random
 import resource
+import signal
 import struct
 import sys
 import time
@@ -765,19 +766,25 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _serve_cli(config: FarmConfig) -> None:
+async def _serve_cli(config: FarmConfig, use_stdin: bool = True) -> None:
     farm = EquipmentFarm(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, farm.stop)
     await farm.start()
     print(json.dumps({"tools": [t.tool_id for t in farm.tools],
                       "ports": [t.port for t in farm.tools]}), flush=True)
-    loop = asyncio.get_running_loop()
+    if not use_stdin:
+        await farm.run()
+        return
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
     async def commands() -> None:
         while True:
-            line = (await reader.readline()).decode().strip()
-            if line in ("", "quit"):
+            raw = await reader.readline()
+            line = raw.decode().strip()
+            if not raw or line == "quit":  # our parent closed stdin, or asked us to stop
                 farm.stop()
                 return
             if line == "stats":
@@ -790,9 +797,13 @@ async def _serve_cli(config: FarmConfig) -> None:
                 farm.stats.reset()
                 print(json.dumps({"reset": True}), flush=True)
 
+    async def serve(commands_task: asyncio.Task) -> None:
+        await farm.run()
+        commands_task.cancel()  # stopped by a signal: stop reading stdin too
+
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(farm.run(), name="farm")
-        tg.create_task(commands(), name="farm.commands")
+        commands_task = tg.create_task(commands(), name="farm.commands")
+        tg.create_task(serve(commands_task), name="farm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -804,6 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--process-time", type=float, default=5.0)
     p.add_argument("--no-uvloop", action="store_true")
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--no-stdin", action="store_true",
+                   help="ignore stdin (no stats/reset/quit commands); stop on SIGTERM/SIGINT")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -816,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
 
             uvloop.install()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_cli(config))
+        asyncio.run(_serve_cli(config, use_stdin=not args.no_stdin))
     return 0
 
 

@@ -234,3 +234,18 @@ async def test_trace_request_sends_s6f1_samples() -> None:
         s6f1 = [to_python(m.body) for m in host.received if (m.stream, m.function) == (6, 1)]
         assert [r[1] for r in s6f1] == [1, 2, 3] and all(len(r[3]) == 2 for r in s6f1)
         assert await host.ack(2, 23, L(U4(8), A("bad"), U4(1), U4(1), L(U4(2010)))) == 1
+
+
+def test_farm_command_line_stops_on_sigterm_without_stdin() -> None:
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "equipment.sim.farm", "--tools", "2",
+                             "--no-stdin"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert len(json.loads(proc.stdout.readline())["ports"]) == 2
+        assert proc.poll() is None  # /dev/null on stdin does not stop it
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
