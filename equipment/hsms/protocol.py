@@ -179,6 +179,8 @@ class HsmsProtocol(asyncio.Protocol):
         if entry is None:
             return
         fut = entry[0]
+        if fut.cancelled():
+            return  # nobody waits for this reply any more: not a T3 worth reporting
         if not fut.done():
             fut.set_exception(HsmsReplyTimeoutError(
                 f"{self.session.tool_id}: no reply to {what} (system {system}) within {timeout_s:g} s"))
