@@ -15,6 +15,7 @@ from equipment.secs.errors import SecsDecodeError, SecsEncodeError
 from equipment.secs.items import (
     BOOLEAN,
     BY_FMT,
+    F8,
     NUMERIC_TYPES,
     A,
     B,
@@ -50,6 +51,7 @@ _INTERNED: dict[bytes, Item] = {}
 _INTERN_MAX_BYTES = 40
 _INTERN_MAX_ITEMS = 8192
 _EMPTY_L = _new_tuple(L, ())
+_UNPACK_F8 = struct.Struct(">d").unpack_from
 
 
 def decode_from(buf: Buffer, pos: int = 0, end: int = -1) -> tuple[Item, int]:
@@ -72,6 +74,8 @@ def decode_from(buf: Buffer, pos: int = 0, end: int = -1) -> tuple[Item, int]:
     interned = _INTERNED
     new_tuple = _new_tuple
     l_cls = L
+    f8_cls = F8
+    unpack_f8 = _UNPACK_F8
     try:
         while True:
             fb = buf[pos]
@@ -100,7 +104,9 @@ def decode_from(buf: Buffer, pos: int = 0, end: int = -1) -> tuple[Item, int]:
                 stop = pos + length
                 if stop > end:
                     raise SecsDecodeError(f"item length {length} runs past the data", pos)
-                if fb in interned_fbs and length <= _INTERN_MAX_BYTES:
+                if fb == 0x81 and length == 8:  # one F8: the process values of a report
+                    item = new_tuple(f8_cls, unpack_f8(buf, pos))
+                elif fb in interned_fbs and length <= _INTERN_MAX_BYTES:
                     # short texts and integers repeat (ids, lot ids, states): share the
                     # immutable item, keyed by its encoded bytes including the format byte
                     raw = buf[pos - 2:stop] if is_bytes else bytes(buf[pos - 2:stop])
