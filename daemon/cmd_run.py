@@ -26,5 +26,15 @@ def run(args: argparse.Namespace) -> int:
     from daemon import assemble, log, runner
 
     log.setup(cfg.service.log_level)
+    _raise_open_files()
     app, _ = assemble.build(cfg, config_path=args.config)
     return runner.run(app.run(), cfg.service.event_loop)
+
+
+def _raise_open_files() -> None:
+    """One socket per tool: lift the soft open-file limit to the hard one (systemd sets both)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
