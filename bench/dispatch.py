@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -14,11 +13,10 @@ from dispatch.config import Policy, compile_policy
 from dispatch.model import FabModel, from_smt2020
 from dispatch.reference import reference_lists
 from dispatch.scorer import Dispatcher, assign, prepare, score_tool, tool_available
+from dispatch.smt2020 import DEFAULT_DATASET
 
 NAME = "dispatch"
-DEFAULT_DATA = os.environ.get("FABD_SMT2020",
-                              os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                           "shared", "data", "smt2020", "HVLM"))
+DEFAULT_DATA = str(DEFAULT_DATASET)
 
 
 @njit(cache=True)

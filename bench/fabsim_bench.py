@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from bench.common import emit, progress, standard_args
+from dispatch.smt2020 import DEFAULT_DATASET
 
-DEFAULT_DATASET = Path("/work/shared/data/smt2020/HVLM")
 TARGET_S_PER_YEAR = 60.0   # the budget for one simulated year on one core
 
 

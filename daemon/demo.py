@@ -524,9 +524,10 @@ async def _xadd_many(client, stream: str, entries: list[dict]) -> None:
 
 
 def _default_dataset():
-    from pathlib import Path
 
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "smt2020" / "HVLM"
+    from dispatch.smt2020 import DEFAULT_DATASET
+
+    return DEFAULT_DATASET
 
 
 def _exists(path: str) -> bool:

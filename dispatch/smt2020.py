@@ -14,6 +14,7 @@ pmcal.txt, downcal.txt, attach.txt, fromto.txt. Missing optional files
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from pathlib import Path
 
 import msgspec
@@ -45,6 +46,13 @@ _MINUTES = {
     "day": 1440.0, "days": 1440.0, "d": 1440.0,
     "week": 10080.0, "weeks": 10080.0, "wk": 10080.0,
 }
+
+
+# The SMT2020 HVLM dataset ships with the repository (data/smt2020, public, 372 KB);
+# FABD_SMT2020_DATASET points elsewhere (another SMT2020 fab in the same format).
+DEFAULT_DATASET = Path(os.environ.get(
+    "FABD_SMT2020_DATASET",
+    Path(__file__).resolve().parents[1] / "data" / "smt2020" / "HVLM"))
 
 
 class Smt2020Error(ModelError):

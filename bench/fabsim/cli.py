@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bench.fabsim import run as fabrun
 from dispatch import smt2020
+from dispatch.smt2020 import DEFAULT_DATASET
 from dispatch.errors import DispatchError
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `fabd sim` options."""
     parser.add_argument("model", choices=["smt2020"], help="fab model format")
-    parser.add_argument("--dataset", required=True, type=Path,
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
                         help="folder with the SMT2020 text files (e.g. .../smt2020/HVLM)")
     parser.add_argument("--days", type=float, default=365.0, help="simulated days (default 365)")
     parser.add_argument("--warmup-days", type=float, default=0.0,

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.fabsim import run as fabrun
 from dispatch import smt2020
+from dispatch.smt2020 import DEFAULT_DATASET
 
-HVLM = Path("/work/shared/data/smt2020/HVLM")
+HVLM = DEFAULT_DATASET
 needs_hvlm = pytest.mark.skipif(not HVLM.is_dir(), reason="SMT2020 HVLM data not installed")
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from dispatch import smt2020
+from dispatch.smt2020 import DEFAULT_DATASET
 
-HVLM = Path("/work/shared/data/smt2020/HVLM")
+HVLM = DEFAULT_DATASET
 
 pytestmark = pytest.mark.skipif(not HVLM.is_dir(), reason="SMT2020 HVLM data not installed")
 

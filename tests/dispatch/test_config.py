@@ -7,6 +7,7 @@ import pytest
 from dispatch.config import compile_policy, load_policy
 from dispatch.errors import PolicyError
 from dispatch.scorer import Dispatcher
+from dispatch.smt2020 import DEFAULT_DATASET
 from tests.dispatch.fabs import line
 
 
@@ -87,19 +88,18 @@ def test_the_shipped_example_policy_is_valid_for_smt2020():
     example = Path(__file__).resolve().parents[2] / "dispatch" / "policy.example.toml"
     policy = load_policy(example)
     assert policy.preset == "fabd" and "Implant_128" in policy.groups
-    hvlm = Path(__file__).resolve().parents[3] / "shared" / "data" / "smt2020" / "HVLM"
+    hvlm = DEFAULT_DATASET
     pa = compile_policy(policy, from_smt2020(smt2020.load(hvlm)))
     assert pa.level.shape == (106, 10)
 
 
 def test_smt2020_rules_become_a_policy():
-    from pathlib import Path
 
     from dispatch import smt2020
     from dispatch.config import RULES, smt2020_policy
     from dispatch.model import from_smt2020
 
-    ds = smt2020.load(Path(__file__).resolve().parents[3] / "shared" / "data" / "smt2020" / "HVLM")
+    ds = smt2020.load(DEFAULT_DATASET)
     pa = compile_policy(smt2020_policy(ds), from_smt2020(ds))
     m = from_smt2020(ds)
     level = {g: dict(zip(RULES, pa.level[m.group_index[g]].tolist(), strict=True))

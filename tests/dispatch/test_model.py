@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from dispatch import smt2020
 from dispatch.errors import ModelError, UnknownIdError
 from dispatch.model import NO_QT, FabModel, LotState, StepSpec, from_smt2020
 from dispatch.scorer import Dispatcher
+from dispatch.smt2020 import DEFAULT_DATASET
 from tests.dispatch.fabs import line
 
-HVLM = Path(__file__).resolve().parents[3] / "shared" / "data" / "smt2020" / "HVLM"
+HVLM = DEFAULT_DATASET
 
 
 def rework_fab() -> FabModel:
