@@ -12,8 +12,8 @@ from pathlib import Path
 
 from bench.fabsim import run as fabrun
 from dispatch import smt2020
-from dispatch.smt2020 import DEFAULT_DATASET
 from dispatch.errors import DispatchError
+from dispatch.smt2020 import DEFAULT_DATASET
 
 log = logging.getLogger(__name__)
 
