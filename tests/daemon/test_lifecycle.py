@@ -2,6 +2,8 @@
 
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,12 @@ def test_ready_then_watchdog_pings_then_stopping_and_clean_exit(daemon):
     msgs = daemon.read_notify("READY=1")
     status, _ = daemon.http("/healthz")
     assert status == 200
+    # `fabd status` reads the same daemon and prints a table a shift lead can read
+    out = subprocess.run([sys.executable, "-m", "daemon.cli", "status", "--url",
+                          f"http://127.0.0.1:{daemon.http_port}"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "health: ok" in out.stdout and "components:" in out.stdout
     # WATCHDOG=1 comes from the tick loop, repeatedly.
     for _ in range(3):
         daemon.messages.clear()
