@@ -184,6 +184,11 @@ class ErpIntake:
                 await self.process(client, entries)
             finally:
                 self._idle.set()
+        await self._claim(client)
+
+    async def _claim(self, client) -> None:
+        """Take over entries another consumer has left pending longer than erp_claim_idle_s."""
+        group, me, n = self.bus.consumer_group, self.bus.consumer_name, self.bus.erp_batch_commands
         start = "0-0"
         idle_ms = int(self.bus.erp_claim_idle_s * 1000)
         while True:
@@ -202,6 +207,7 @@ class ErpIntake:
         client = make_client(self.redis_config)
         group, me = self.bus.consumer_group, self.bus.consumer_name
         recovered = False
+        last_claim = time.monotonic()
         try:
             while not self._stopping:
                 raise_if_cancelled()
@@ -220,6 +226,11 @@ class ErpIntake:
                         await self._ensure_group(client)
                         await self._recover(client)
                         recovered = True
+                        last_claim = time.monotonic()
+                    elif time.monotonic() - last_claim >= max(1.0, self.bus.erp_claim_idle_s):
+                        # A consumer that died after we started leaves entries pending too.
+                        await self._claim(client)
+                        last_claim = time.monotonic()
                     resp = await client.xreadgroup(group, me, {self.stream: ">"},
                                                    count=self.bus.erp_batch_commands,
                                                    block=self.bus.erp_block_ms)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiomqtt
 import msgspec
@@ -23,7 +21,7 @@ from equipment.events import (
 from equipment.mqtt.config import MqttBrokerConfig, TopicMapping
 from equipment.mqtt.errors import MqttConfigError
 from equipment.mqtt.session import MqttSession, MqttSessionState
-from tests.support import MosquittoServer, new_workdir
+from tests.support import MosquittoServer
 from tests.support import eventually as _eventually
 
 SENSORS = TopicMapping(
@@ -41,26 +39,6 @@ def eventually(predicate, timeout_s: float = 30.0, **kw):
     return _eventually(predicate, timeout_s=timeout_s, **kw)
 
 
-class _RootSafeMosquitto(MosquittoServer):
-    # Started as root, mosquitto drops to user `mosquitto`, which cannot read the 0600
-    # password file in the 0700 work dir; stay root (to move into tests/support.py).
-    def argv(self) -> list[str]:
-        args = super().argv()
-        if os.geteuid() == 0:
-            conf = self.workdir / "mosquitto.conf"
-            conf.write_text(conf.read_text() + "user root\n")
-        return args
-
-
-@pytest.fixture
-def mosquitto_with_password() -> Iterator[MosquittoServer]:
-    """A private mosquitto that requires user `fab` with password `wafer`."""
-    workdir = new_workdir("mqtt-pw")
-    server = _RootSafeMosquitto(workdir, username="fab", password="wafer")
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def broker(server: MosquittoServer, **kw) -> MqttBrokerConfig:
