@@ -466,8 +466,11 @@ class Demo:
             f"  events published to Redis "
             f"{_metric_sum(REGISTRY, 'fabd_bus_events_published_total'):.0f}, outbox left "
             f"{c['outbox']}",
-            "  read the streams:  fabd consume --stream fab:lots --check-wip "
-            + (f"--redis-url {self.redis_server.url}" if self.redis_server else ""),
+            ("  the demo's own Redis stops with it; to keep the streams, run with --redis-url "
+             "and read them with: fabd consume --stream fab:lots --check-wip --redis-url URL"
+             if self.redis_server else
+             f"  read the streams:  fabd consume --stream fab:lots --check-wip "
+             f"--redis-url {self.args.redis_url}"),
             *[f"  {e}" for e in self.events],
         ]), flush=True)
 
