@@ -410,7 +410,8 @@ class Demo:
             hsms, opcua = await self._start_tools(tools)
         cfg = self._config(redis_url, hsms, opcua, mqtt_port)
         self.app, self.core = assemble.build(cfg, recipes=plan.recipes)
-        n_lots = args.lots or max(12, int(args.duration * args.speed / 150))
+        n_lots = args.lots or (200 if args.fab == "smt2020"  # a whole fab: keep its tools busy
+                               else max(12, int(args.duration * args.speed / 150)))
         say("warming up fabd (first run compiles the numba kernels; later runs load them)")
         daemon = asyncio.create_task(self.app.run(), name="fabd")
         while not self.app.ready:
