@@ -7,6 +7,10 @@ the production path: decode, driver profile, state of record, group commit
 (S6F12 only after it), outbox, Redis. A probe process reads the stream and
 measures event time → visible in Redis. Reported against same-run baselines:
 the farm's offered rate, and its own S6F11 → S6F12 round trip.
+
+The farm's load events are ProcessCompleted reports for lots the MES does not
+know, so each becomes one `process_unexpected` state change; their parameters
+are not charted (SPC throughput is `python -m bench spc`).
 """
 
 from __future__ import annotations

@@ -254,9 +254,14 @@ class FabCore:
             metrics.SPC_POINTS_DROPPED.inc(len(points) - accepted)
 
     def spc_from_completions(self, events: list[dom.DomainEvent]) -> None:
-        """Each lot's measured parameters (ProcessCompleted) are one point on its step's chart."""
+        """Each lot's measured parameters (ProcessCompleted) are one point on its step's chart.
+
+        Data of a lot the MES does not know (reported as process_unexpected) is not charted:
+        it belongs to no step, and a chart must not mix it into a step's history.
+        """
+        lots = self.bus.mes.lots
         points = [dom.ProcessPoint(e.tool_id, name, float(value), e.ts, e.lot_id, e.chamber)
-                  for e in events if isinstance(e, dom.ProcessCompleted)
+                  for e in events if isinstance(e, dom.ProcessCompleted) and e.lot_id in lots
                   for name, value in e.parameters.items()]
         if points:
             self._on_points(points)
