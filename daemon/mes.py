@@ -156,6 +156,7 @@ class MesState:
         self._dirty: dict[tuple[str, str], object] = {}
         self._events: list[tuple[int, str, int, str, str, str, bytes]] = []
         self._commands: list[tuple[str, float]] = []
+        self._unexpected_logged: dict[str, tuple[float, int]] = {}  # tool -> (logged at, since)
         self.listeners: list[Callable[[str, str], None]] = []  # (kind, id) after each change
         self.on_pending: Callable[[int], None] | None = None  # writer wake-up (pending events)
 
@@ -633,7 +634,17 @@ class MesState:
                            ts: float | None = None) -> None:
         self.emit(ev.ProcessUnexpected(tool_id=tool_id, lot_id=lot_id, what=what, reason=reason),
                   ts)
-        log.warning("tool %s reported process %s of lot %s: %s", tool_id, what, lot_id, reason)
+        # Every one is an event; the log gets one line per tool per minute (a misconfigured
+        # tool reporting at 5 Hz must not flood the journal).
+        now = time.monotonic()
+        last, suppressed = self._unexpected_logged.get(tool_id, (-1e9, 0))
+        if now - last >= 60.0:
+            more = f" ({suppressed} more since the last line)" if suppressed else ""
+            log.warning("tool %s reported process %s of lot %s: %s%s", tool_id, what, lot_id,
+                        reason, more)
+            self._unexpected_logged[tool_id] = (now, 0)
+        else:
+            self._unexpected_logged[tool_id] = (last, suppressed + 1)
 
     def wip_snapshot(self) -> ev.WipSnapshot:
         """Emit a WIP snapshot covering every lots entry emitted so far, and return it."""
