@@ -36,6 +36,7 @@ from equipment.events import (
 from equipment.mqtt.client import Route, TopicRouter, build_client
 from equipment.mqtt.config import MqttBrokerConfig, TopicMapping
 from equipment.mqtt.errors import MalformedPayload, MqttAdapterError
+from equipment.statewatch import StateWatch
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class _Compiled:
                                     m.state_field) if f}
 
 
-class MqttSession:
+class MqttSession(StateWatch[MqttSessionState]):
     """One broker: SPC points and tool state out, retained tool state published back."""
 
     def __init__(self, config: MqttBrokerConfig, sink: EventSink, *,
@@ -145,8 +146,7 @@ class MqttSession:
         self.failed_attempts = 0
         self._clock = clock
         self._rng = random.Random(seed)
-        self._state = MqttSessionState.NOT_CONNECTED
-        self._state_changed = asyncio.Event()
+        self._init_state(MqttSessionState.NOT_CONNECTED)
         self._client: aiomqtt.Client | None = None
         self._router = TopicRouter(config.subscriptions)
         self._compiled = {id(m): _Compiled(m) for m in config.subscriptions}
@@ -162,23 +162,6 @@ class MqttSession:
         self._m_received = metrics.MESSAGES_RECEIVED.labels(*labels)
         self._m_malformed = metrics.MALFORMED.labels(*labels)
         self._m_connected = metrics.CONNECTED.labels(*labels)
-
-    # -- state ----------------------------------------------------------------------------
-
-    @property
-    def state(self) -> MqttSessionState:
-        return self._state
-
-    def _set_state(self, state: MqttSessionState) -> None:
-        self._state = state
-        self._state_changed.set()
-        self._state_changed = asyncio.Event()
-
-    async def wait_state(self, state: MqttSessionState, timeout_s: float = 10.0) -> None:
-        """Wait until the session is in `state` (TimeoutError after timeout_s)."""
-        async with asyncio.timeout(timeout_s):
-            while self._state is not state:
-                await self._state_changed.wait()
 
     # -- supervisor -----------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from equipment.opcua.errors import (
     OpcUaNotConnectedError,
     OpcUaSecurityError,
 )
+from equipment.statewatch import StateWatch
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class _Role(enum.IntEnum):
     CONTROL = 7
 
 
-class OpcUaSession:
+class OpcUaSession(StateWatch[OpcUaSessionState]):
     """One OPC UA tool: domain events out, remote commands in (a ToolControl)."""
 
     def __init__(self, config: OpcUaToolConfig, sink: EventSink, *,
@@ -115,8 +116,7 @@ class OpcUaSession:
         self.recipe_id = ""
         self._clock = clock
         self._rng = random.Random(seed)
-        self._state = OpcUaSessionState.NOT_CONNECTED
-        self._state_changed = asyncio.Event()
+        self._init_state(OpcUaSessionState.NOT_CONNECTED)
         self._client: OpcUaClient | None = None
         self._events: asyncio.Queue[DomainEvent] | None = None
         self._points: list[ProcessPoint] = []
@@ -131,23 +131,6 @@ class OpcUaSession:
         self._skip_idle = bool(config.lot_id_node) and not config.idle_points
         self.connects = 0  # successful connects so far (1 + reconnects)
         self.failed_attempts = 0  # connect attempts that failed
-
-    # -- state ----------------------------------------------------------------------------
-
-    @property
-    def state(self) -> OpcUaSessionState:
-        return self._state
-
-    def _set_state(self, state: OpcUaSessionState) -> None:
-        self._state = state
-        self._state_changed.set()
-        self._state_changed = asyncio.Event()
-
-    async def wait_state(self, state: OpcUaSessionState, timeout_s: float = 10.0) -> None:
-        """Wait until the session is in `state` (TimeoutError after timeout_s)."""
-        async with asyncio.timeout(timeout_s):
-            while self._state is not state:
-                await self._state_changed.wait()
 
     # -- supervisor -----------------------------------------------------------------------
 
