@@ -27,8 +27,9 @@ from redis.exceptions import ResponseError
 
 from daemon import events as ev
 from daemon.busconfig import BusConfig, RedisConfig
+from daemon.cancel import raise_if_cancelled
 from daemon.mes import MesError, MesState
-from daemon.redis_conn import REDIS_DOWN, Backoff, Outage, make_client, raise_if_cancelled
+from daemon.redis_conn import REDIS_DOWN, Backoff, Outage, make_client
 from daemon.relay import Relay
 from daemon.writer import Writer
 

@@ -77,19 +77,6 @@ def make_client(config: RedisConfig, **overrides) -> aioredis.Redis:
     return aioredis.Redis.from_url(config.url, **kwargs)
 
 
-def raise_if_cancelled() -> None:
-    """Re-raise a cancellation redis-py swallowed.
-
-    On Python 3.11 a cancel that lands while redis-py's read timeout of a
-    blocking command (XREADGROUP BLOCK) expires turns into a timeout that
-    redis-py reports as an empty reply; the task is left `cancelling()` with no
-    CancelledError to come. Loops call this once per turn so a stop always stops.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class ReplyError(FabdError):
     """Redis answered a command with an error (WRONGTYPE, NOPERM, ...): reconfigure, then retry."""
 

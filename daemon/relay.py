@@ -30,6 +30,7 @@ from collections import deque
 from prometheus_client import Counter, Gauge
 
 from daemon.busconfig import BusConfig, RedisConfig, StoreConfig
+from daemon.cancel import raise_if_cancelled
 from daemon.events import SCHEMA_VERSION
 from daemon.redis_conn import (
     REDIS_DOWN,
@@ -37,7 +38,6 @@ from daemon.redis_conn import (
     Outage,
     ReplyError,
     RespConnection,
-    raise_if_cancelled,
 )
 from daemon.store import EventRow, Store
 from daemon.writer import Writer

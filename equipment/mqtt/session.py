@@ -23,6 +23,7 @@ from typing import Any
 import aiomqtt
 import msgspec
 
+from daemon.cancel import raise_if_cancelled
 from equipment import metrics
 from equipment.events import (
     DomainEvent,
@@ -99,15 +100,6 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
-def _raise_if_cancelling() -> None:
-    # Python 3.11's asyncio.wait_for (used inside asyncua and aiomqtt) can swallow a
-    # cancellation that races with its inner future completing; the task then stays
-    # "cancelling" but runs on. Honour such a cancellation at our own loop points.
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class _Compiled:
     """A topic mapping with its field paths split once."""
 
@@ -179,7 +171,7 @@ class MqttSession(StateWatch[MqttSessionState]):
         warned = False  # one WARNING per outage, one INFO when back
         try:
             while True:
-                _raise_if_cancelling()
+                raise_if_cancelled()
                 self._set_state(MqttSessionState.CONNECTING)
                 client = build_client(cfg, queue_type=self._queue_type)
                 try:
@@ -187,7 +179,7 @@ class MqttSession(StateWatch[MqttSessionState]):
                         for sub in cfg.subscriptions:
                             await client.subscribe(sub.filter(), qos=sub.qos,
                                                    timeout=cfg.subscribe_timeout_s)
-                        _raise_if_cancelling()
+                        raise_if_cancelled()
                         self._client = client
                         if self.connects:
                             metrics.RECONNECTS.labels(self.broker_id, PROTOCOL).inc()
@@ -202,7 +194,7 @@ class MqttSession(StateWatch[MqttSessionState]):
                         attempt = 0
                         warned = False
                         await self._republish(client)
-                        _raise_if_cancelling()
+                        raise_if_cancelled()
                         self._set_state(MqttSessionState.CONNECTED)
                         await self._ingest_loop(client)
                 except aiomqtt.MqttError as exc:

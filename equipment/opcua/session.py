@@ -21,6 +21,7 @@ from typing import Any
 
 from asyncua import ua
 
+from daemon.cancel import raise_if_cancelled
 from equipment import metrics
 from equipment.events import (
     AlarmCleared,
@@ -81,15 +82,6 @@ def backoff_s(attempt: int, floor_s: float, cap_s: float, rng: random.Random) ->
     return min(cap_s, floor_s * 2 ** min(attempt, 30)) * rng.uniform(0.5, 1.0)
 
 
-def _raise_if_cancelling() -> None:
-    # Python 3.11's asyncio.wait_for (used inside asyncua and aiomqtt) can swallow a
-    # cancellation that races with its inner future completing; the task then stays
-    # "cancelling" but runs on. Honour such a cancellation at our own loop points.
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class _Role(enum.IntEnum):
     PARAMETER = 0
     E10 = 1
@@ -148,7 +140,7 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         warned = False  # one WARNING per outage, one INFO when back
         try:
             while True:
-                _raise_if_cancelling()
+                raise_if_cancelled()
                 self._set_state(OpcUaSessionState.CONNECTING)
                 client = OpcUaClient(cfg)
                 announced = False
@@ -159,7 +151,7 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
                                              protocol=PROTOCOL, peer=cfg.endpoint_url))
                     announced = True
                     await self._subscribe(client)
-                    _raise_if_cancelling()
+                    raise_if_cancelled()
                 except (OpcUaError, OSError, TimeoutError, ua.UaError) as exc:
                     await client.close()
                     if announced:
