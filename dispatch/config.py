@@ -23,7 +23,11 @@ lot index (FIFO as the final tie-break). A rule at level -1 (or weight 0) is off
 The presets "fifo" and "cr" are PySCFabSim's hierarchical dispatchers
 (minimum-run violation, then lots waiting under a queue-time limit, then setup
 time needed, then priority, then FIFO arrival or critical ratio); "fabd" is
-this project's weighted policy.
+this project's weighted policy: hot lots, queue-time windows and minimum runs
+first, then one weighted level of setup avoidance, due-date triage ("deliver":
+lots that can still make their due date before lots that cannot), batch
+fullness, line balance and waiting time. Its SMT2020 results, and the
+trade-off against cycle time, are in bench/fabsim/README.md ("Quality").
 
 `load_policy(path | dict)` parses and validates (errors carry key paths);
 `compile_policy(policy, model)` checks tool-group names and returns the
@@ -63,7 +67,7 @@ __all__ = [
 
 # Rule order is the kernel's feature column order; MINRUN and SETUP depend on the tool.
 RULES: tuple[str, ...] = ("minrun", "qtime", "hot", "priority", "setup", "cr", "slack",
-                          "batch", "balance", "fifo")
+                          "batch", "balance", "fifo", "deliver")
 RULE_DOC: dict[str, str] = {
     "minrun": "-1 if running the lot would leave the tool's setup before its minimum run, else 0",
     "qtime": "queue-time urgency: 0 outside a window; inside, horizon/(horizon+slack) (1 if horizon 0)",
@@ -75,6 +79,10 @@ RULE_DOC: dict[str, str] = {
     "batch": "batch fullness: wafers of the same recipe waiting / batch max (0 for non-batch steps)",
     "balance": "line balance: (target - wait at next step's group) / target, clipped to [-1, 1]",
     "fifo": "hours the lot has waited at its step",
+    "deliver": "due-date triage on the critical ratio c = (due - now) / remaining process time: "
+               "a lot that can still make its due date (c >= deliver_flow_factor) gets "
+               "deliver_flow_factor - c (the most urgent first); a lot that cannot gets "
+               "c - deliver_flow_factor - 100, below every lot that can (the least late first)",
 }
 MAX_LEVEL = len(RULES) - 1
 
@@ -99,6 +107,7 @@ class Rules(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     batch: RuleWeight | None = None
     balance: RuleWeight | None = None
     fifo: RuleWeight | None = None
+    deliver: RuleWeight | None = None
 
 
 class GroupPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -114,6 +123,8 @@ class GroupPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     batch_max_wait_min: float | None = None       # its oldest lot waited this long, or nothing more
     #                                               of its recipe is one step upstream
     balance_target_wait_min: float | None = None  # downstream queue (minutes of work per tool) aimed at
+    deliver_flow_factor: float | None = None      # time to due / remaining process time a lot needs
+    #                                               to count as still deliverable (rule "deliver")
 
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -129,6 +140,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     batch_fill: float | None = None
     batch_max_wait_min: float | None = None
     balance_target_wait_min: float | None = None
+    deliver_flow_factor: float | None = None
     groups: dict[str, GroupPolicy] = {}
 
 
@@ -141,6 +153,12 @@ class _Preset(NamedTuple):
     batch_fill: float
     batch_max_wait_min: float
     balance_target_wait_min: float
+    deliver_flow_factor: float
+
+
+# Hot lots on SMT2020 HVLM finish in about 1.35 x their remaining process time: a regular lot
+# with less than 1.4 x left cannot make its due date (bench/fabsim/README.md, "Quality").
+DELIVER_FLOW_FACTOR = 1.4
 
 
 def _rw(level: int, weight: float = 1.0) -> RuleWeight:
@@ -156,7 +174,7 @@ def _hierarchical(last: str) -> _Preset:
     rules.update(minrun=_rw(0), qtime=_rw(1), setup=_rw(2), priority=_rw(3), **{last: _rw(4)})
     return _Preset(rules, lookahead_min=0.0, qt_horizon_min=0.0, qt_gate=False,
                    qt_gate_factor=1.0, batch_fill=0.0, batch_max_wait_min=0.0,
-                   balance_target_wait_min=240.0)
+                   balance_target_wait_min=240.0, deliver_flow_factor=DELIVER_FLOW_FACTOR)
 
 
 PRESETS: dict[str, _Preset] = {
@@ -164,16 +182,18 @@ PRESETS: dict[str, _Preset] = {
     "cr": _hierarchical("cr"),
     "fabd": _Preset(
         rules={"hot": _rw(0), "qtime": _rw(1), "minrun": _rw(2),
-               "priority": _OFF, "setup": _rw(3, 1.0), "cr": _rw(3, 1.0), "slack": _OFF,
-               "batch": _rw(3, 0.5), "balance": _rw(3, 0.5), "fifo": _rw(3, 0.05)},
+               "priority": _OFF, "setup": _rw(3, 1.0), "cr": _OFF, "slack": _OFF,
+               "batch": _rw(3, 0.5), "balance": _rw(3, 0.5), "fifo": _rw(3, 0.05),
+               "deliver": _rw(3, 1.0)},
         # qt_gate off: in the SMT2020 HVLM simulation (200 days) it raised queue-time
         # violations by a quarter; switch it on per group in front of known bottlenecks
         lookahead_min=5.0, qt_horizon_min=120.0, qt_gate=False, qt_gate_factor=1.0,
-        batch_fill=1.0, batch_max_wait_min=60.0, balance_target_wait_min=240.0),
+        batch_fill=1.0, batch_max_wait_min=60.0, balance_target_wait_min=240.0,
+        deliver_flow_factor=DELIVER_FLOW_FACTOR),
 }
 
 _PARAMS = ("lookahead_min", "qt_horizon_min", "qt_gate", "qt_gate_factor", "batch_fill",
-           "batch_max_wait_min", "balance_target_wait_min")
+           "batch_max_wait_min", "balance_target_wait_min", "deliver_flow_factor")
 
 
 class PolicyArrays(NamedTuple):
@@ -188,6 +208,7 @@ class PolicyArrays(NamedTuple):
     batch_fill: np.ndarray                # float64[G]
     batch_max_wait_min: np.ndarray        # float64[G]
     balance_target_wait_min: np.ndarray   # float64[G]
+    deliver_flow_factor: np.ndarray       # float64[G]
 
 
 _LOC = re.compile(r"- at `\$(.*)`")
@@ -266,7 +287,7 @@ def _validate(policy: Policy) -> list[tuple[str, str]]:
             v = getattr(p, name)
             if v is not None and not (math.isfinite(v) and v >= 0):
                 problems.append((f"{prefix}{name}", "must be a finite number >= 0"))
-        for name in ("qt_gate_factor", "balance_target_wait_min"):
+        for name in ("qt_gate_factor", "balance_target_wait_min", "deliver_flow_factor"):
             v = getattr(p, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 problems.append((f"{prefix}{name}", "must be a finite number > 0"))

@@ -94,6 +94,9 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
         to_due = a["lot_due_min"][i] - now_min
         f[_IDX["cr"]] = -(to_due / rpt)
         f[_IDX["slack"]] = -((to_due - rpt) / 1440.0)
+        k = pol.deliver_flow_factor[g].item()
+        ratio = to_due / rpt
+        f[_IDX["deliver"]] = k - ratio if ratio >= k else ratio - k - 100.0
         bmax = a["step_batch_max"][s]
         w = recipe_wafers.get(step_recipe[s], 0)
         f[_IDX["batch"]] = min(w, bmax) / bmax if bmax > 0 else 0.0

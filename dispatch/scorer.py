@@ -48,9 +48,9 @@ All kernels are `@njit(cache=True)` and pure: arrays in, arrays out.
     kernels above are built from these same functions):
 
     candidate_key(now_min, level, weight, qt_horizon_min, balance_target_wait_min,
-                  hot, priority, due_min, arrival_min, qt_active, qt_deadline_min,
-                  remaining_min, batch_wafers, batch_max_wafers, next_wait_min,
-                  minrun_feature, setup_min, feat, out_key) -> None
+                  deliver_flow_factor, hot, priority, due_min, arrival_min, qt_active,
+                  qt_deadline_min, remaining_min, batch_wafers, batch_max_wafers,
+                  next_wait_min, minrun_feature, setup_min, feat, out_key) -> None
         level/weight = pol.level[g], pol.weight[g] (the tool group's policy row);
         feat float64[R] scratch (ends holding the features), out_key float64[NL].
     key_better(ka, arrival_a, due_a, id_a, kb, arrival_b, due_b, id_b) -> bool
@@ -119,9 +119,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # feature columns (dispatch.config.RULES order)
-R_MINRUN, R_QTIME, R_HOT, R_PRIORITY, R_SETUP, R_CR, R_SLACK, R_BATCH, R_BALANCE, R_FIFO = range(10)
+(R_MINRUN, R_QTIME, R_HOT, R_PRIORITY, R_SETUP, R_CR, R_SLACK, R_BATCH, R_BALANCE, R_FIFO,
+ R_DELIVER) = range(11)
 N_RULES = len(RULES)
-assert RULES[R_SETUP] == "setup" and RULES[R_FIFO] == "fifo"
+assert RULES[R_SETUP] == "setup" and RULES[R_FIFO] == "fifo" and RULES[R_DELIVER] == "deliver"
+DELIVER_LATE = 100.0   # what a lot that cannot make its due date loses in the deliver rule
 
 # why a lot is not a candidate (ws.lot_block)
 BLOCK_OK, BLOCK_NOT_WAITING, BLOCK_HOLD, BLOCK_QT_GATE, BLOCK_BATCH_WAIT = range(5)
@@ -318,7 +320,7 @@ def prepare(now_min, fab, pol, ws):
         tq = fab.step_qt_to[s]
         f = ws.lot_feat[i]
         lot_features(now_min, pol.qt_horizon_min[g], pol.balance_target_wait_min[g],
-                     fab.lot_hot[i], fab.lot_priority[i], fab.lot_due_min[i],
+                     pol.deliver_flow_factor[g], fab.lot_hot[i], fab.lot_priority[i], fab.lot_due_min[i],
                      fab.lot_arrival_min[i], fab.lot_qt_step[i] >= 0,
                      fab.lot_qt_deadline_min[i], fab.step_rpt_min[s],
                      ws.recipe_wafers[r] if bmax > 0 else 0, bmax,
@@ -401,9 +403,9 @@ def _sort_lots(lots, lo, hi, keys, arrival, due, tmp):
 
 
 @njit(cache=True)
-def lot_features(now_min, qt_horizon_min, balance_target_wait_min, hot, priority, due_min,
-                 arrival_min, qt_active, qt_deadline_min, remaining_min, batch_wafers,
-                 batch_max_wafers, next_wait_min, out_feat):
+def lot_features(now_min, qt_horizon_min, balance_target_wait_min, deliver_flow_factor, hot,
+                 priority, due_min, arrival_min, qt_active, qt_deadline_min, remaining_min,
+                 batch_wafers, batch_max_wafers, next_wait_min, out_feat):
     """Write a lot's tool-independent rule features (RULES order) to out_feat[R].
 
     batch_wafers: wafers of the lot's recipe waiting (batch steps, else 0);
@@ -428,6 +430,11 @@ def lot_features(now_min, qt_horizon_min, balance_target_wait_min, hot, priority
     to_due = due_min - now_min
     out_feat[R_CR] = -(to_due / rpt)
     out_feat[R_SLACK] = -((to_due - rpt) / 1440.0)
+    ratio = to_due / rpt
+    if ratio >= deliver_flow_factor:
+        out_feat[R_DELIVER] = deliver_flow_factor - ratio
+    else:
+        out_feat[R_DELIVER] = ratio - deliver_flow_factor - DELIVER_LATE
     if batch_max_wafers > 0:
         out_feat[R_BATCH] = min(batch_wafers, batch_max_wafers) / batch_max_wafers
     else:
@@ -495,10 +502,10 @@ def block_code(now_min, hold, qt_gate, qt_gate_factor, qt_limit_min, qt_target_w
 
 
 @njit(cache=True)
-def candidate_key(now_min, level, weight, qt_horizon_min, balance_target_wait_min, hot,
-                  priority, due_min, arrival_min, qt_active, qt_deadline_min, remaining_min,
-                  batch_wafers, batch_max_wafers, next_wait_min, minrun_feature, setup_min,
-                  feat, out_key):
+def candidate_key(now_min, level, weight, qt_horizon_min, balance_target_wait_min,
+                  deliver_flow_factor, hot, priority, due_min, arrival_min, qt_active,
+                  qt_deadline_min, remaining_min, batch_wafers, batch_max_wafers, next_wait_min,
+                  minrun_feature, setup_min, feat, out_key):
     """Compute one (tool, lot) key from scalars: what score_tool computes for each candidate.
 
     level/weight: the tool group's policy row (pol.level[g], pol.weight[g]);
@@ -506,9 +513,9 @@ def candidate_key(now_min, level, weight, qt_horizon_min, balance_target_wait_mi
     minutes the tool needs. feat (float64[R]) is scratch and ends with the
     features; out_key (float64[NL]) gets the key. Rank with key_better.
     """
-    lot_features(now_min, qt_horizon_min, balance_target_wait_min, hot, priority, due_min,
-                 arrival_min, qt_active, qt_deadline_min, remaining_min, batch_wafers,
-                 batch_max_wafers, next_wait_min, feat)
+    lot_features(now_min, qt_horizon_min, balance_target_wait_min, deliver_flow_factor, hot,
+                 priority, due_min, arrival_min, qt_active, qt_deadline_min, remaining_min,
+                 batch_wafers, batch_max_wafers, next_wait_min, feat)
     base_key(level, weight, feat, out_key)
     add_tool_terms(level, weight, minrun_feature, setup_min, out_key)
     feat[R_MINRUN] = minrun_feature

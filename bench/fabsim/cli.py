@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reproduce PySCFabSim's simplifications")
     parser.add_argument("--seeds", type=int, default=1, help="runs with seeds seed..seed+K-1, averaged")
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--what-if", action="append", default=[], choices=sorted(fabrun.WHAT_IF),
+                        help="remove one kind of capacity loss from the fab (repeatable): "
+                        + "; ".join(f"{k}: {v}" for k, v in fabrun.WHAT_IF.items())
+                        + ". Bounds what a policy can gain from it")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--plots", type=Path, default=None,
                         help="write PNGs (cycle time per lot type, WIP over time) to this folder")
@@ -61,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     for k in range(args.seeds):
         seed = args.seed + k
         cfg = fabrun.SimConfig(days=args.days, warmup_days=args.warmup_days, policy=args.policy,
-                               compat=args.compat == "pyscfabsim", seed=seed)
+                               compat=args.compat == "pyscfabsim", seed=seed,
+                               what_if=tuple(args.what_if))
         bar = _Progress(args.days, f"{ds.name} {args.policy} seed {seed}")
         try:
             results.append(fabrun.run(ds, cfg, model_cache=cache, on_progress=bar.update))
@@ -101,6 +106,7 @@ def summarise(dataset: str, args: argparse.Namespace, results: list[fabrun.SimRe
         "wall_s": round(wall_s, 3), "lots_finished": _mean([r.lots_finished for r in results]),
         "by_lot_type": by_type,
         "compat": args.compat or "none", "warmup_days": args.warmup_days, "first_seed": args.seed,
+        "what_if": list(args.what_if),
         "sim_wall_s": [round(r.wall_s, 3) for r in results],
         "cqt_violations": _mean([r.cqt_violations for r in results]),
         "utilisation_by_family": {n: _mean([r.utilisation_by_family[n] for r in results])
@@ -115,7 +121,8 @@ def _mean(xs: list[float]) -> float | None:
 
 def _print_table(s: dict) -> None:
     print(f"{s['dataset']}: policy {s['policy']}, {s['days']:g} days, {s['seeds']} seed(s), "
-          f"compat {s['compat']}, warm-up {s['warmup_days']:g} days, wall {s['wall_s']:.1f} s")
+          f"compat {s['compat']}, warm-up {s['warmup_days']:g} days, wall {s['wall_s']:.1f} s"
+          + (f", what-if {', '.join(s['what_if'])}" if s["what_if"] else ""))
     print(f"lots finished: {s['lots_finished']:.0f}")
     print(f"{'lot type':<16} {'CT days':>9} {'finished':>9} {'on time':>8}")
     for name, v in s["by_lot_type"].items():

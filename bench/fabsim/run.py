@@ -22,6 +22,28 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     policy: str = "fifo"                 # fifo | cr | fabd (dispatch.config presets) or a policy file
     compat: bool = False                 # reproduce PySCFabSim's simplifications
     seed: int = 0
+    what_if: tuple[str, ...] = ()        # capacity scenarios (WHAT_IF), applied to the fab model
+
+
+# What-if scenarios: the fab with one kind of capacity loss removed. They bound what any
+# dispatch policy can gain from that loss (a policy can at best avoid all of it).
+WHAT_IF: dict[str, str] = {
+    "no-setups": "every setup takes no time",
+    "no-dedication": "no lot-to-lens dedication: a lot may use any tool of the family",
+}
+
+
+def _apply_what_if(fab: model.FabArrays, what_if: tuple[str, ...]) -> model.FabArrays:
+    unknown = sorted(set(what_if) - set(WHAT_IF))
+    if unknown:
+        raise ValueError(f"unknown what-if scenario(s) {unknown}; one of {sorted(WHAT_IF)}")
+    changed: dict[str, np.ndarray] = {}
+    if "no-setups" in what_if:
+        changed["setup_matrix"] = np.zeros_like(fab.setup_matrix)
+        changed["st_setup_time"] = np.where(fab.st_setup_time >= 0.0, 0.0, fab.st_setup_time)
+    if "no-dedication" in what_if:
+        changed["st_ded_use"] = np.full_like(fab.st_ded_use, -1)
+    return msgspec.structs.replace(fab, **changed) if changed else fab
 
 
 class LotTypeKpi(msgspec.Struct, kw_only=True):
@@ -56,7 +78,9 @@ class SimResult(msgspec.Struct, kw_only=True):
     utilisation_by_family: dict[str, float]
     wip_by_day: list[int]
     finished_by_day: list[int]
-    wait_days_by_family: dict[str, float] = {}
+    wait_days_by_family: dict[str, float] = {}      # mean wait per visit
+    visits_by_family: dict[str, int] = {}
+    setup_share_by_family: dict[str, float] = {}    # of the tools' available time
     traces: list[LotTrace] = []
 
 
@@ -81,6 +105,7 @@ def run(ds: smt2020.Dataset, cfg: SimConfig, *, model_cache: dict | None = None,
     if fab is None:
         fab = model.build(ds, horizon, stagger_pm=not cfg.compat)
         cache[key] = fab
+    fab = _apply_what_if(fab, cfg.what_if)
     pol = policy.compile_for(cfg.policy, fab.family_names)
     # lots batch by step name in PySCFabSim, by route step (crit_sameroutestep) otherwise
     bkey = fab.st_name if cfg.compat else np.arange(fab.st_name.shape[0], dtype=np.int32)
@@ -100,7 +125,7 @@ def run(ds: smt2020.Dataset, cfg: SimConfig, *, model_cache: dict | None = None,
         fab.lot_route, fab.lot_first_step, fab.lot_priority, fab.lot_pieces, fab.lot_release_min,
         fab.lot_due_min,
         pol.level, pol.weight, pol.qt_horizon_min, pol.qt_gate, pol.qt_gate_factor, pol.batch_fill,
-        pol.batch_max_wait_min, pol.balance_target_wait_min,
+        pol.batch_max_wait_min, pol.balance_target_wait_min, pol.deliver_flow_factor,
         horizon, 1 if cfg.compat else 0, int(cfg.seed), int(fab.pieces_per_lot), prog, trace,
     )
     t0 = time.perf_counter()
@@ -119,7 +144,7 @@ def run(ds: smt2020.Dataset, cfg: SimConfig, *, model_cache: dict | None = None,
     if not out:
         raise SimError("simulation kernel failed")
     (status, t_end, decisions, cqt_viol, done_at, _wait, _steps, wip_day, out_day,
-     busy, _setup, pm, down, fam_wait, fam_visits) = out[0]
+     busy, setup, pm, down, fam_wait, fam_visits) = out[0]
     if status != 0:
         raise SimError(f"simulation stopped at day {t_end / 1440.0:.1f}: capacity exceeded (status {status})")
     res = _kpis(fab, cfg, wall, t_end, int(decisions), int(cqt_viol), done_at, wip_day, out_day, busy,
@@ -127,6 +152,11 @@ def run(ds: smt2020.Dataset, cfg: SimConfig, *, model_cache: dict | None = None,
     res.wait_days_by_family = {
         name: float(fam_wait[f] / fam_visits[f] / 1440.0) if fam_visits[f] else 0.0
         for f, name in enumerate(fab.family_names)}
+    res.visits_by_family = {name: int(fam_visits[f]) for f, name in enumerate(fab.family_names)}
+    for f, name in enumerate(fab.family_names):
+        s, e = fab.fam_tool_start[f], fab.fam_tool_start[f] + fab.fam_tool_count[f]
+        avail = t_end - pm[s:e].mean() - down[s:e].mean()
+        res.setup_share_by_family[name] = float(setup[s:e].mean() / avail) if avail > 0 else 0.0
     res.traces = [
         LotTrace(lot=fab.lot_names[i], lot_type=fab.lot_types[fab.lot_type[i]],
                  route=fab.route_names[fab.lot_route[i]],

@@ -136,3 +136,24 @@ def test_a_down_tool_takes_no_lots_unless_compat():
     assert ct_compat < 25.0
     # faithful: half the time the tool is down and lots queue behind the repair
     assert ct_faithful > 1.5 * ct_compat
+
+
+def test_what_if_removes_the_named_capacity_loss_and_only_that(tiny):
+    base = fabrun.run(tiny, fabrun.SimConfig(days=20, policy="fifo"))
+    free = fabrun.run(tiny, fabrun.SimConfig(days=20, policy="fifo", what_if=("no-setups",)))
+    assert base.setup_share_by_family["B"] > 0.0
+    assert free.setup_share_by_family["B"] == 0.0
+    # the same lots are released; with no setups the setup tool is busy less
+    assert free.lots_finished >= base.lots_finished > 0
+    with pytest.raises(ValueError, match="unknown what-if scenario"):
+        fabrun.run(tiny, fabrun.SimConfig(days=1, what_if=("no-queues",)))
+
+
+@needs_hvlm
+def test_what_if_no_dedication_lets_lots_use_any_tool_of_the_family(hvlm):
+    from bench.fabsim import model
+
+    fab = model.build(hvlm, 1440.0)
+    assert (fab.st_ded_use >= 0).any()              # HVLM pins lots to lithography tools
+    free = fabrun._apply_what_if(fab, ("no-dedication",))
+    assert (free.st_ded_use == -1).all() and (fab.st_ded_use >= 0).any()

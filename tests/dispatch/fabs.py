@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dispatch.config import Policy, load_policy
+from dispatch.config import RULES, Policy, load_policy
 from dispatch.model import FabModel, StepSpec
 from dispatch.scorer import Dispatcher
 
@@ -62,6 +62,5 @@ def only(**rules: int) -> dict:
     """A policy with only the named rules on, each at its given level (weight 1)."""
     return {"preset": "fifo", "rules": {r: {"level": lv} if lv >= 0 else {"level": -1}
                                         for r, lv in {**dict.fromkeys(
-                                            ("minrun", "qtime", "hot", "priority", "setup", "cr",
-                                             "slack", "batch", "balance", "fifo"), -1),
+                                            RULES, -1),
                                             **rules}.items()}}

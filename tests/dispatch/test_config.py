@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatch.config import compile_policy, load_policy
+from dispatch.config import RULES, compile_policy, load_policy
 from dispatch.errors import PolicyError
 from dispatch.scorer import Dispatcher
 from dispatch.smt2020 import DEFAULT_DATASET
@@ -90,7 +90,7 @@ def test_the_shipped_example_policy_is_valid_for_smt2020():
     assert policy.preset == "fabd" and "Implant_128" in policy.groups
     hvlm = DEFAULT_DATASET
     pa = compile_policy(policy, from_smt2020(smt2020.load(hvlm)))
-    assert pa.level.shape == (106, 10)
+    assert pa.level.shape == (106, len(RULES))
 
 
 def test_smt2020_rules_become_a_policy():

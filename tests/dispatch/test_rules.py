@@ -83,6 +83,20 @@ def test_critical_ratio_and_slack_prefer_the_lot_closest_to_its_due_date():
     assert rank(m, {"preset": "fifo"}) == ["relaxed", "urgent"]
 
 
+def test_deliver_serves_lots_that_can_still_make_their_due_date_first():
+    m = line()
+    rpt = 60.0 + 60.0 + 10.0    # PA's route from its first step
+    # time to due as a multiple of the remaining process time (deliver_flow_factor 1.6)
+    for name, ratio in (("relaxed", 3.0), ("urgent", 1.7), ("late", 1.2), ("very-late", -2.0)):
+        m.add_lot(name, "PA", due_min=ratio * rpt)
+    assert rank(m, only(deliver=0)) == ["urgent", "relaxed", "late", "very-late"]
+    # the critical ratio serves the latest lot first
+    assert rank(m, only(cr=0)) == ["very-late", "late", "urgent", "relaxed"]
+    # a lower flow factor counts "late" as still deliverable, and the most urgent goes first
+    assert rank(m, {**only(deliver=0), "deliver_flow_factor": 1.0}) == [
+        "late", "urgent", "relaxed", "very-late"]
+
+
 def test_setup_avoidance_prefers_lots_matching_the_tool_setup():
     m = line(setups=True)
     m.set_tool_setup("G1", "SB")
