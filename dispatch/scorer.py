@@ -48,9 +48,10 @@ All kernels are `@njit(cache=True)` and pure: arrays in, arrays out.
     kernels above are built from these same functions):
 
     candidate_key(now_min, level, weight, qt_horizon_min, balance_target_wait_min,
-                  deliver_flow_factor, hot, priority, due_min, arrival_min, qt_active,
-                  qt_deadline_min, remaining_min, batch_wafers, batch_max_wafers,
-                  next_wait_min, minrun_feature, setup_min, feat, out_key) -> None
+                  deliver_flow_factor, slack_flow_factor, hot, priority, due_min,
+                  arrival_min, qt_active, qt_deadline_min, remaining_min, batch_wafers,
+                  batch_max_wafers, next_wait_min, minrun_feature, setup_min, feat,
+                  out_key) -> None
         level/weight = pol.level[g], pol.weight[g] (the tool group's policy row);
         feat float64[R] scratch (ends holding the features), out_key float64[NL].
     key_better(ka, arrival_a, due_a, id_a, kb, arrival_b, due_b, id_b) -> bool
@@ -320,7 +321,8 @@ def prepare(now_min, fab, pol, ws):
         tq = fab.step_qt_to[s]
         f = ws.lot_feat[i]
         lot_features(now_min, pol.qt_horizon_min[g], pol.balance_target_wait_min[g],
-                     pol.deliver_flow_factor[g], fab.lot_hot[i], fab.lot_priority[i], fab.lot_due_min[i],
+                     pol.deliver_flow_factor[g], pol.slack_flow_factor[g], fab.lot_hot[i],
+                     fab.lot_priority[i], fab.lot_due_min[i],
                      fab.lot_arrival_min[i], fab.lot_qt_step[i] >= 0,
                      fab.lot_qt_deadline_min[i], fab.step_rpt_min[s],
                      ws.recipe_wafers[r] if bmax > 0 else 0, bmax,
@@ -403,9 +405,10 @@ def _sort_lots(lots, lo, hi, keys, arrival, due, tmp):
 
 
 @njit(cache=True)
-def lot_features(now_min, qt_horizon_min, balance_target_wait_min, deliver_flow_factor, hot,
-                 priority, due_min, arrival_min, qt_active, qt_deadline_min, remaining_min,
-                 batch_wafers, batch_max_wafers, next_wait_min, out_feat):
+def lot_features(now_min, qt_horizon_min, balance_target_wait_min, deliver_flow_factor,
+                 slack_flow_factor, hot, priority, due_min, arrival_min, qt_active,
+                 qt_deadline_min, remaining_min, batch_wafers, batch_max_wafers, next_wait_min,
+                 out_feat):
     """Write a lot's tool-independent rule features (RULES order) to out_feat[R].
 
     batch_wafers: wafers of the lot's recipe waiting (batch steps, else 0);
@@ -429,7 +432,7 @@ def lot_features(now_min, qt_horizon_min, balance_target_wait_min, deliver_flow_
         rpt = 1.0
     to_due = due_min - now_min
     out_feat[R_CR] = -(to_due / rpt)
-    out_feat[R_SLACK] = -((to_due - rpt) / 1440.0)
+    out_feat[R_SLACK] = -((to_due - slack_flow_factor * rpt) / 1440.0)
     ratio = to_due / rpt
     if ratio >= deliver_flow_factor:
         out_feat[R_DELIVER] = deliver_flow_factor - ratio
@@ -503,9 +506,9 @@ def block_code(now_min, hold, qt_gate, qt_gate_factor, qt_limit_min, qt_target_w
 
 @njit(cache=True)
 def candidate_key(now_min, level, weight, qt_horizon_min, balance_target_wait_min,
-                  deliver_flow_factor, hot, priority, due_min, arrival_min, qt_active,
-                  qt_deadline_min, remaining_min, batch_wafers, batch_max_wafers, next_wait_min,
-                  minrun_feature, setup_min, feat, out_key):
+                  deliver_flow_factor, slack_flow_factor, hot, priority, due_min, arrival_min,
+                  qt_active, qt_deadline_min, remaining_min, batch_wafers, batch_max_wafers,
+                  next_wait_min, minrun_feature, setup_min, feat, out_key):
     """Compute one (tool, lot) key from scalars: what score_tool computes for each candidate.
 
     level/weight: the tool group's policy row (pol.level[g], pol.weight[g]);
@@ -513,9 +516,9 @@ def candidate_key(now_min, level, weight, qt_horizon_min, balance_target_wait_mi
     minutes the tool needs. feat (float64[R]) is scratch and ends with the
     features; out_key (float64[NL]) gets the key. Rank with key_better.
     """
-    lot_features(now_min, qt_horizon_min, balance_target_wait_min, deliver_flow_factor, hot,
-                 priority, due_min, arrival_min, qt_active, qt_deadline_min, remaining_min,
-                 batch_wafers, batch_max_wafers, next_wait_min, feat)
+    lot_features(now_min, qt_horizon_min, balance_target_wait_min, deliver_flow_factor,
+                 slack_flow_factor, hot, priority, due_min, arrival_min, qt_active,
+                 qt_deadline_min, remaining_min, batch_wafers, batch_max_wafers, next_wait_min, feat)
     base_key(level, weight, feat, out_key)
     add_tool_terms(level, weight, minrun_feature, setup_min, out_key)
     feat[R_MINRUN] = minrun_feature

@@ -169,7 +169,7 @@ def simulate(
     # run
     # policy (dispatch.config.PolicyArrays, one row per family)
     pol_level, pol_weight, pol_qt_horizon, pol_qt_gate, pol_qt_gate_factor, pol_batch_fill,
-    pol_batch_max_wait, pol_balance_target, pol_deliver_flow_factor,
+    pol_batch_max_wait, pol_balance_target, pol_deliver_flow_factor, pol_slack_flow_factor,
     # run
     horizon, compat, seed, pieces_per_lot, progress, trace_steps,
 ):
@@ -591,7 +591,7 @@ def simulate(
                     elif lot_priority[lot] >= 20:
                         hot = 1
                     candidate_key(t, lev, wt, pol_qt_horizon[f], pol_balance_target[f],
-                                  pol_deliver_flow_factor[f], hot,
+                                  pol_deliver_flow_factor[f], pol_slack_flow_factor[f], hot,
                                   lot_priority[lot], lot_due[lot], lot_free_since[lot], qt_on,
                                   lot_cqt_deadline[lot], st_remaining[s], bwaf, bmaxw, next_wait, minrun,
                                   su, feat, keys[i])

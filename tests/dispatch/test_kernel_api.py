@@ -31,9 +31,10 @@ def test_block_code_call_forms():
 
 
 @njit(cache=True)
-def _key(level, weight, deliver_flow_factor, out):
+def _key(level, weight, deliver_flow_factor, slack_flow_factor, out):
     feat = np.zeros(11)
-    candidate_key(0.0, level, weight, 120.0, 240.0, deliver_flow_factor, 1, 20, 600.0, -90.0, False, np.inf, 130.0,
+    candidate_key(0.0, level, weight, 120.0, 240.0, deliver_flow_factor, slack_flow_factor,
+                  1, 20, 600.0, -90.0, False, np.inf, 130.0,
                   0, 0, 0.0, 0.0, 0.0, feat, out)
     return feat
 
@@ -47,7 +48,7 @@ def test_candidate_key_equals_the_dispatcher_key_for_the_same_lot():
     pa = compile_policy(policy, m)
     g = m.group_index["G"]
     key = np.zeros(out.key.shape[2])
-    feat = _key(pa.level[g], pa.weight[g], pa.deliver_flow_factor[g], key)
+    feat = _key(pa.level[g], pa.weight[g], pa.deliver_flow_factor[g], pa.slack_flow_factor[g], key)
     t = m.tool("G1")
     assert key.tolist() == out.key[t, 0].tolist()
     assert feat.tolist() == out.feat[t, 0].tolist()

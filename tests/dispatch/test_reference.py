@@ -20,7 +20,8 @@ def random_policy(rnd: random.Random) -> dict:
     return {
         "preset": rnd.choice(sorted(PRESETS)), "max_list": rnd.choice([1, 3, 8, 50]),
         "rules": rules, "qt_horizon_min": rnd.choice([0.0, 30.0, 120.0]),
-        "qt_gate": rnd.random() < 0.5, "deliver_flow_factor": rnd.choice([0.5, 1.6, 3.0]), "batch_fill": rnd.choice([0.0, 0.75, 1.0]),
+        "qt_gate": rnd.random() < 0.5, "deliver_flow_factor": rnd.choice([0.5, 1.6, 3.0]),
+        "slack_flow_factor": rnd.choice([1.0, 2.1]), "batch_fill": rnd.choice([0.0, 0.75, 1.0]),
         "batch_max_wait_min": rnd.choice([0.0, 60.0]), "lookahead_min": rnd.choice([0.0, 5.0]),
         "groups": {"G1": {"preset": rnd.choice(sorted(PRESETS))}} if rnd.random() < 0.3 else {},
     }

@@ -42,8 +42,9 @@ def test_queue_time_urgency_grows_as_the_deadline_nears():
     for i, left in ((far, 200.0), (near, 10.0)):
         m._lots["lot_qt_step"][i] = m.lot_step[i]
         m._lots["lot_qt_deadline_min"][i] = left
-    # graded urgency (fabd): nearer deadline first, then the one further away
-    assert rank(m, {"preset": "fabd", "rules": {"cr": {"level": -1}}}) == ["near", "far", "free"]
+    # graded urgency (qt_horizon_min > 0): nearer deadline first, then the one further away
+    graded = {"preset": "fabd", "qt_horizon_min": 120.0, "rules": {"slack": {"level": -1}}}
+    assert rank(m, graded) == ["near", "far", "free"]
     # PySCFabSim (binary): both windowed lots first, among them FIFO (then due, index)
     assert rank(m, {"preset": "fifo"})[2] == "free"
     assert rank(m, only(fifo=0)) == ["free", "far", "near"]
@@ -125,26 +126,29 @@ def test_minimum_run_keeps_a_setup_until_its_run_is_done():
 
 def test_batch_forming_waits_for_the_minimum_and_for_a_fuller_batch():
     m = batch_line()
+    # a policy that fills batches: waits up to an hour for a full one, fuller batches first
+    filling = {"preset": "fabd", "batch_fill": 1.0, "batch_max_wait_min": 60.0,
+               "rules": {"batch": {"level": 3, "weight": 1.0}}}
     m.add_lot("a1", "PA", step=2, arrival_min=0.0)
     # 25 wafers < batch minimum 50: nobody may start it
     assert rank(m, {"preset": "fifo"}) == []
     m.add_lot("a2", "PA", step=2, arrival_min=0.0)
     # 50 wafers: PySCFabSim-like presets go at the minimum
     assert rank(m, {"preset": "fifo"}) == ["a1", "a2"]
-    # nothing more of A-1 upstream: fabd goes now rather than wait for nothing
-    assert rank(m, {"preset": "fabd"}, now=30.0) == ["a1", "a2"]
-    # a lot one step upstream: fabd waits for a full batch up to batch_max_wait_min (60) ...
+    # nothing more of A-1 upstream: the filling policy goes now rather than wait for nothing
+    assert rank(m, filling, now=30.0) == ["a1", "a2"]
+    # a lot one step upstream: it waits for a full batch up to batch_max_wait_min (60) ...
     m.add_lot("a3", "PA", step=1, arrival_min=0.0)
-    assert rank(m, {"preset": "fabd"}, now=30.0) == []
-    d = Dispatcher(m, Policy(preset="fabd"))
+    assert rank(m, filling, now=30.0) == []
+    d = Dispatcher(m, load_policy(filling))
     d.score(30.0)
     assert d.blocked() == {"a1": "batch_forming", "a2": "batch_forming"}
     # ... then goes with what it has
-    assert rank(m, {"preset": "fabd"}, now=61.0) == ["a1", "a2"]
+    assert rank(m, filling, now=61.0) == ["a1", "a2"]
     # a fuller batch of another recipe ranks first
     for k in range(4):
         m.add_lot(f"b{k}", "PB", step=2, arrival_min=10.0)
-    assert rank(m, {"preset": "fabd"}, now=61.0)[:4] == ["b0", "b1", "b2", "b3"]
+    assert rank(m, filling, now=61.0)[:4] == ["b0", "b1", "b2", "b3"]
     assert rank(m, only(fifo=0), now=61.0)[:2] == ["a1", "a2"]
 
 
@@ -192,7 +196,7 @@ def test_explain_shows_weights_levels_and_contributions():
     assert row.rank == 1 and row.step == "A:1" and row.recipe == "A-1"
     assert row.features["fifo"] == 1.5 and row.contributions["fifo"] == 3.0
     assert row.levels["hot"] == 0 and row.keys[0] == 1.0
-    assert row.levels["slack"] == -1 and row.contributions["slack"] == 0.0
+    assert row.levels["cr"] == -1 and row.contributions["cr"] == 0.0
     assert d.top("G1") == "x"
 
 
