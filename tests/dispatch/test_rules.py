@@ -98,6 +98,20 @@ def test_deliver_serves_lots_that_can_still_make_their_due_date_first():
         "late", "urgent", "relaxed", "very-late"]
 
 
+def test_slack_serves_the_lot_furthest_behind_its_pace():
+    m = line()
+    # PA at its first step has 130 min of processing left, at its third step 10 min
+    m.add_lot("early-in-route", "PA", step=1, due_min=300.0)
+    m.add_lot("nearly-done", "PA", step=3, due_min=100.0)
+    # plain slack (flow factor 1): 300 - 130 = 170 min against 100 - 10 = 90: nearly-done first
+    assert rank(m, {**only(slack=0), "slack_flow_factor": 1.0}) == ["nearly-done", "early-in-route"]
+    # at the pace of a 2.1 X-factor the first lot needs 273 min and has 300: 27 min ahead;
+    # the second needs 21 and has 100: 79 ahead, so the first is further behind
+    assert rank(m, {**only(slack=0), "slack_flow_factor": 2.1}) == ["early-in-route", "nearly-done"]
+    # the fabd preset ranks by it
+    assert rank(m, {"preset": "fabd"}) == ["early-in-route", "nearly-done"]
+
+
 def test_setup_avoidance_prefers_lots_matching_the_tool_setup():
     m = line(setups=True)
     m.set_tool_setup("G1", "SB")
