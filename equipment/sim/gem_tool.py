@@ -496,6 +496,11 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
                     self._sim._acks.append((item.what, sent_at, time.monotonic()))
                     break
                 log.info("tool %s: no ack for %s", self._cfg.tool_id, item.what)
+                with self._lock:
+                    if not self._communicating():
+                        # the host left before it acknowledged: spool, do not count it lost
+                        self._spool_item(item)
+                        break
             else:
                 self._sim._lost.append(item.what)
 

@@ -399,6 +399,7 @@ async def test_events_spooled_while_no_host_was_connected_arrive_after_reconnect
         sim: GemToolSim) -> None:
     async with running(sim):
         pass  # the tool now has our reports linked and enabled, and nobody listens
+    await eventually(lambda: not sim.communicating, what="the tool sees the host gone")
     await sim.set_e10("engineering", "PM kit swap")
     await eventually(lambda: sim.spooled >= 1, what="event spooled")
     sink = RecordingSink()
@@ -455,6 +456,7 @@ async def test_a_tool_without_clock_trace_or_spool_support_still_comes_online(
 async def test_spooled_events_can_be_purged_instead(sim: GemToolSim) -> None:
     async with running(sim):
         pass
+    await eventually(lambda: not sim.communicating, what="the tool sees the host gone")
     await sim.set_e10("scheduled_down", "to be purged")
     await eventually(lambda: sim.spooled >= 1, what="event spooled")
     sink = RecordingSink()
