@@ -172,5 +172,9 @@ class Writer:
 
     async def flush(self) -> None:
         """Commit everything pending now and wait for it (used at stop)."""
-        while self.mes.has_pending() or self._sent_pending is not None:
+        # A commit run() has in flight already took its batch out of the state, so nothing
+        # looks pending; wait for it too (it holds the lock), or drain() would read
+        # committed_jseq from before that batch and return before it is published.
+        while (self.mes.has_pending() or self._sent_pending is not None
+               or (self._lock is not None and self._lock.locked())):
             await self.commit_once()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from daemon import events as ev
 from equipment import events as dom
-from tests.daemon.bus_support import define_master_data, read_stream, running_bus
+from tests.daemon.bus_support import (
+    assert_in_order_once,
+    define_master_data,
+    read_stream,
+    running_bus,
+)
 from tests.support import RedisServer, eventually, new_workdir
 
 FIELDS = {"type", "v", "seq", "eid", "ts", "data", "id"}
@@ -34,21 +41,6 @@ def persistent_redis() -> Iterator[RedisServer]:
     yield server
     server.stop()
     shutil.rmtree(workdir, ignore_errors=True)
-
-
-def assert_in_order_once(entries: list[dict]) -> list[dict]:
-    """Dedupe by eid (the consumer's rule) and check seq is 1..N in stream order."""
-    seen: dict[str, dict] = {}
-    unique = []
-    for e in entries:
-        if e["eid"] in seen:
-            first = seen[e["eid"]]
-            assert (first["seq"], first["data"]) == (e["seq"], e["data"]), "re-send changed"
-            continue
-        seen[e["eid"]] = e
-        unique.append(e)
-    assert [e["seq"] for e in unique] == list(range(1, len(unique) + 1))
-    return unique
 
 
 async def flow_lots(bus, first: int, n: int) -> None:
@@ -84,6 +76,28 @@ async def test_events_arrive_in_seq_order_with_every_contract_field(redis_url, t
     equipment = read_stream(redis_url, "fab:equipment")
     assert equipment[-1]["type"] == "tool_state_changed"
     assert equipment[-1]["data"]["state"] == "productive"
+
+
+async def test_drain_waits_for_a_commit_in_flight(redis_url, tmp_path) -> None:
+    # The writer loop took L1's batch and its COMMIT is slow (a loaded machine): nothing
+    # looks pending, yet drain() must not return before L1 is committed and published.
+    async with running_bus(redis_url, tmp_path, erp=False) as bus:
+        define_master_data(bus)
+        assert await bus.drain(5)
+        started, release = threading.Event(), threading.Event()
+        commit = bus.store.commit
+
+        def slow_commit() -> None:
+            started.set()
+            release.wait(5)
+            commit()
+
+        bus.store.commit = slow_commit
+        bus.mes.create_lot("L1", "PO-1", "P-A", 25)
+        await eventually(started.is_set, what="commit in flight")
+        asyncio.get_running_loop().call_later(0.2, release.set)
+        assert await bus.drain(5)
+        assert [e["data"]["lot_id"] for e in read_stream(redis_url, "fab:lots")] == ["L1"]
 
 
 async def test_redis_outage_then_every_event_delivered_once_in_order(persistent_redis,

@@ -74,6 +74,21 @@ def read_stream(url: str, key: str) -> list[dict]:
         r.close()
 
 
+def assert_in_order_once(entries: list[dict]) -> list[dict]:
+    """Dedupe by eid (the consumer's rule) and check seq is 1..N in stream order."""
+    seen: dict[str, dict] = {}
+    unique = []
+    for e in entries:
+        if e["eid"] in seen:
+            first = seen[e["eid"]]
+            assert (first["seq"], first["data"]) == (e["seq"], e["data"]), "re-send changed"
+            continue
+        seen[e["eid"]] = e
+        unique.append(e)
+    assert [e["seq"] for e in unique] == list(range(1, len(unique) + 1))
+    return unique
+
+
 def send_commands(url: str, prefix: str, commands: list) -> list[str]:
     """XADD commands (dicts, structs or raw strings) to <prefix>:erp:commands."""
     import msgspec
