@@ -13,7 +13,7 @@ import logging
 
 from daemon import mes as mes_mod
 from daemon.mes import MesState
-from dispatch.model import FabModel, StepSpec
+from dispatch.model import NO_DUE_MIN, FabModel, StepSpec
 from equipment.events import E10State
 
 log = logging.getLogger("fabd.dispatch.sync")
@@ -137,7 +137,7 @@ class FabSync:
             return
         if lot.product_id not in model.product_index or lot.route_id not in model.route_index:
             return
-        due_min = model.minutes(lot.due.timestamp()) if lot.due else 1e12
+        due_min = model.minutes(lot.due.timestamp()) if lot.due else NO_DUE_MIN
         model.add_lot(lot_id, lot.product_id, wafers=lot.wafers, priority=lot.priority,
                       hot=hot_class(lot.priority), due_min=due_min,
                       arrival_min=model.minutes(lot.arrived_ts), hold=bool(lot.holds))

@@ -78,7 +78,8 @@ RULE_DOC: dict[str, str] = {
     "slack": "-(slack to the lot's pace) in days: -((due - now) - slack_flow_factor x remaining "
              "process time) / 1440; with slack_flow_factor = the X-factor due dates are quoted at "
              "this is fluctuation smoothing for mean cycle time (Lu, Ramaswamy & Kumar 1994): the "
-             "lot furthest behind the pace that meets its due date goes first",
+             "lot furthest behind the pace that meets its due date goes first; a lot with no "
+             "due date counts as on its pace (0)",
     "batch": "batch fullness: wafers of the same recipe waiting / batch max (0 for non-batch steps)",
     "balance": "line balance: (target - wait at next step's group) / target, clipped to [-1, 1]",
     "fifo": "hours the lot has waited at its step",

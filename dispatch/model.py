@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 NO_QT = math.inf  # lot_qt_deadline_min of a lot outside any queue-time window
+NO_DUE_MIN = 1.0e12  # lot_due_min of a lot the ERP gave no due date (slack: on its pace)
 
 # E10 state <-> int8 code in tool_e10 (the enum's declaration order).
 E10_CODE: dict[E10State, int] = {s: i for i, s in enumerate(E10State)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from dispatch.config import RULES, PolicyArrays, n_levels
-from dispatch.model import FabArrays
+from dispatch.model import NO_DUE_MIN, FabArrays
 
 __all__ = ["reference_assign", "reference_lists"]
 
@@ -93,7 +93,10 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
         rpt = max(a["step_rpt_min"][s], 1.0)
         to_due = a["lot_due_min"][i] - now_min
         f[_IDX["cr"]] = -(to_due / rpt)
-        f[_IDX["slack"]] = -((to_due - pol.slack_flow_factor[g].item() * rpt) / 1440.0)
+        if a["lot_due_min"][i] >= NO_DUE_MIN:
+            f[_IDX["slack"]] = 0.0
+        else:
+            f[_IDX["slack"]] = -((to_due - pol.slack_flow_factor[g].item() * rpt) / 1440.0)
         k = pol.deliver_flow_factor[g].item()
         ratio = to_due / rpt
         f[_IDX["deliver"]] = k - ratio if ratio >= k else ratio - k - 100.0

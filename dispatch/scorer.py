@@ -94,7 +94,7 @@ from dispatch.config import (
     n_levels,
 )
 from dispatch.errors import PolicyError
-from dispatch.model import FabArrays, FabModel, LotState
+from dispatch.model import NO_DUE_MIN, FabArrays, FabModel, LotState
 
 __all__ = [
     "BLOCK_NAMES",
@@ -432,7 +432,10 @@ def lot_features(now_min, qt_horizon_min, balance_target_wait_min, deliver_flow_
         rpt = 1.0
     to_due = due_min - now_min
     out_feat[R_CR] = -(to_due / rpt)
-    out_feat[R_SLACK] = -((to_due - slack_flow_factor * rpt) / 1440.0)
+    if due_min >= NO_DUE_MIN:
+        out_feat[R_SLACK] = 0.0    # no due date: on its pace (FIFO among such lots)
+    else:
+        out_feat[R_SLACK] = -((to_due - slack_flow_factor * rpt) / 1440.0)
     ratio = to_due / rpt
     if ratio >= deliver_flow_factor:
         out_feat[R_DELIVER] = deliver_flow_factor - ratio

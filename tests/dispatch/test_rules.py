@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dispatch.config import Policy, load_policy
+from dispatch.model import NO_DUE_MIN
 from dispatch.scorer import Dispatcher
 from equipment.events import E10State
 from tests.dispatch.fabs import batch_line, line, only, rank
@@ -110,6 +111,15 @@ def test_slack_serves_the_lot_furthest_behind_its_pace():
     assert rank(m, {**only(slack=0), "slack_flow_factor": 2.1}) == ["early-in-route", "nearly-done"]
     # the fabd preset ranks by it
     assert rank(m, {"preset": "fabd"}) == ["early-in-route", "nearly-done"]
+
+
+def test_a_lot_without_due_date_counts_as_on_its_pace():
+    m = line()
+    m.add_lot("ahead", "PA", due_min=100_000.0)
+    m.add_lot("no-due-new", "PA", due_min=NO_DUE_MIN, arrival_min=0.0)
+    m.add_lot("behind", "PA", due_min=50.0)         # needs 2.1 x 130 min, has 50
+    m.add_lot("no-due-old", "PA", due_min=NO_DUE_MIN, arrival_min=-60.0)
+    assert rank(m, {"preset": "fabd"}) == ["behind", "no-due-old", "no-due-new", "ahead"]
 
 
 def test_setup_avoidance_prefers_lots_matching_the_tool_setup():
