@@ -167,6 +167,7 @@ class _Preset(NamedTuple):
 # Hot lots on SMT2020 HVLM finish in about 1.35 x their remaining process time: a regular lot
 # with less than 1.4 x left cannot make its due date (bench/fabsim/README.md, "Quality").
 DELIVER_FLOW_FACTOR = 1.4
+DELIVER_LATE = 100.0   # what a lot that cannot make its due date loses in the deliver rule
 
 
 # SMT2020 quotes due dates at about 2.1 x raw process time (Lot_3 53.8 d for 24.7 d of

@@ -86,6 +86,7 @@ import numpy as np
 from numba import njit
 
 from dispatch.config import (
+    DELIVER_LATE,
     RULES,
     Policy,
     PolicyArrays,
@@ -124,7 +125,6 @@ log = logging.getLogger(__name__)
  R_DELIVER) = range(11)
 N_RULES = len(RULES)
 assert RULES[R_SETUP] == "setup" and RULES[R_FIFO] == "fifo" and RULES[R_DELIVER] == "deliver"
-DELIVER_LATE = 100.0   # what a lot that cannot make its due date loses in the deliver rule
 
 # why a lot is not a candidate (ws.lot_block)
 BLOCK_OK, BLOCK_NOT_WAITING, BLOCK_HOLD, BLOCK_QT_GATE, BLOCK_BATCH_WAIT = range(5)
@@ -431,12 +431,12 @@ def lot_features(now_min, qt_horizon_min, balance_target_wait_min, deliver_flow_
     if rpt < 1.0:
         rpt = 1.0
     to_due = due_min - now_min
-    out_feat[R_CR] = -(to_due / rpt)
+    ratio = to_due / rpt
+    out_feat[R_CR] = -ratio
     if due_min >= NO_DUE_MIN:
         out_feat[R_SLACK] = 0.0    # no due date: on its pace (FIFO among such lots)
     else:
         out_feat[R_SLACK] = -((to_due - slack_flow_factor * rpt) / 1440.0)
-    ratio = to_due / rpt
     if ratio >= deliver_flow_factor:
         out_feat[R_DELIVER] = deliver_flow_factor - ratio
     else:

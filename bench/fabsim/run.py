@@ -149,15 +149,11 @@ def run(ds: smt2020.Dataset, cfg: SimConfig, *, model_cache: dict | None = None,
     if status != 0:
         raise SimError(f"simulation stopped at day {t_end / 1440.0:.1f}: capacity exceeded (status {status})")
     res = _kpis(fab, cfg, wall, t_end, int(decisions), int(cqt_viol), done_at, wip_day, out_day, busy,
-                pm, down)
+                setup, pm, down)
     res.wait_days_by_family = {
         name: float(fam_wait[f] / fam_visits[f] / 1440.0) if fam_visits[f] else 0.0
         for f, name in enumerate(fab.family_names)}
     res.visits_by_family = {name: int(fam_visits[f]) for f, name in enumerate(fab.family_names)}
-    for f, name in enumerate(fab.family_names):
-        s, e = fab.fam_tool_start[f], fab.fam_tool_start[f] + fab.fam_tool_count[f]
-        avail = t_end - pm[s:e].mean() - down[s:e].mean()
-        res.setup_share_by_family[name] = float(setup[s:e].mean() / avail) if avail > 0 else 0.0
     res.traces = [
         LotTrace(lot=fab.lot_names[i], lot_type=fab.lot_types[fab.lot_type[i]],
                  route=fab.route_names[fab.lot_route[i]],
@@ -167,7 +163,8 @@ def run(ds: smt2020.Dataset, cfg: SimConfig, *, model_cache: dict | None = None,
     return res
 
 
-def _kpis(fab, cfg, wall, t_end, decisions, cqt_viol, done_at, wip_day, out_day, busy, pm, down) -> SimResult:
+def _kpis(fab, cfg, wall, t_end, decisions, cqt_viol, done_at, wip_day, out_day, busy, setup, pm,
+          down) -> SimResult:
     horizon = cfg.days * 1440.0
     finished = ~np.isnan(done_at)
     counted = finished & (fab.lot_release_min >= cfg.warmup_days * 1440.0)
@@ -187,16 +184,19 @@ def _kpis(fab, cfg, wall, t_end, decisions, cqt_viol, done_at, wip_day, out_day,
             cycle_times_days=ct_days[sel].tolist(),
         )
     util: dict[str, float] = {}
+    setup_share: dict[str, float] = {}
     for f, name in enumerate(fab.family_names):
         s = fab.fam_tool_start[f]
         e = s + fab.fam_tool_count[f]
         avail = horizon - pm[s:e].mean() - down[s:e].mean()
         util[name] = float(busy[s:e].mean() / avail) if avail > 0 else 0.0
+        setup_share[name] = float(setup[s:e].mean() / avail) if avail > 0 else 0.0
     n_days = int(cfg.days) + 1
     return SimResult(
         wall_s=wall, sim_days=float(t_end / 1440.0), decisions=decisions,
         lots_finished=int(np.count_nonzero(finished)), lots_counted=int(np.count_nonzero(counted)),
         cqt_violations=cqt_viol, by_lot_type=by_type, utilisation_by_family=util,
+        setup_share_by_family=setup_share,
         wip_by_day=wip_day[:n_days].tolist(), finished_by_day=out_day[:n_days].tolist(),
     )
 
