@@ -23,11 +23,12 @@ lot index (FIFO as the final tie-break). A rule at level -1 (or weight 0) is off
 The presets "fifo" and "cr" are PySCFabSim's hierarchical dispatchers
 (minimum-run violation, then lots waiting under a queue-time limit, then setup
 time needed, then priority, then FIFO arrival or critical ratio); "fabd" is
-this project's weighted policy: hot lots, queue-time windows and minimum runs
-first, then one weighted level of setup avoidance, due-date triage ("deliver":
-lots that can still make their due date before lots that cannot), batch
-fullness, line balance and waiting time. Its SMT2020 results, and the
-trade-off against cycle time, are in bench/fabsim/README.md ("Quality").
+this project's default: hot lots, minimum runs, queue-time windows and least
+setup first, then fluctuation smoothing ("slack": the lot furthest behind the
+pace that meets its due date). "deliver" (due-date triage: lots that can still
+make their due date before lots that cannot) replaces "slack" where delivery
+matters more than cycle time. Their SMT2020 results, and that trade-off, are in
+bench/fabsim/README.md ("Quality").
 
 `load_policy(path | dict)` parses and validates (errors carry key paths);
 `compile_policy(policy, model)` checks tool-group names and returns the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatch.config import RULES, compile_policy, load_policy
+from dispatch.config import RULES, Policy, compile_policy, load_policy
 from dispatch.errors import PolicyError
 from dispatch.scorer import Dispatcher
 from dispatch.smt2020 import DEFAULT_DATASET
@@ -91,6 +91,26 @@ def test_the_shipped_example_policy_is_valid_for_smt2020():
     hvlm = DEFAULT_DATASET
     pa = compile_policy(policy, from_smt2020(smt2020.load(hvlm)))
     assert pa.level.shape == (106, len(RULES))
+
+
+def test_the_shipped_example_policy_spells_out_the_fabd_preset():
+    """A fab engineer edits the example in place: outside its one group override it must
+    rank exactly as `preset = "fabd"` does, or copying it silently changes the policy."""
+    from pathlib import Path
+
+    from dispatch import smt2020
+    from dispatch.model import from_smt2020
+
+    example = load_policy(Path(__file__).resolve().parents[2] / "dispatch" / "policy.example.toml")
+    m = from_smt2020(smt2020.load(DEFAULT_DATASET))
+    got, want = compile_policy(example, m), compile_policy(Policy(preset="fabd"), m)
+    g = m.group_index["DE_BE_11"]
+    assert got.level[g].tolist() == want.level[g].tolist()
+    on = want.level[g] >= 0
+    assert got.weight[g][on].tolist() == want.weight[g][on].tolist()
+    for name in got._fields[2:]:
+        assert getattr(got, name)[g] == getattr(want, name)[g], name
+    assert got.level[m.group_index["Implant_128"]].tolist() != want.level[g].tolist()
 
 
 def test_smt2020_rules_become_a_policy():
