@@ -100,6 +100,16 @@ def summarise(dataset: str, args: argparse.Namespace, results: list[fabrun.SimRe
             "lots_finished": _mean([x.lots_finished for x in rows]),
             "on_time_share": _mean([x.on_time_share for x in rows]),
         }
+    by_release = {}
+    for name in types:
+        per_seed = [{c.released_from_day: c for c in r.cycle_time_by_release.get(name, [])}
+                    for r in results]
+        days = sorted(set.intersection(*(set(d) for d in per_seed)))
+        by_release[name] = [{
+            "released_from_day": day,
+            "cycle_time_days": _mean([d[day].cycle_time_days for d in per_seed]),
+            "lots_finished": _mean([d[day].lots_finished for d in per_seed]),
+        } for day in days]
     util_names = list(results[0].utilisation_by_family)
     return {
         "dataset": dataset, "policy": str(args.policy), "days": args.days, "seeds": args.seeds,
@@ -109,6 +119,7 @@ def summarise(dataset: str, args: argparse.Namespace, results: list[fabrun.SimRe
         "what_if": list(args.what_if),
         "sim_wall_s": [round(r.wall_s, 3) for r in results],
         "cqt_violations": _mean([r.cqt_violations for r in results]),
+        "cycle_time_by_release": by_release,
         "utilisation_by_family": {n: _mean([r.utilisation_by_family[n] for r in results])
                                   for n in util_names},
     }
@@ -130,6 +141,30 @@ def _print_table(s: dict) -> None:
         ot = v["on_time_share"]
         print(f"{name:<16} {ct if ct is not None else float('nan'):>9.2f} {v['lots_finished']:>9.0f} "
               f"{(ot if ot is not None else float('nan')) * 100:>7.1f}%")
+    print(f"cycle time (days) of the lots released in each {fabrun.COHORT_DAYS:g}-day window "
+          f"(from day; windows with {fabrun.COHORT_MIN_FINISHED:.0%} of their lots finished):")
+    for name, rows in s["cycle_time_by_release"].items():
+        cells = "  ".join(f"{r['released_from_day']:g}: {r['cycle_time_days']:.1f}" for r in rows)
+        print(f"  {name:<14} {cells or '(none complete yet)'}")
+    for line in unsettled(s):
+        print(line)
+
+
+def unsettled(s: dict, tolerance: float = 0.05, min_lots: int = 200) -> list[str]:
+    """Return a warning per lot type whose cycle time moved by more than `tolerance` across
+    release windows: the run's mean then depends on its length (start-up, or growing WIP).
+    Lot types with fewer than `min_lots` per window are too noisy to tell."""
+    out = []
+    for name, rows in s["cycle_time_by_release"].items():
+        if len(rows) < 3 or min(r["lots_finished"] for r in rows) < min_lots:
+            continue
+        first, last = rows[0]["cycle_time_days"], rows[-1]["cycle_time_days"]
+        if first and abs(last - first) > tolerance * first:
+            out.append(f"note: {name} cycle time went from {first:.1f} days (released from day "
+                       f"{rows[0]['released_from_day']:g}) to {last:.1f} (from day "
+                       f"{rows[-1]['released_from_day']:g}): the fab had not settled; compare "
+                       "policies on the later windows or a longer run with --warmup-days")
+    return out
 
 
 class _Progress:

@@ -55,6 +55,20 @@ class LotTypeKpi(msgspec.Struct, kw_only=True):
     cycle_times_days: list[float] = []
 
 
+# Cycle time by release window: a trend across windows means the fab had not settled (a
+# start-up transient, or WIP still growing), so the horizon's mean depends on the horizon.
+COHORT_DAYS = 90.0
+COHORT_MIN_FINISHED = 0.95   # a window is reported once this share of its lots has finished
+
+
+class CohortKpi(msgspec.Struct, kw_only=True):
+    """Lots of one type released in one window of the run (initial WIP excluded)."""
+
+    released_from_day: float
+    lots_finished: int
+    cycle_time_days: float
+
+
 class LotTrace(msgspec.Struct, kw_only=True):
     """The steps one lot started, in order (1-based step numbers of its route)."""
 
@@ -78,6 +92,7 @@ class SimResult(msgspec.Struct, kw_only=True):
     utilisation_by_family: dict[str, float]
     wip_by_day: list[int]
     finished_by_day: list[int]
+    cycle_time_by_release: dict[str, list[CohortKpi]] = {}   # per lot type, COHORT_DAYS windows
     wait_days_by_family: dict[str, float] = {}      # mean wait per visit
     visits_by_family: dict[str, int] = {}
     setup_share_by_family: dict[str, float] = {}    # of the tools' available time
@@ -183,6 +198,8 @@ def _kpis(fab, cfg, wall, t_end, decisions, cqt_viol, done_at, wip_day, out_day,
             on_time_share=float(on_time[sel].mean()) if n else float("nan"),
             cycle_times_days=ct_days[sel].tolist(),
         )
+    by_release = {name: _cohorts(fab, ct_days, finished, ti, cfg.days)
+                  for ti, name in enumerate(fab.lot_types)}
     util: dict[str, float] = {}
     setup_share: dict[str, float] = {}
     for f, name in enumerate(fab.family_names):
@@ -196,9 +213,28 @@ def _kpis(fab, cfg, wall, t_end, decisions, cqt_viol, done_at, wip_day, out_day,
         wall_s=wall, sim_days=float(t_end / 1440.0), decisions=decisions,
         lots_finished=int(np.count_nonzero(finished)), lots_counted=int(np.count_nonzero(counted)),
         cqt_violations=cqt_viol, by_lot_type=by_type, utilisation_by_family=util,
-        setup_share_by_family=setup_share,
+        setup_share_by_family=setup_share, cycle_time_by_release=by_release,
         wip_by_day=wip_day[:n_days].tolist(), finished_by_day=out_day[:n_days].tolist(),
     )
+
+
+def _cohorts(fab, ct_days, finished, lot_type: int, days: float) -> list[CohortKpi]:
+    """Return the mean cycle time of each COHORT_DAYS release window whose lots have finished."""
+    released = (fab.lot_start_min >= 0.0) & (fab.lot_type == lot_type)
+    rel_day = fab.lot_release_min / 1440.0
+    out = []
+    for start in np.arange(0.0, days, COHORT_DAYS):
+        sel = released & (rel_day >= start) & (rel_day < start + COHORT_DAYS)
+        n = int(np.count_nonzero(sel))
+        done = sel & finished
+        n_done = int(np.count_nonzero(done))
+        if n == 0:
+            continue
+        if n_done < COHORT_MIN_FINISHED * n:
+            break    # later windows have finished even less: their fast lots would bias the mean
+        out.append(CohortKpi(released_from_day=float(start), lots_finished=n_done,
+                             cycle_time_days=float(ct_days[done].mean())))
+    return out
 
 
 def _tiny_dataset() -> smt2020.Dataset:

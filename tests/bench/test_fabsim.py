@@ -157,3 +157,26 @@ def test_what_if_no_dedication_lets_lots_use_any_tool_of_the_family(hvlm):
     assert (fab.st_ded_use >= 0).any()              # HVLM pins lots to lithography tools
     free = fabrun._apply_what_if(fab, ("no-dedication",))
     assert (free.st_ded_use == -1).all() and (fab.st_ded_use >= 0).any()
+
+
+def test_cycle_time_by_release_window_shows_a_fab_that_has_not_settled(capsys):
+    """An overloaded tool: WIP grows, each release window waits longer, and the text report
+    says the horizon's mean depends on the horizon; a stable tool gets no such note."""
+    import argparse
+
+    from bench.fabsim import cli as simcli
+
+    args = argparse.Namespace(policy="fifo", days=400.0, seeds=1, compat=None, warmup_days=0.0,
+                              seed=0, what_if=[])
+    for mttr, expect_note in ((300.0, True), (3.0, False)):
+        res = fabrun.run(_one_tool_fab(mttr_min=mttr), fabrun.SimConfig(days=400, policy="fifo"))
+        windows = res.cycle_time_by_release["L"]
+        assert [w.released_from_day for w in windows] == [0.0, 90.0, 180.0]
+        assert sum(w.lots_finished for w in windows) == res.lots_finished == 5000
+        cts = [w.cycle_time_days for w in windows]
+        if expect_note:
+            assert cts[0] < cts[1] < cts[2]
+        simcli._print_table(simcli.summarise("one", args, [res], 1.0))
+        out = capsys.readouterr().out
+        assert "L              0: " in out
+        assert ("note: L cycle time went from" in out) is expect_note, out
