@@ -122,7 +122,11 @@ class HsmsProtocol(asyncio.Protocol):
                 if stop != end:
                     raise SecsDecodeError(f"{end - stop} bytes after the item", stop - start - 10)
             except SecsDecodeError as exc:
-                session.malformed(bytes(data[start:start + 10]), exc)
+                # Hand on a fresh error: the raised one's traceback holds the decoder's view
+                # of the receive buffer, and a request failed with it would keep that view
+                # alive, so the buffer could not be trimmed after this frame (BufferError).
+                session.malformed(bytes(data[start:start + 10]),
+                                  SecsDecodeError(exc.reason, exc.offset))
                 return
         msg = Message(session_id, b2 & 0x7F, function, b2 > 0x7F, ptype, stype, system, body)
         if (stype == 0 and not function & 1) or stype in (2, 4, 6):

@@ -28,7 +28,7 @@ from equipment.hsms import (
     frame,
     parse_header,
 )
-from equipment.secs import U4, A, B, L, decode, encode
+from equipment.secs import U4, A, B, L, SecsDecodeError, decode, encode
 from tests.support import eventually
 
 FAST = dict(e37_ranges=False, t3_reply_timeout_s=10.0, t5_connect_separation_s=0.05,
@@ -416,3 +416,33 @@ async def test_stop_while_connecting_ends_run_promptly() -> None:
         peer.write(frame(0xFFFF, 0, 0, False, SType.SELECT_RSP, 1))
         await asyncio.wait_for(task, 5)
         assert host.state is HsmsState.NOT_CONNECTED
+
+
+async def test_malformed_reply_in_pieces_fails_the_request_and_the_session_survives() -> None:
+    async with raw_server() as (port, peers):
+        host = HsmsActive("EQ-MR", host_config(port), echo_handler)
+        async with running(host):
+            peer = await asyncio.wait_for(peers.get(), 5)
+            await peer.answer_select()
+            await host.wait_state(HsmsState.SELECTED, 5)
+            session = host.session
+            request = asyncio.create_task(host.request(1, 3, L()))
+            primary = await peer.read_data()
+            bad = bytearray(frame(0, 1, 4, False, SType.DATA, primary.system, L(U4(1))))
+            bad[14 + 2] = 0xB1  # U4 with a 5-byte length where 4 bytes follow
+            bad[14 + 3] = 5
+            after = bytes(frame(0, 1, 1, True, SType.DATA, 600))
+            # The bad reply arrives in two reads, the second one ending inside the next frame:
+            # the reader decodes it from its own buffer, and keeps part of that buffer after it.
+            peer.write(bad[:6])
+            await peer.writer.drain()
+            await eventually(lambda: session.protocol._buf, what="first piece buffered")
+            peer.write(bytes(bad[6:]) + after[:5])
+            with pytest.raises(SecsDecodeError):
+                await request
+            s9 = await peer.read_data()
+            assert (s9.stream, s9.function) == (9, 7)
+            peer.write(after[5:])
+            reply = await peer.read_data()
+            assert (reply.stream, reply.function, reply.system) == (1, 2, 600)
+            assert host.session is session and host.state is HsmsState.SELECTED
