@@ -405,8 +405,12 @@ class HsmsSession:
     def _stream9(self, msg: Message) -> None:
         body = msg.body
         log.warning("hsms %s: peer sent S9F%d", self.tool_id, msg.function)
-        if isinstance(body, B) and len(body) == 10 and self.protocol is not None:
-            offending = parse_header(body)
+        offending = parse_header(body) if isinstance(body, B) and len(body) == 10 else None
+        # Only a primary we sent carries our system bytes. E5: the header in S9F9 is the
+        # sender's own transaction that timed out, and an S9Fx about one of our replies
+        # repeats the peer's system bytes: the same number can be open on our side.
+        if (offending is not None and msg.function != 9 and offending.function & 1
+                and self.protocol is not None):
             entry = self.protocol.pending.pop(offending.system, None)
             if entry is not None:
                 if entry[1] is not None:

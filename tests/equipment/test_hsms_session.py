@@ -446,3 +446,28 @@ async def test_malformed_reply_in_pieces_fails_the_request_and_the_session_survi
             reply = await peer.read_data()
             assert (reply.stream, reply.function, reply.system) == (1, 2, 600)
             assert host.session is session and host.state is HsmsState.SELECTED
+
+
+@pytest.mark.parametrize(("s9_function", "about"), [
+    (9, (6, 11, True)),  # S9F9: the tool's own S6F11 W timed out waiting for our S6F12
+    (7, (6, 12, False)),  # S9F7: the tool could not read our S6F12 (a reply, its system bytes)
+])
+async def test_s9_about_a_tool_transaction_leaves_our_request_with_the_same_system_open(
+        s9_function: int, about: tuple[int, int, bool]) -> None:
+    async with raw_server() as (port, peers):
+        host = HsmsActive("EQ-9S", host_config(port), echo_handler)
+        async with running(host):
+            peer = await asyncio.wait_for(peers.get(), 5)
+            await peer.answer_select()
+            await host.wait_state(HsmsState.SELECTED, 5)
+            request = asyncio.create_task(host.request(1, 3, L()))
+            primary = await peer.read_data()
+            # The tool numbers its own transactions: one of them has our request's system bytes.
+            stream, function, wbit = about
+            mhead = frame(0, stream, function, wbit, SType.DATA, primary.system)[4:14]
+            peer.write(frame(0, 9, s9_function, False, SType.DATA, 7000, B(bytes(mhead))))
+            peer.write(frame(0, 1, 1, True, SType.DATA, 7001))  # answered after the S9Fx
+            assert (await peer.read_data()).system == 7001
+            assert not request.done()
+            peer.write(frame(0, 1, 4, False, SType.DATA, primary.system, L(U4(5))))
+            assert (await asyncio.wait_for(request, 5)).body == L(U4(5))
