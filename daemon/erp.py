@@ -29,7 +29,7 @@ from daemon import events as ev
 from daemon.busconfig import BusConfig, RedisConfig
 from daemon.cancel import raise_if_cancelled
 from daemon.mes import MesError, MesState
-from daemon.redis_conn import REDIS_DOWN, Backoff, Outage, make_client
+from daemon.redis_conn import REDIS_DOWN, Backoff, Outage, ReplyError, make_client
 from daemon.relay import Relay
 from daemon.writer import Writer
 
@@ -134,17 +134,24 @@ class ErpIntake:
             if rej is not None:
                 dead.append((entry_id, fields, rej))
         await self.writer.durable()
-        pipe = client.pipeline(transaction=False)
-        for entry_id, fields, rej in dead:
-            original = {_text(k): _text(v) for k, v in fields.items()}
-            pipe.xadd(self.dead_stream, {
-                "entry_id": entry_id, "code": rej.code, "reason": rej.reason,
-                "original": json.dumps(original), "cmd": original.get("cmd", ""),
-                "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                maxlen=self.bus.stream_maxlen, approximate=True)
+        if dead:
+            pipe = client.pipeline(transaction=False)
+            for entry_id, fields, rej in dead:
+                original = {_text(k): _text(v) for k, v in fields.items()}
+                pipe.xadd(self.dead_stream, {
+                    "entry_id": entry_id, "code": rej.code, "reason": rej.reason,
+                    "original": json.dumps(original), "cmd": original.get("cmd", ""),
+                    "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                    maxlen=self.bus.stream_maxlen, approximate=True)
+            # Not in the XACK's pipeline: Redis may refuse an XADD (OOM, WRONGTYPE, ACL) and
+            # still take the XACK, which would acknowledge the command with no dead letter.
+            results = await pipe.execute(raise_on_error=False)
+            refused = [r for r in results if isinstance(r, Exception)]
+            if refused:
+                raise ReplyError(f"Redis refused {len(refused)} dead letters on "
+                                 f"{self.dead_stream}: {refused[0]}")
         if ids:
-            pipe.xack(self.stream, self.bus.consumer_group, *ids)
-        await pipe.execute()
+            await client.xack(self.stream, self.bus.consumer_group, *ids)
         for entry_id, _fields, rej in dead:
             self.dead_total += 1
             COMMANDS.labels("dead").inc()
@@ -208,6 +215,7 @@ class ErpIntake:
         client = make_client(self.redis_config)
         group, me = self.bus.consumer_group, self.bus.consumer_name
         recovered = False
+        refused = False
         last_claim = time.monotonic()
         try:
             while not self._stopping:
@@ -246,6 +254,15 @@ class ErpIntake:
                     recovered = False  # anything read but not acked is pending: re-read it
                     await asyncio.sleep(backoff.next())
                     continue
+                except ReplyError as exc:
+                    # Reachable but refusing dead letters: the batch stays pending; retry it.
+                    if not refused:
+                        refused = True
+                        log.error("erp intake: %s; fix Redis (memory, ACL, key types) - "
+                                  "retrying", exc)
+                    recovered = False
+                    await asyncio.sleep(backoff.next())
+                    continue
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
@@ -254,6 +271,9 @@ class ErpIntake:
                                 group, self.stream)
                     recovered = False
                     continue
+                if refused:
+                    refused = False
+                    log.info("erp intake: Redis accepts dead letters again")
                 outage.up(time.monotonic())
                 backoff.reset()
             log.info("erp intake stopped: new commands wait in %s", self.stream)

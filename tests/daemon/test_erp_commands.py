@@ -203,3 +203,34 @@ async def test_intake_survives_a_redis_restart_that_lost_the_group(own_redis, tm
         send_commands(url, "fab", [LOT])  # a new stream, no group yet: fabd recreates it
         await eventually(lambda: "L1" in bus.mes.lots, timeout_s=15, what="intake back")
         await eventually(lambda: pending_count(url) == 0, what="acknowledged")
+
+
+def refused_total(url: str, error: str) -> int:
+    """How many commands Redis answered with `error` (INFO errorstats)."""
+    r = redis_sync.Redis.from_url(url)
+    try:
+        return r.info("errorstats").get(f"errorstat_{error}", {}).get("count", 0)
+    finally:
+        r.close()
+
+
+async def test_a_dead_letter_redis_refuses_is_not_acknowledged_away(own_redis, tmp_path) -> None:
+    # Redis refuses the dead-letter XADD (here a wrong key type; OOM refuses it the same way)
+    # but would take the XACK: the invalid command must stay pending until its dead letter
+    # is written, not be acknowledged with no trace.
+    url = own_redis.url
+    r = redis_sync.Redis.from_url(url)
+    r.set("fab:erp:dead", "not a stream")
+    send_commands(url, "fab", [{"type": "launch_rocket", "command_id": "x1"}, ROUTE])
+    async with running_bus(url, tmp_path) as bus:
+        await eventually(lambda: "RT-1" in bus.mes.routes, what="the valid command applied")
+        await eventually(lambda: refused_total(url, "WRONGTYPE") >= 1,
+                         what="Redis refused the dead letter")
+        r.delete("fab:erp:dead")  # the operator fixes Redis
+        await eventually(lambda: read_stream_raw(url, "fab:erp:dead"), what="dead letter written")
+        await eventually(lambda: pending_count(url) == 0, what="all acknowledged")
+    r.close()
+    dead = read_stream_raw(url, "fab:erp:dead")
+    assert [(d["code"], json.loads(d["cmd"])["command_id"]) for d in dead][:1] == [
+        ("unknown_type", "x1")]
+    assert {d["entry_id"] for d in dead} == {dead[0]["entry_id"]}  # only ever that entry
