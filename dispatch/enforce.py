@@ -11,8 +11,9 @@ lot and tool known; tool up (E10 productive/standby) and not inhibited; lot
 waiting (not running or finished) and not on hold; the recipe is the one of
 the lot's current step (no out-of-sequence processing); the lot's queue-time
 window not exceeded; the tool belongs to the step's tool group and is
-qualified for the recipe; the recipe version is the approved one; the body
-on the tool was verified (a RecipeReport) and matches the approved checksum.
+qualified for the recipe; the recipe version is the one the step names and the
+approved body on record is that version's; the body on the tool was verified (a
+RecipeReport) and matches the approved checksum.
 """
 
 from __future__ import annotations
@@ -121,6 +122,13 @@ def check_track_in(model: FabModel, lot_id: str, tool_id: str, ppid: str, now_mi
         return refuse(Refusal.RECIPE_VERSION_MISMATCH,
                       f"{ppid} version {version} on tool {tool_id}, approved is {approved_v}", step)
     approved_sum = model.recipe_checksum[r]
+    body_v = int(model.recipe_version[r])
+    if approved_sum and body_v != approved_v:
+        # The model keeps one approved body per recipe; when it belongs to another version
+        # than the step names, a tool holding it would run a version the route does not.
+        return refuse(Refusal.RECIPE_VERSION_MISMATCH,
+                      f"step {step} runs {ppid} v{approved_v}, the approved body on record is "
+                      f"v{body_v}'s (route and approval disagree)", step)
     if report is None or not approved_sum:
         what = ("no approved body checksum" if not approved_sum
                 else f"body on tool {tool_id} not verified (upload it first)")
