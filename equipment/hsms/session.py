@@ -133,8 +133,8 @@ class HsmsSession:
     async def _periodic_linktest(self) -> None:
         try:
             await self.linktest()
-        except HsmsConnectionLostError:
-            return
+        except (HsmsConnectionLostError, HsmsControlTimeoutError):
+            return  # T6 closed the connection; the endpoint logs the loss once
         self._schedule_linktest()
 
     def _spawn(self, coro: Awaitable[Any], what: str) -> None:

@@ -471,3 +471,22 @@ async def test_s9_about_a_tool_transaction_leaves_our_request_with_the_same_syst
             assert not request.done()
             peer.write(frame(0, 1, 4, False, SType.DATA, primary.system, L(U4(5))))
             assert (await asyncio.wait_for(request, 5)).body == L(U4(5))
+
+
+async def test_unanswered_linktest_closes_on_t6_with_one_warning_and_host_reconnects(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with raw_server() as (port, peers):
+        host = HsmsActive("EQ-LT", host_config(port, linktest_interval_s=0.05,
+                                               t6_control_timeout_s=0.3), echo_handler)
+        async with running(host):
+            peer = await asyncio.wait_for(peers.get(), 5)
+            await peer.answer_select()
+            assert (await peer.read()).stype == SType.LINKTEST_REQ  # a half-open link: no answer
+            assert await peer.eof()  # E37: T6 expiry closes the connection
+            again = await asyncio.wait_for(peers.get(), 5)
+            await again.answer_select()
+            await host.wait_state(HsmsState.SELECTED, 5)
+    # A tool that went quiet is the tool's doing, not a fabd bug: the loss WARNING, no ERROR.
+    assert any("EQ-LT" in r.getMessage() and "T6 expired" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
