@@ -321,9 +321,13 @@ class MesState:
                 raise UnknownEntity(f"route {route_id} step {s.step_id}: rework route "
                                     f"{s.rework_route_id} is not defined", "unknown_route")
         old = self.routes.get(route_id)
-        if old is not None and any(lot.route_id == route_id and lot.step_index >= len(steps)
-                                   for lot in self.active_lots()):
-            raise IllegalTransition(f"route {route_id}: lots are at steps the new route lacks")
+        # A lot in rework comes back to its return points: they must stay on the route too.
+        if old is not None and any(
+                (lot.route_id == route_id and lot.step_index >= len(steps))
+                or any(b.route_id == route_id and b.step_index >= len(steps) for b in lot.rework)
+                for lot in self.active_lots()):
+            raise IllegalTransition(f"route {route_id}: lots are at (or in rework will return "
+                                    f"to) steps the new route lacks")
         route = Route(route_id=route_id, steps=list(steps))
         self.routes[route_id] = route
         self._touch("route", route_id, route)

@@ -125,3 +125,27 @@ def test_wip_snapshot_covers_the_last_lots_seq() -> None:
     assert snap.lots_seq == 6
     assert {(c.step_id, c.lots, c.wafers) for c in snap.counts} == {("COAT", 2, 23),
                                                                   ("ETCH", 1, 10)}
+
+
+def test_a_route_cannot_drop_the_step_a_lot_in_rework_returns_to() -> None:
+    """The lot failed ETCH (index 1) and is on the rework route; RT must keep ETCH for it."""
+    mes = make_state()
+    mes.define_route("RT", [
+        ev.RouteStep(step_id="COAT", tool_group="LITHO", recipe_id="COAT1", recipe_version=1,
+                     process_time_s=60),
+        ev.RouteStep(step_id="ETCH", tool_group="ETCH", recipe_id="ETCH1", recipe_version=2,
+                     process_time_s=90, rework_route_id="RW-STRIP"),
+    ])
+    mes.create_lot("L1", "PO", "P1", 25)
+    mes.track_in("L1", "LITHO01")
+    mes.track_out("L1", "LITHO01")
+    mes.track_in("L1", "ETCH01")
+    mes.track_out("L1", "ETCH01", ok=False)
+    mes.track_in("L1", "WET01")
+    with pytest.raises(IllegalTransition):
+        mes.define_route("RT", [ev.RouteStep(step_id="COAT", tool_group="LITHO",
+                                             recipe_id="COAT1", recipe_version=1,
+                                             process_time_s=60)])
+    mes.track_out("L1", "WET01")  # rework done: back to redo ETCH
+    assert (mes.lots["L1"].route_id, mes.lots["L1"].step_id, mes.lots["L1"].state) == (
+        "RT", "ETCH", QUEUED)
