@@ -152,7 +152,7 @@ class Bus:
         self.relay = Relay(self.bus_config, self.redis_config, self.store_config, self.store,
                            self.writer)
         self.erp = ErpIntake(self.bus_config, self.redis_config, self.mes, self.writer,
-                             self.relay)
+                             self.relay, rejected=loaded.rejected)
         self.snapshots = WipSnapshots(self.bus_config, self.mes)
         self.sink = MesEventSink(self.mes, self.writer)
         log.info("bus ready: %d lots, %d tools, %d unpublished events", len(self.mes.lots),

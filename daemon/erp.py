@@ -8,15 +8,19 @@ For each entry, in stream order:
 An invalid entry (bad JSON, unknown type, missing or wrong field, unknown lot
 or route, illegal transition) is copied to `<prefix>:erp:dead` with the
 original fields, a reason code and a readable reason, then acknowledged; it
-changes nothing. On start the consumer first re-reads its own pending entries
-(a crash between apply and XACK), then claims entries another consumer left
-pending for `erp_claim_idle_s`, then reads new ones. A crash between the
-dead-letter XADD and the XACK can repeat a dead letter; never an apply.
+changes nothing. An entry the state refused (unknown lot, illegal transition)
+is remembered in the store with the batch, so a re-delivery is dead-lettered
+again with the same reason rather than judged against a later state. On start
+the consumer first re-reads its own pending entries (a crash between apply and
+XACK), then claims entries another consumer left pending for
+`erp_claim_idle_s`, then reads new ones. A crash between the dead-letter XADD
+and the XACK can repeat a dead letter; never an apply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -68,6 +72,13 @@ def classify_decode_error(exc: Exception) -> Rejected:
     return Rejected("bad_json", f"not valid JSON: {msg}")
 
 
+def _digest(fields: dict) -> str:
+    """Fingerprint of an entry's `cmd` (an entry id Redis reuses after losing the stream differs)."""
+    raw = fields.get(b"cmd", fields.get("cmd"))
+    raw = raw if isinstance(raw, bytes) else str(raw).encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
 def decode_entry(fields: dict) -> ev.Command:
     """Decode a stream entry's fields into a command; raise Rejected when it is not one."""
     raw = fields.get(b"cmd", fields.get("cmd"))
@@ -84,7 +95,8 @@ class ErpIntake:
     """Reads, validates and applies ERP commands; dead-letters the invalid ones."""
 
     def __init__(self, bus: BusConfig, redis: RedisConfig, mes: MesState, writer: Writer,
-                 relay: Relay | None = None) -> None:
+                 relay: Relay | None = None,
+                 rejected: dict[str, tuple[str, str, str]] | None = None) -> None:
         self.bus = bus
         self.redis_config = redis
         self.mes = mes
@@ -95,6 +107,8 @@ class ErpIntake:
         self.applied_total = 0
         self.dead_total = 0
         self.duplicate_total = 0
+        # entry id -> (digest of its cmd, code, reason) of entries the state refused (durable)
+        self.rejected = rejected if rejected is not None else {}
         self.paused = False  # True while the outbox is at its bound (commands wait in Redis)
         self._stopping = False
         self._idle = asyncio.Event()  # set while no batch is being applied
@@ -102,13 +116,23 @@ class ErpIntake:
 
     def handle(self, entry_id: str, fields: dict) -> Rejected | None:
         """Validate and apply one entry (not yet durable); return the rejection, if any."""
+        digest = _digest(fields)
+        known = self.rejected.get(entry_id)
+        if known is not None and known[0] == digest:
+            # Delivered again (a retry, a Redis blip, a restart before XACK): it was judged
+            # against the state of its turn; a later state (its lot created since) must not
+            # turn a dead letter into an apply.
+            return Rejected(known[1], known[2])
         try:
             cmd = decode_entry(fields)
             applied = self.mes.apply_command(cmd)
         except Rejected as rej:
-            return rej
+            return rej  # the entry itself is malformed: judged the same on every delivery
         except MesError as exc:
-            return Rejected(exc.code, str(exc))
+            rej = Rejected(exc.code, str(exc))
+            self.rejected[entry_id] = (digest, rej.code, rej.reason)
+            self.writer.reject((entry_id, digest, rej.code, rej.reason, time.time()))
+            return rej
         if applied:
             self.applied_total += 1
             COMMANDS.labels("applied").inc()

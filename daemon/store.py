@@ -11,6 +11,8 @@ Tables
   cursor `meta.sent_jseq`, published in `jseq` order. Sent events stay for audit
   and replay until `journal_keep_events` newer ones exist.
 - `command(command_id, ts)`: ERP command ids already applied (dedupe).
+- `rejected(entry_id, digest, code, reason, ts)`: ERP entries the state refused; a
+  re-delivery of the entry is dead-lettered again, never re-judged against a later state.
 - `meta(key, value)`: instance id, per-stream last seq, journal seq, relay cursor.
 
 All calls run on one dedicated thread (`executor`): SQLite releases the GIL
@@ -42,9 +44,14 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE TABLE IF NOT EXISTS command (command_id TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejected (
+    entry_id TEXT PRIMARY KEY, digest TEXT NOT NULL, code TEXT NOT NULL, reason TEXT NOT NULL,
+    ts REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 EventRow = tuple[int, str, int, str, str, str, bytes]  # (jseq, stream, seq, type, eid, ts, data)
+RejectedRow = tuple[str, str, str, str, float]  # (entry_id, digest, code, reason, ts)
 
 
 _pack_rows = msgspec.msgpack.Encoder().encode
@@ -89,6 +96,7 @@ class Loaded:
         self.jseq = 0
         self.sent_jseq = 0
         self.applied: list[str] = []
+        self.rejected: dict[str, tuple[str, str, str]] = {}  # entry id -> (digest, code, reason)
 
 
 class Store:
@@ -132,20 +140,22 @@ class Store:
         out.seqs = {s: int(meta.get(f"seq:{s}", 0)) for s in ev.STREAMS}
         out.entities = list(db.execute("SELECT kind, id, body FROM entity"))
         out.applied = [r[0] for r in db.execute("SELECT command_id FROM command")]
+        out.rejected = {r[0]: (r[1], r[2], r[3]) for r in db.execute(
+            "SELECT entry_id, digest, code, reason FROM rejected")}
         log.info("store %s opened: %d entities, journal at %d, relay cursor at %d",
                  self.path, len(out.entities), out.jseq, out.sent_jseq)
         return out
 
     def write(self, entities: list[tuple[str, str, bytes]], events: list[EventRow],
               commands: list[tuple[str, float]], meta: list[tuple[str, str]],
-              prune_below_jseq: int = 0) -> None:
+              prune_below_jseq: int = 0, rejected: list[RejectedRow] | None = None) -> None:
         """Commit one batch in one transaction: entity bodies, journal rows, command ids, meta."""
-        self.stage(entities, events, commands, meta, prune_below_jseq)
+        self.stage(entities, events, commands, meta, prune_below_jseq, rejected)
         self.commit()
 
     def stage(self, entities: list[tuple[str, str, bytes]], events: list[EventRow],
               commands: list[tuple[str, float]], meta: list[tuple[str, str]],
-              prune_below_jseq: int = 0) -> None:
+              prune_below_jseq: int = 0, rejected: list[RejectedRow] | None = None) -> None:
         """Open a transaction and insert one batch; `commit()` makes it durable.
 
         The writer stages on the event-loop thread and commits on the store thread:
@@ -166,6 +176,8 @@ class Store:
                 db.executemany("INSERT OR IGNORE INTO command VALUES (?, ?)", commands)
             if meta:
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+            if rejected:
+                db.executemany("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?)", rejected)
             if prune_below_jseq > 0:
                 db.execute("DELETE FROM journal WHERE last_jseq < ?", (prune_below_jseq,))
         except sqlite3.Error as exc:

@@ -21,7 +21,7 @@ from prometheus_client import Counter, Histogram
 
 from daemon.busconfig import StoreConfig
 from daemon.mes import MesState
-from daemon.store import EventRow, Store
+from daemon.store import EventRow, RejectedRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Writer:
         self.committed_jseq = committed_jseq
         self.sent_jseq = sent_jseq  # relay cursor as last written to the store
         self._sent_pending: int | None = None
+        self._rejected: list[RejectedRow] = []  # ERP entries refused since the last commit
         self._wake = asyncio.Event()
         self._collecting: asyncio.Future[None] | None = None  # resolves at the next commit
         self._inflight: asyncio.Future[None] | None = None  # resolves at the running commit
@@ -58,13 +59,21 @@ class Writer:
         if n_events <= 1 or n_events >= self.config.commit_max_events:
             self._wake.set()
 
+    def reject(self, row: RejectedRow) -> None:
+        """Record an ERP entry the state refused (committed with the changes made before it)."""
+        self._rejected.append(row)
+        self._wake.set()
+
+    def _has_pending(self) -> bool:
+        return self.mes.has_pending() or bool(self._rejected)
+
     def durable(self) -> asyncio.Future[None]:
         """Return a future that resolves once every change made so far is committed."""
         if self._failed is not None:
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(self._failed)
             return fut
-        if self.mes.has_pending():
+        if self._has_pending():
             if self._collecting is None:
                 self._collecting = asyncio.get_running_loop().create_future()
             self._wake.set()
@@ -105,9 +114,10 @@ class Writer:
     async def _commit_locked(self) -> None:
         if self._failed is not None:
             raise self._failed
-        if not self.mes.has_pending() and self._sent_pending is None:
+        if not self._has_pending() and self._sent_pending is None:
             return
         batch = self.mes.take_batch()
+        rejected, self._rejected = self._rejected, []
         waiter, self._collecting = self._collecting, None
         if waiter is None:
             waiter = asyncio.get_running_loop().create_future()
@@ -128,7 +138,8 @@ class Writer:
             prune = sent - keep + 1
         t0 = time.perf_counter()
         try:
-            self.store.stage(batch.entities, batch.events, batch.commands, meta, prune)
+            self.store.stage(batch.entities, batch.events, batch.commands, meta, prune,
+                             rejected)
         except Exception as exc:
             self._finish(batch.events, waiter, sent, exc, t0)
             raise
@@ -175,6 +186,6 @@ class Writer:
         # A commit run() has in flight already took its batch out of the state, so nothing
         # looks pending; wait for it too (it holds the lock), or drain() would read
         # committed_jseq from before that batch and return before it is published.
-        while (self.mes.has_pending() or self._sent_pending is not None
+        while (self._has_pending() or self._sent_pending is not None
                or (self._lock is not None and self._lock.locked())):
             await self.commit_once()

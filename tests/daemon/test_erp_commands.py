@@ -234,3 +234,30 @@ async def test_a_dead_letter_redis_refuses_is_not_acknowledged_away(own_redis, t
     assert [(d["code"], json.loads(d["cmd"])["command_id"]) for d in dead][:1] == [
         ("unknown_type", "x1")]
     assert {d["entry_id"] for d in dead} == {dead[0]["entry_id"]}  # only ever that entry
+
+
+async def test_a_rejected_command_delivered_again_is_dead_lettered_not_applied(own_redis,
+                                                                               tmp_path) -> None:
+    # hold_lot L1 comes before create_lot L1 in one batch: rejected (unknown lot), L1 created.
+    # Until its dead letter is written the batch is pending and is delivered again (a retry,
+    # a Redis blip, a restart): by then L1 exists, yet the hold was rejected and stays so.
+    url = own_redis.url
+    hold = {"type": "hold_lot", "command_id": "c-h1", "lot_id": "L1", "reason": "q", "by": "erp"}
+    r = redis_sync.Redis.from_url(url)
+    r.set("fab:erp:dead", "not a stream")
+    send_commands(url, "fab", [ROUTE, PRODUCT, hold, LOT])
+    async with running_bus(url, tmp_path) as bus:
+        await eventually(lambda: "L1" in bus.mes.lots, what="lot created")
+        await eventually(lambda: refused_total(url, "WRONGTYPE") >= 2 or pending_count(url) == 0,
+                         what="the batch came again")
+        assert bus.mes.lots["L1"].holds == []
+    r.delete("fab:erp:dead")
+    async with running_bus(url, tmp_path) as bus:  # a restart delivers the batch once more
+        await eventually(lambda: pending_count(url) == 0, what="all acknowledged")
+        assert (bus.mes.lots["L1"].state, bus.mes.lots["L1"].holds) == ("queued", [])
+        assert await bus.drain(5)
+    r.close()
+    dead = read_stream_raw(url, "fab:erp:dead")
+    assert [(d["code"], json.loads(d["cmd"])["command_id"]) for d in dead] == [
+        ("unknown_lot", "c-h1")]
+    assert [e["type"] for e in read_stream(url, "fab:lots")] == ["lot_created"]
