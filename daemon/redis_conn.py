@@ -102,6 +102,15 @@ class RespConnection:
 
     async def connect(self) -> None:
         """Open the socket (TCP, TLS or unix), AUTH and SELECT."""
+        try:
+            await self._connect()
+        except BaseException:
+            # A setup that timed out (or was cancelled) leaves its AUTH/SELECT replies
+            # unread: reused, every later reply would be taken for the one before it.
+            await self.close()
+            raise
+
+    async def _connect(self) -> None:
         from redis.asyncio.connection import parse_url
 
         opts = parse_url(self.config.url)
@@ -132,7 +141,6 @@ class RespConnection:
                 self._writer.write(b"".join(pack_command(c) for c in hello))
                 errors = await self._replies(len(hello))
                 if errors:
-                    await self.close()
                     raise ReplyError(f"Redis refused the connection setup: {errors[0]}")
 
     async def pipeline(self, packed: bytes, n_replies: int) -> list[str]:

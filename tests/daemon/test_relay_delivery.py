@@ -163,3 +163,45 @@ async def test_crash_before_the_cursor_is_stored_resends_with_the_same_eid_and_s
     for e in entries:
         consumer.on_lot_entry(e["id"], {**e, "data": json.dumps(e["data"])})
     assert consumer.duplicates == 80 and consumer.gaps == 0 and consumer.applied == 100
+
+
+async def test_a_connection_setup_that_timed_out_is_not_reused(own_redis, tmp_path,
+                                                               caplog) -> None:
+    # Redis is frozen while the relay connects: TCP is accepted (listen backlog), SELECT
+    # gets no answer in time. That half-set-up connection must be dropped: reused, its late
+    # +OK is taken for an XADD's reply and every later reply is one off, so an XADD Redis
+    # refuses counts as published (and a batch can count as done before Redis took it).
+    import os
+    import signal
+
+    import redis as redis_sync
+
+    url = own_redis.url.removesuffix("/0") + "/1"  # db 1: the connection setup sends SELECT
+    pid = own_redis.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        async with running_bus(url, tmp_path, erp=False,
+                               redis_kw={"connect_timeout_s": 0.3,
+                                         "command_timeout_s": 30.0}) as bus:
+            define_master_data(bus)
+            bus.mes.create_lot("L1", "PO-1", "P-A", 25)
+            await bus.durable()
+            await eventually(lambda: "unreachable (TimeoutError" in caplog.text,
+                             what="the relay's connection setup timed out")
+            os.kill(pid, signal.SIGCONT)
+            await eventually(lambda: bus.relay.sent_jseq >= bus.writer.committed_jseq,
+                             what="L1 published")
+            r = redis_sync.Redis.from_url(url)
+            r.set("fab:lots", "not a stream")  # Redis refuses the next lots entry
+            bus.mes.create_lot("L2", "PO-1", "P-A", 25)
+            await bus.durable()
+            await eventually(lambda: r.info("errorstats").get("errorstat_WRONGTYPE"),
+                             what="Redis refused L2")
+            r.delete("fab:lots")
+            r.close()
+            assert await bus.drain(10)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # The DEL took L1 with the key; L2, refused before it, must come after it.
+    lots = {e["eid"]: (e["seq"], e["data"]["lot_id"]) for e in read_stream(url, "fab:lots")}
+    assert list(lots.values()) == [(2, "L2")]

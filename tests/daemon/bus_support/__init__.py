@@ -19,10 +19,12 @@ STEPS = [ev.RouteStep(step_id=f"S{i}", tool_group="ETCH" if i % 2 else "LITHO",
          for i in range(3)]
 
 
-def configs(url: str, store_kw: dict | None = None, **bus_kw) -> dict:
+def configs(url: str, store_kw: dict | None = None, redis_kw: dict | None = None,
+            **bus_kw) -> dict:
     """Configs for a test bus: fast commits, fast backoff."""
-    return dict(redis=RedisConfig(url=url, backoff_initial_s=0.05, backoff_max_s=0.2,
-                                  connect_timeout_s=1.0, command_timeout_s=2.0),
+    return dict(redis=RedisConfig(**{"url": url, "backoff_initial_s": 0.05, "backoff_max_s": 0.2,
+                                     "connect_timeout_s": 1.0, "command_timeout_s": 2.0,
+                                     **(redis_kw or {})}),
                 store=StoreConfig(**{"commit_interval_ms": 2.0, "synchronous": "NORMAL",
                                      **(store_kw or {})}),
                 bus=BusConfig(erp_block_ms=50, **bus_kw))
@@ -30,9 +32,10 @@ def configs(url: str, store_kw: dict | None = None, **bus_kw) -> dict:
 
 @contextlib.asynccontextmanager
 async def running_bus(url: str, state_dir: Path, *, erp: bool = True,
-                      store_kw: dict | None = None, **bus_kw) -> AsyncIterator[Bus]:
+                      store_kw: dict | None = None, redis_kw: dict | None = None,
+                      **bus_kw) -> AsyncIterator[Bus]:
     """Start a Bus with its loops as tasks; stop it cleanly at the end."""
-    bus = Bus(state_dir=state_dir, **configs(url, store_kw, **bus_kw))
+    bus = Bus(state_dir=state_dir, **configs(url, store_kw, redis_kw, **bus_kw))
     await bus.start()
     tasks = [asyncio.create_task(bus.writer_loop(), name="writer"),
              asyncio.create_task(bus.relay_loop(), name="relay"),
