@@ -84,8 +84,7 @@ class FabSync:
         mes = self.mes
         model = FabModel()
         for rid, recipe in sorted(mes.recipes.items()):
-            if recipe.versions:
-                v = max(recipe.versions)
+            for v in sorted(recipe.versions):   # every approved version; the newest last
                 model.add_recipe(rid, v, recipe.versions[v])
         for route_id, route in mes.routes.items():
             try:
@@ -121,10 +120,12 @@ class FabSync:
         model.set_tool_state(tool_id, _e10(tool.e10_state) if tool.connected
                              else E10State.UNSCHEDULED_DOWN)
         model.set_inhibit(tool_id, bool(tool.inhibits))
+        model.set_qualified(tool_id, [r for r in tool.qualified if r in model.recipe_index])
         for recipe_id, checksum in tool.verified.items():
             if recipe_id in model.recipe_index:
-                model.record_tool_recipe(tool_id, recipe_id, checksum,
-                                         model.recipe_version[model.recipe_index[recipe_id]])
+                # the version whose approved body the tool holds (0: none of them)
+                version = model.body_version(model.recipe_index[recipe_id], checksum)
+                model.record_tool_recipe(tool_id, recipe_id, checksum, version)
         if not tool.lot_id:
             model.release_tool(tool_id, model.minutes(self.mes.clock()))
 

@@ -121,16 +121,17 @@ def check_track_in(model: FabModel, lot_id: str, tool_id: str, ppid: str, now_mi
     if version and version != approved_v:
         return refuse(Refusal.RECIPE_VERSION_MISMATCH,
                       f"{ppid} version {version} on tool {tool_id}, approved is {approved_v}", step)
-    approved_sum = model.recipe_checksum[r]
-    body_v = int(model.recipe_version[r])
-    if approved_sum and body_v != approved_v:
-        # The model keeps one approved body per recipe; when it belongs to another version
-        # than the step names, a tool holding it would run a version the route does not.
-        return refuse(Refusal.RECIPE_VERSION_MISMATCH,
-                      f"step {step} runs {ppid} v{approved_v}, the approved body on record is "
-                      f"v{body_v}'s (route and approval disagree)", step)
+    # the body of the version the step names (a newer approved version may exist: an
+    # engineering change the route has not taken up yet)
+    approved_sum = model.approved_body(r, approved_v)
+    if report is not None and report[0] != approved_sum:
+        other = model.body_version(r, report[0])
+        if other:
+            return refuse(Refusal.RECIPE_VERSION_MISMATCH,
+                          f"step {step} runs {ppid} v{approved_v}, tool {tool_id} holds the "
+                          f"v{other} body", step)
     if report is None or not approved_sum:
-        what = ("no approved body checksum" if not approved_sum
+        what = (f"no approved body checksum for v{approved_v}" if not approved_sum
                 else f"body on tool {tool_id} not verified (upload it first)")
         return refuse(Refusal.RECIPE_NOT_VERIFIED, f"{ppid}: {what}", step)
     if report[0] != approved_sum:

@@ -177,6 +177,9 @@ class FabModel:
         self.recipe_index: dict[str, int] = {}
         self.recipe_version: list[int] = []            # approved version per recipe
         self.recipe_checksum: list[str] = []           # approved body sha256 hex, "" unknown
+        # every approved version's body: (recipe, version) -> sha256 hex; a route step names
+        # its version, which need not be the newest (an engineering change in progress)
+        self.recipe_bodies: dict[tuple[int, int], str] = {}
         self.setup_ids: list[str] = []
         self.setup_index: dict[str, int] = {}
         self._setup_min_runs: list[int] = []
@@ -264,18 +267,22 @@ class FabModel:
             self.recipe_version[r] = version
             if checksum:
                 self.recipe_checksum[r] = checksum
-            return r
-        self.recipe_index[name] = len(self.recipe_ids)
-        self.recipe_ids.append(name)
-        self.recipe_version.append(version)
-        self.recipe_checksum.append(checksum)
-        return self.recipe_index[name]
+        else:
+            r = len(self.recipe_ids)
+            self.recipe_index[name] = r
+            self.recipe_ids.append(name)
+            self.recipe_version.append(version)
+            self.recipe_checksum.append(checksum)
+        if checksum:
+            self.recipe_bodies[(r, version)] = checksum
+        return r
 
     def approve_recipe(self, name: str, version: int, checksum: str) -> None:
         """Record a newly approved recipe version and body checksum (engineering change)."""
         r = self._index(self.recipe_index, name, "recipe")
         self.recipe_version[r] = version
         self.recipe_checksum[r] = checksum
+        self.recipe_bodies[(r, version)] = checksum
         for s in np.flatnonzero(self._steps["step_recipe"] == r):
             self._steps["step_recipe_version"][s] = version
 
@@ -399,6 +406,23 @@ class FabModel:
         self._quals_dirty = True
         self._arrays = None
         return t
+
+    def approved_body(self, recipe: int, version: int) -> str:
+        """Return the approved body checksum of recipe index `recipe` at `version` ("" none)."""
+        return self.recipe_bodies.get((recipe, version), "")
+
+    def body_version(self, recipe: int, checksum: str) -> int:
+        """Return the approved version whose body is `checksum` (0 when none is)."""
+        return max((v for (r, v), c in self.recipe_bodies.items() if r == recipe and c == checksum),
+                   default=0)
+
+    def set_qualified(self, tool: str, recipes: list[str]) -> None:
+        """Set exactly which recipes a tool is qualified for (revoked ones are dropped)."""
+        t = self._index(self.tool_index, tool, "tool")
+        want = sorted({self._index(self.recipe_index, x, "recipe") for x in recipes})
+        if want != self._tool_quals[t]:
+            self._tool_quals[t] = want
+            self._quals_dirty = True
 
     def qualify(self, tool: str, recipes: list[str], *, qualified: bool = True) -> None:
         """Add (or remove) recipe qualifications of a tool."""

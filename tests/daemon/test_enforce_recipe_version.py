@@ -1,4 +1,5 @@
-"""Track-in enforcement runs the recipe version the route names, not the newest approved one.
+"""Track-in enforcement on the model FabSync keeps: the recipe version the route names (not
+the newest approved one), and qualifications as they stand now.
 
 The daemon checks a start on the dispatch model that FabSync builds from the state of
 record (daemon.core._start_lots): these tests go through that same path.
@@ -57,6 +58,27 @@ def test_a_newer_approved_body_does_not_run_at_a_step_that_names_the_older_versi
     assert not res.ok
     assert res.reason == Refusal.RECIPE_VERSION_MISMATCH
     assert "v1" in res.detail and "v2" in res.detail
+
+
+def test_the_routes_version_still_runs_after_a_newer_one_is_approved() -> None:
+    """v2 approved ahead of the route change: a tool holding v1 keeps running the v1 step."""
+    mes, sync = fab()
+    mes.approve_recipe("COAT1", 2, V2)
+    mes.recipe_report("LITHO01", "COAT1", V1)
+    res = start(mes, sync)
+    assert res.ok, res.detail
+
+
+def test_a_revoked_qualification_stops_the_next_start() -> None:
+    mes, sync = fab()
+    mes.recipe_report("LITHO01", "COAT1", V1)
+    assert start(mes, sync).ok
+    mes.qualify("LITHO01", "COAT1", False)     # ERP: LITHO01 is no longer qualified for COAT1
+    res = start(mes, sync)
+    assert not res.ok and res.reason == Refusal.NOT_QUALIFIED
+    assert "LITHO01" in res.detail and "COAT1" in res.detail
+    mes.qualify("LITHO01", "COAT1", True)      # requalified
+    assert start(mes, sync).ok
 
 
 def test_on_the_model_alone_the_body_on_record_must_be_the_steps_version() -> None:
