@@ -404,8 +404,8 @@ class HsmsSession:
 
     def _stream9(self, msg: Message) -> None:
         body = msg.body
-        log.warning("hsms %s: peer sent S9F%d", self.tool_id, msg.function)
         offending = parse_header(body) if isinstance(body, B) and len(body) == 10 else None
+        log.warning("hsms %s: peer sent S9F%d about %r", self.tool_id, msg.function, offending)
         # Only a primary we sent carries our system bytes. E5: the header in S9F9 is the
         # sender's own transaction that timed out, and an S9Fx about one of our replies
         # repeats the peer's system bytes: the same number can be open on our side.

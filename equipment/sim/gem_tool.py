@@ -7,7 +7,8 @@ events with host-defined reports, E10 state changes, alarms, remote commands
 for its process time, process programs held in memory (S7F3/F5/F17/F19), trace
 data (S2F23 → S6F1), terminal messages (S10F3 in, S10F1 out), the clock
 (S2F31), and E30 spooling of events and alarms produced while no host is
-connected (S6F23 transmit or purge).
+connected (S6F23 transmit or purge). When the host leaves one of its primaries
+unanswered past T3, it sends S9F9 with that primary's header (E5).
 
 Where secsgem 0.3 falls short the handler fills in: S2F31/32 are defined here,
 the listening port stays bound across reconnects (port 0 works), a connection's
@@ -467,6 +468,8 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
             while generation == self._generation and not self._stopping.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    # E5: the equipment reports its expired T3 with S9F9 and the stored header
+                    self.send_stream_function(self.stream_function(9, 9)(message.header.encode()))
                     return None
                 try:
                     return replies.get(True, min(0.05, remaining))

@@ -319,6 +319,35 @@ async def test_an_event_unacknowledged_when_the_link_drops_is_delivered_again(
         assert "S6F11 CEID 3001" in sim.acked
 
 
+class E10GatedSink(RecordingSink):
+    """A sink that holds E10 state changes until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def submit(self, events: list) -> None:
+        if any(isinstance(e, E10StateChanged) and e.reason == "held" for e in events):
+            await self.gate.wait()
+        await super().submit(events)
+
+
+async def test_tool_reports_its_t3_expiry_with_s9f9_and_the_session_carries_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    sink = E10GatedSink()
+    async with GemToolSim(GemToolSimConfig(tool_id="SIM01", t3_reply_timeout_s=1.0)) as tool:
+        async with running(tool, sink) as session:
+            await tool.set_e10("engineering", "held")  # its S6F12 waits for the durable store
+            # E5: the tool's T3 expires and it sends S9F9 with the header of its S6F11
+            await eventually(lambda: [r for r in caplog.records if "SIM01" in r.getMessage()
+                                      and "S9F9 about <S6F11 W" in r.getMessage()],
+                             what="S9F9 about the S6F11 at the host")
+            sink.gate.set()
+            await eventually(lambda: "S6F11 CEID 3003" in tool.acked, what="event acknowledged")
+            assert session.state.communicating
+            assert (await session.read_status([1003]))[1003] == "engineering"
+
+
 async def test_tool_drops_the_connection_mid_transaction_and_the_host_resyncs(
         sim: GemToolSim) -> None:
     sink = RecordingSink()
