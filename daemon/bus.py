@@ -23,7 +23,7 @@ from prometheus_client import Counter
 
 from daemon.busconfig import BusConfig, RedisConfig, StoreConfig
 from daemon.erp import ErpIntake
-from daemon.mes import PROCESSING, QUEUED, MesState, RunningStats
+from daemon.mes import HELD, PROCESSING, QUEUED, MesState, RunningStats
 from daemon.relay import Relay
 from daemon.snapshot import WipSnapshots
 from daemon.store import Store
@@ -101,6 +101,14 @@ class MesEventSink:
         lot = self.mes.lots.get(e.lot_id)
         if lot is not None and lot.state == PROCESSING and lot.tool_id == e.tool_id:
             return  # reported again (reconnect, spool replay): already recorded
+        if lot is not None and lot.state == HELD:
+            # The tool runs it all the same: say so, and record where the lot really is (else
+            # its completion is dropped too and, once released, it would run the step again).
+            holds = ", ".join(h.reason for h in lot.holds)
+            self.mes.process_unexpected(e.tool_id, e.lot_id, "started", f"lot is held ({holds})",
+                                        e.ts)
+            self.mes.track_in(e.lot_id, e.tool_id, e.recipe_id, e.ts, held_ok=True)
+            return
         if lot is None or lot.state != QUEUED:
             why = "unknown lot" if lot is None else f"lot is {lot.state}"
             self.mes.process_unexpected(e.tool_id, e.lot_id, "started", why, e.ts)

@@ -37,7 +37,7 @@ from daemon.bus import Bus
 from daemon.config import FabdConfig
 from daemon.events import SpcPoint
 from daemon.fabsync import FabSync
-from daemon.mes import COMPLETED, PROCESSING, QUEUED, MesError
+from daemon.mes import COMPLETED, HELD, PROCESSING, QUEUED, MesError
 from dispatch import enforce
 from dispatch.scorer import Dispatcher
 from equipment import events as dom
@@ -464,6 +464,14 @@ class FabCore:
                 self._backoff(tool_id)
                 metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "select_refused").inc()
                 return
+            # a hold (or scrap) may have come in while we waited for the tool: start only the
+            # lots that are still free to go
+            started = [x for x in started if (lot := mes.lots.get(x)) is not None
+                       and lot.state == QUEUED]
+            if not started:
+                self._reserved_tools.pop(tool_id, None)
+                await self.bus.durable()
+                return
             res = await session.command(RemoteCommand.START, _start_params(session, ppid,
                                                                           started))
         if not res.accepted:
@@ -474,8 +482,9 @@ class FabCore:
             return
         for lot_id in started:
             lot = mes.lots.get(lot_id)
-            if lot is not None and lot.state == QUEUED:
-                mes.track_in(lot_id, tool_id, ppid)
+            if lot is not None and lot.state in (QUEUED, HELD):
+                # held while START was on its way: the tool runs it, the hold applies after
+                mes.track_in(lot_id, tool_id, ppid, held_ok=True)
         await self.bus.durable()
         self.counters["starts"] += 1
         metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "started").inc()

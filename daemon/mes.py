@@ -442,10 +442,15 @@ class MesState:
         log.warning("lot %s scrapped at %s: %s (by %s)", lot_id, lot.step_id, reason, by)
 
     def track_in(self, lot_id: str, tool_id: str, recipe_id: str = "",
-                 ts: float | None = None) -> None:
-        """Record that a queued lot started processing on a tool."""
+                 ts: float | None = None, *, held_ok: bool = False) -> None:
+        """Record that a queued lot started processing on a tool.
+
+        held_ok: the tool already runs a held lot (a hold that arrived while the start was
+        in flight, or a start at the tool against the hold): the record follows the tool, and
+        the hold applies when the step ends, as for a hold placed during processing.
+        """
         lot = self._lot(lot_id)
-        if lot.state != QUEUED:
+        if lot.state != QUEUED and not (held_ok and lot.state == HELD):
             raise IllegalTransition(f"lot {lot_id} cannot track in: it is {lot.state}")
         tool = self.tools.get(tool_id) or self.define_tool(tool_id, "")
         lot.state = PROCESSING
