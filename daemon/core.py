@@ -450,7 +450,8 @@ class FabCore:
             mes.refuse_track_in(lot_id, tool_id, code, res.detail)
             if res.action == "hold":
                 with contextlib.suppress(MesError):
-                    mes.hold(lot_id, res.hold_reason or code, "enforcement")
+                    kind = "queue_time" if res.reason == enforce.Refusal.QUEUE_TIME_EXCEEDED else ""
+                    mes.hold(lot_id, res.hold_reason or code, "enforcement", kind)
         if not started:
             self._reserved_tools.pop(tool_id, None)
             await self.bus.durable()

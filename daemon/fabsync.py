@@ -153,6 +153,9 @@ class FabSync:
         """A lot that arrived from a step with a queue-time limit must start before its deadline."""
         if lot.step_index == 0:
             return
+        if lot.qt_waived_arrival == lot.arrived_ts:   # released by an engineer for this visit
+            self.model.set_queue_time(lot.lot_id, None)
+            return
         prev = self.mes.routes[lot.route_id].steps[lot.step_index - 1]
         if prev.queue_time_limit_s > 0:
             self.model.set_queue_time(lot.lot_id,

@@ -59,6 +59,7 @@ class Hold(msgspec.Struct, kw_only=True):
     reason: str
     by: str
     ts: float
+    kind: str = ""  # "queue_time": enforcement held the lot for an exceeded queue-time window
 
 
 class ReturnPoint(msgspec.Struct, kw_only=True):
@@ -111,6 +112,8 @@ class Lot(msgspec.Struct, kw_only=True):
     tool_id: str = ""  # while processing
     rework: list[ReturnPoint] = []  # where to return after each nested rework route
     created_ts: float = 0.0
+    # arrived_ts of the visit whose exceeded queue time an engineer dispositioned (released)
+    qt_waived_arrival: float = -1.0
 
 
 KINDS: dict[str, type] = {"product": Product, "route": Route, "recipe": Recipe, "tool": Tool,
@@ -397,13 +400,13 @@ class MesState:
                                 route_id=route.route_id, priority=priority, due=due), now)
         return lot
 
-    def hold(self, lot_id: str, reason: str, by: str) -> None:
+    def hold(self, lot_id: str, reason: str, by: str, kind: str = "") -> None:
         """Put a hold on a lot (a processing lot finishes its step and then stays held)."""
         lot = self._active_lot(lot_id)
         if any(h.reason == reason for h in lot.holds):
             raise IllegalTransition(f"lot {lot_id} is already held for {reason}")
         now = self.clock()
-        lot.holds.append(Hold(reason=reason, by=by, ts=now))
+        lot.holds.append(Hold(reason=reason, by=by, ts=now, kind=kind))
         if lot.state == QUEUED:
             lot.state = HELD
         self._touch("lot", lot_id, lot)
@@ -422,6 +425,10 @@ class MesState:
                 raise IllegalTransition(f"lot {lot_id} has no hold {hold_reason!r}")
         else:
             keep = []
+        if any(h.kind == "queue_time" for h in lot.holds if h not in keep):
+            # the engineer's disposition of this visit's queue-time violation: the lot may
+            # run at this step now (it is not held again for the same window)
+            lot.qt_waived_arrival = lot.arrived_ts
         lot.holds = keep
         if not keep and lot.state == HELD:
             lot.state = QUEUED

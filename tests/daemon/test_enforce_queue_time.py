@@ -1,0 +1,82 @@
+"""An exceeded queue-time window holds the lot once; the engineer's release is the disposition.
+
+Before, the released lot was checked against the same expired deadline (recomputed from its
+arrival at the step) and held again on the next start attempt, for ever. The release now
+waives that window for this visit only; the next window is enforced as before.
+"""
+
+from __future__ import annotations
+
+from daemon import events as ev
+from daemon.fabsync import FabSync
+from daemon.mes import HELD, QUEUED, MesState
+from dispatch.enforce import Refusal, check_track_in
+
+BODY = {r: f"{i:064x}" for i, r in enumerate(("CLEAN1", "OX1", "CLEAN2", "OX2"))}
+T0 = 1_700_000_000.0
+
+
+def fab():
+    """CLEAN -> OX within 10 minutes, twice; one tool per group, everything verified."""
+    now = [T0]
+    mes = MesState(instance_id="test", clock=lambda: now[0])
+    steps = [ev.RouteStep(step_id=f"S{i}", tool_group=g, recipe_id=r, recipe_version=1,
+                          process_time_s=60, queue_time_limit_s=600 if g == "CLEAN" else 0)
+             for i, (g, r) in enumerate(zip(("CLEAN", "OX", "CLEAN", "OX"), BODY, strict=True))]
+    mes.define_route("RT", steps)
+    mes.define_product("P1", "RT")
+    for tool, group in (("CLN01", "CLEAN"), ("OX01", "OX")):
+        mes.define_tool(tool, group)
+        mes.tool_connected(tool, "hsms")
+        mes.set_tool_state(tool, "standby")
+    for recipe, body in BODY.items():
+        mes.approve_recipe(recipe, 1, body)
+        tool = "CLN01" if recipe.startswith("CLEAN") else "OX01"
+        mes.qualify(tool, recipe, True)
+        mes.recipe_report(tool, recipe, body)
+    mes.create_lot("L1", "PO-1", "P1", 25)
+    return mes, FabSync(mes), now
+
+
+def try_start(mes, sync, tool):
+    """What the daemon does before PP-SELECT + START (daemon.core._start_lots)."""
+    sync.sync()
+    step = mes.step_of(mes.lots["L1"])
+    res = check_track_in(sync.model, "L1", tool, step.recipe_id, sync.model.minutes(mes.clock()),
+                         recipe_version=step.recipe_version)
+    if res.ok:
+        mes.track_in("L1", tool, step.recipe_id)
+    elif res.action == "hold":
+        mes.hold("L1", res.hold_reason, "enforcement",
+                 "queue_time" if res.reason == Refusal.QUEUE_TIME_EXCEEDED else "")
+    return res
+
+
+def test_a_released_queue_time_hold_lets_the_lot_run_and_the_next_window_still_counts():
+    mes, sync, now = fab()
+    assert try_start(mes, sync, "CLN01").ok
+    mes.track_out("L1", "CLN01")
+    now[0] += 3600                                   # an hour at OX: the 10-minute window is gone
+    res = try_start(mes, sync, "OX01")
+    assert res.reason == Refusal.QUEUE_TIME_EXCEEDED and mes.lots["L1"].state == HELD
+    mes.release("L1", "disposition: oxide thickness ok", "eng")
+    assert mes.lots["L1"].state == QUEUED
+    res = try_start(mes, sync, "OX01")               # not held again for the same window
+    assert res.ok, res.detail
+    mes.track_out("L1", "OX01")
+    assert try_start(mes, sync, "CLN01").ok           # second CLEAN -> OX window
+    mes.track_out("L1", "CLN01")
+    now[0] += 3600
+    res = try_start(mes, sync, "OX01")               # this one is enforced again
+    assert res.reason == Refusal.QUEUE_TIME_EXCEEDED and mes.lots["L1"].state == HELD
+
+
+def test_releasing_another_hold_does_not_waive_the_queue_time():
+    mes, sync, now = fab()
+    assert try_start(mes, sync, "CLN01").ok
+    mes.track_out("L1", "CLN01")
+    mes.hold("L1", "engineering", "eng")
+    now[0] += 3600
+    mes.release("L1", "done", "eng")
+    res = try_start(mes, sync, "OX01")
+    assert res.reason == Refusal.QUEUE_TIME_EXCEEDED
