@@ -359,7 +359,9 @@ class CreateLot(_Command, frozen=True, kw_only=True, tag="create_lot"):
     product_id: Id
     wafers: Wafers
     priority: Annotated[int, Meta(ge=0, le=100)] = 50
-    due: dt.datetime | None = None
+    # with a UTC offset ("...Z" or "+01:00"): a bare local time means another thing on
+    # every server it is read on
+    due: Annotated[dt.datetime, Meta(tz=True)] | None = None
 
 
 class HoldLot(_Command, frozen=True, kw_only=True, tag="hold_lot"):

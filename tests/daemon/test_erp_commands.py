@@ -101,6 +101,17 @@ async def test_every_malformed_command_is_dead_lettered_and_intake_goes_on(redis
     assert all(d["entry_id"] for d in dead)
 
 
+async def test_a_due_date_without_a_utc_offset_is_dead_lettered(redis_url, tmp_path) -> None:
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT,
+                                     {**LOT, "command_id": "c-naive", "due": "2026-12-01T00:00:00"}])
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: bus.erp.dead_total == 1, what="the dead letter")
+        assert "L1" not in bus.mes.lots
+    (dead,) = read_stream_raw(redis_url, "fab:erp:dead")
+    assert dead["code"] == "invalid_field"
+    assert "timezone" in dead["reason"] and "due" in dead["reason"]
+
+
 async def test_pending_commands_from_a_crash_are_processed_on_start(redis_url, tmp_path) -> None:
     # A previous fabd read these (XREADGROUP as fabd-1) and died before XACK.
     send_commands(redis_url, "fab", [ROUTE, PRODUCT, LOT])
