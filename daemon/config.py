@@ -163,6 +163,12 @@ def _semantic_checks(cfg: FabdConfig) -> list[tuple[str, str]]:
     except PolicyError as exc:
         problems += [(_join("dispatch.policy", p) if p else "dispatch.policy", r)
                      for p, r in exc.problems]
+    if cfg.bus.erp_block_ms >= cfg.redis.command_timeout_s * 1000.0:
+        # the blocking XREADGROUP would outlast the socket timeout: every read fails and the
+        # ERP intake looks like a Redis outage for ever
+        problems.append(("bus.erp_block_ms",
+                         f"must be below redis.command_timeout_s ({cfg.redis.command_timeout_s:g} s"
+                         f" = {cfg.redis.command_timeout_s * 1000:g} ms), or every ERP read times out"))
     if cfg.dispatch.recipe_directory and not Path(cfg.dispatch.recipe_directory).is_dir():
         problems.append(("dispatch.recipe_directory",
                          f"not a directory: {cfg.dispatch.recipe_directory}"))

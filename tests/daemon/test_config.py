@@ -53,6 +53,8 @@ interval_s = 0
     ("[nope]\n", "nope: unknown key"),
     ("[service\n", "(toml): not valid TOML"),
     ("[http]\nlisten = \"127.0.0.1:99999\"\n", "http.listen: must be HOST:PORT"),
+    ("[bus]\nerp_block_ms = 15000\n",
+     "bus.erp_block_ms: must be below redis.command_timeout_s (10 s = 10000 ms)"),
 ])
 def test_check_config_cli_gives_one_line_per_error_and_exit_2(tmp_path, content, expect):
     path = tmp_path / "fabd.toml"
