@@ -270,6 +270,13 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         else:
             self.status[arg] = value
 
+    def on_bad_value(self, node_id: ua.NodeId, status: ua.StatusCode) -> None:
+        """Report a data change with a Bad status; the last good value stands."""
+        self._m_received.inc()
+        if node_id in self._roles:
+            self._malformed(f"{node_id.to_string()}: the server reports {status.name}",
+                            hint="value ignored until it is good again")
+
     def _on_parameter(self, p: Any, value: Any, source_ts: Any) -> None:
         try:
             v = float(value)
@@ -362,11 +369,11 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         if code:
             self._emit(AlarmSet(tool_id=self.tool_id, ts=now, alid=code, text=a.text))
 
-    def _malformed(self, what: str) -> None:
+    def _malformed(self, what: str, hint: str = "check the profile") -> None:
         metrics.MALFORMED.labels(*self._labels).inc()
         if what not in self._unknown_values and len(self._unknown_values) < 1000:
             self._unknown_values.add(what)
-            log.warning("tool %s: cannot interpret %s (check the profile)", self.tool_id, what)
+            log.warning("tool %s: cannot interpret %s (%s)", self.tool_id, what, hint)
 
     # -- ToolControl ----------------------------------------------------------------------
 
@@ -461,9 +468,15 @@ class _Handler:
         self._client = client
 
     def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
-        source_ts = None
+        source_ts = status = None
         with contextlib.suppress(AttributeError):
             source_ts = data.monitored_item.Value.SourceTimestamp
+            status = data.monitored_item.Value.StatusCode
+        if status is not None and status.is_bad():
+            # Part 4, 7.7.1: a Bad value is not the variable's value (a gateway lost the PLC,
+            # BadWaitingForInitialData): an empty lot id would end the lot, False clear an alarm.
+            self._session.on_bad_value(node.nodeid, status)
+            return
         self._session.on_data_change(node.nodeid, val, source_ts)
 
     def status_change_notification(self, status: Any) -> None:

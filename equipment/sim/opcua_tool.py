@@ -303,6 +303,21 @@ class OpcUaToolSim:
         """Write one process parameter."""
         await self._write(name, float(value))
 
+    async def set_bad_quality(self, name: str,
+                              status: int = ua.StatusCodes.BadNoCommunication) -> None:
+        """Report a variable ("LotId", "Alarms.DoorOpen", ...) as Bad with no value.
+
+        What a gateway server does when it loses the PLC behind it; the tool's own
+        value is kept and `set_good_quality()` reports it again.
+        """
+        if self._server is not None:
+            await self._vars[name].write_value(
+                ua.DataValue(Value=None, StatusCode=ua.StatusCode(status)))
+
+    async def set_good_quality(self, name: str) -> None:
+        """Report a variable's value with Good status again."""
+        await self._write(name, self._values[name])
+
     async def start_lot(self, lot_id: str, recipe: str) -> None:
         """Start processing a lot (what the Start method does)."""
         if self._values["LotId"]:

@@ -204,6 +204,45 @@ async def test_server_restart_is_survived_without_manual_action(sim, running, ca
                for r in caplog.records if r.levelno == logging.INFO and r.name.startswith("equipment."))
 
 
+async def test_a_bad_quality_value_is_reported_not_taken_as_data(running, caplog) -> None:
+    # A gateway that loses the PLC behind it reports its variables Bad with no value:
+    # that says nothing about the lot or the alarm, so no track-out and no clear.
+    caplog.set_level(logging.WARNING, logger="equipment.opcua.session")
+    tool = OpcUaToolSim(OpcUaToolSimConfig(tool_id="ETCH05", process_time_s=600,
+                                           sample_interval_s=0.05))
+    await tool.start()
+    try:
+        sink = RecordingSink()
+        session = start(running, tool.client_profile(), sink)
+        await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
+        assert (await session.command(RemoteCommand.START, {"LOTID": "L1", "PPID": "ETCH-A"})
+                ).accepted
+        await tool.set_alarm(1001, True)
+        await eventually(lambda: sink.of(ProcessStarted) and sink.of(AlarmSet),
+                         what="lot started, alarm set")
+
+        def bad_reported() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "BadNoCommunication" in
+                    r.getMessage()]
+
+        await tool.set_bad_quality("LotId")
+        await tool.set_bad_quality("Alarms.DoorOpen")
+        await eventually(lambda: len(bad_reported()) >= 2 or sink.of(ProcessCompleted)
+                         or sink.of(AlarmCleared), what="bad quality seen")
+        assert not sink.of(ProcessCompleted) and not sink.of(AlarmCleared)
+        assert any("ETCH05" in m and "LotId" in m for m in bad_reported())
+
+        await tool.set_good_quality("LotId")
+        await tool.set_good_quality("Alarms.DoorOpen")
+        await tool.stop_lot()
+        await eventually(lambda: sink.of(ProcessCompleted), what="lot completed")
+        assert [e.lot_id for e in sink.of(ProcessStarted)] == ["L1"]
+        assert [e.lot_id for e in sink.of(ProcessCompleted)] == ["L1"]
+        assert not sink.of(AlarmCleared) and session.state is OpcUaSessionState.CONNECTED
+    finally:
+        await tool.close()
+
+
 @pytest.fixture(scope="module")
 def pki() -> dict[str, Path]:
     """A client certificate and key for the secure tests (generated once)."""
