@@ -106,6 +106,7 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         self.control_state: ControlState | None = None
         self.lot_id = ""
         self.recipe_id = ""
+        self._lot_recipe_id = ""  # the recipe of lot_id when it started
         self._clock = clock
         self._rng = random.Random(seed)
         self._init_state(OpcUaSessionState.NOT_CONNECTED)
@@ -205,10 +206,14 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
     async def _subscribe(self, client: OpcUaClient) -> None:
         cfg = self.config
         roles: dict[str, tuple[_Role, Any]] = {}
-        # Recipe before lot: the server sends initial values in this order, so a
-        # ProcessStarted seen at (re)connect carries the recipe.
+        # The server sends initial values in this order. Recipe before lot, so a
+        # ProcessStarted seen at (re)connect carries the recipe; lot before parameters, so
+        # the current values are charted for the lot running now, not for one that ended
+        # while we were away.
         if cfg.recipe_node:
             roles[cfg.recipe_node] = (_Role.RECIPE, None)
+        if cfg.lot_id_node:
+            roles[cfg.lot_id_node] = (_Role.LOT, None)
         if cfg.e10_state_node:
             roles[cfg.e10_state_node] = (_Role.E10, None)
         if cfg.control_state_node:
@@ -219,8 +224,6 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
             roles[a.node_id] = (_Role.ALARM_BOOL if a.kind == "bool" else _Role.ALARM_CODE, a)
         for name, node in cfg.status_nodes.items():
             roles[node] = (_Role.STATUS, name)
-        if cfg.lot_id_node:
-            roles[cfg.lot_id_node] = (_Role.LOT, None)
         self._roles = {ua.NodeId.from_string(n): r for n, r in roles.items()}
         refused = await client.subscribe(list(roles), _Handler(self, client))
         for node in refused:
@@ -336,11 +339,13 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         now = self._clock()
         if self.lot_id:
             means = {k: s / n for k, (s, n) in self._sums.items() if n}
+            # The recipe the lot ran with: the recipe variable may already name the next one.
             self._emit(ProcessCompleted(tool_id=self.tool_id, ts=now, lot_id=self.lot_id,
-                                        recipe_id=self.recipe_id, parameters=means))
+                                        recipe_id=self._lot_recipe_id, parameters=means))
             log.debug("tool %s: lot %s completed", self.tool_id, self.lot_id)
         self._sums = {}
         self.lot_id = lot
+        self._lot_recipe_id = self.recipe_id if lot else ""
         if lot:
             self._emit(ProcessStarted(tool_id=self.tool_id, ts=now, lot_id=lot,
                                       recipe_id=self.recipe_id))

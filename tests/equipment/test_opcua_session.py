@@ -243,6 +243,42 @@ async def test_a_bad_quality_value_is_reported_not_taken_as_data(running, caplog
         await tool.close()
 
 
+async def test_a_lot_that_ends_while_disconnected_keeps_its_recipe_and_data(running) -> None:
+    # While fabd is away, L1 is aborted and L2 starts with another recipe. At reconnect the
+    # initial values arrive at once: L1's completion must carry L1's recipe, and L2's
+    # parameter values must not be charted (or averaged) as L1's.
+    tool = OpcUaToolSim(OpcUaToolSimConfig(tool_id="ETCH06", process_time_s=600,
+                                           sample_interval_s=0.05))
+    await tool.start()
+    try:
+        sink = RecordingSink()
+        session = start(running, tool.client_profile(watchdog_interval_s=0.3,
+                                                     reconnect_min_s=0.1,
+                                                     reconnect_max_s=0.5), sink)
+        await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
+        assert (await session.command(RemoteCommand.START, {"LOTID": "L1", "PPID": "ETCH-A"})
+                ).accepted
+        await eventually(lambda: len({p.parameter for p in sink.point_list
+                                      if p.lot_id == "L1"}) == 3, what="L1's data")
+
+        await tool.stop()
+        await eventually(lambda: sink.of(ToolDisconnected), what="loss noticed")
+        seen = len(sink.point_list)
+        await tool.stop_lot()
+        await tool.start_lot("L2", "ETCH-B")
+        await tool.start()
+        await eventually(lambda: sink.of(ProcessCompleted) and sink.of(ProcessStarted)[1:],
+                         what="L1 completed, L2 started")
+
+        (done,) = sink.of(ProcessCompleted)
+        assert (done.lot_id, done.recipe_id) == ("L1", "ETCH-A")
+        assert [(e.lot_id, e.recipe_id) for e in sink.of(ProcessStarted)] == [
+            ("L1", "ETCH-A"), ("L2", "ETCH-B")]
+        assert [p for p in sink.point_list[seen:] if p.lot_id == "L1"] == []
+    finally:
+        await tool.close()
+
+
 @pytest.fixture(scope="module")
 def pki() -> dict[str, Path]:
     """A client certificate and key for the secure tests (generated once)."""
