@@ -342,9 +342,17 @@ class FabCore:
                     metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "advised").inc()
         if not auto_groups:
             return
-        # Auto groups: the scorer's assignment (a batch on batch tools, no lot on two tools).
+        # Auto groups: the scorer's assignment (a batch on batch tools, no lot on two tools),
+        # among the tools a lot can be started on now and the lots not already on their way.
         mono = time.monotonic()
-        for tool_id, lots in dispatcher.assign(now_min).items():
+        unavailable = [tool_id for tool_id in model.tool_ids
+                       if (tool := mes.tools.get(tool_id)) is not None
+                       and tool.tool_group in auto_groups
+                       and (tool.lot_id or not tool.connected or tool_id not in self.sessions
+                            or self._reserved_tools.get(tool_id, 0.0) > mono)]
+        assignment = dispatcher.assign(now_min, unavailable=unavailable,
+                                       taken=self._reserved_lots)
+        for tool_id, lots in assignment.items():
             tool = mes.tools.get(tool_id)
             if (tool is None or tool.tool_group not in auto_groups or tool.lot_id
                     or not tool.connected or tool_id not in self.sessions

@@ -78,6 +78,7 @@ reloads the policy, and turns lists into readable rows (`explain`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -945,9 +946,16 @@ class Dispatcher:
         self._out = out._replace(now_min=now_min)
         return self._out
 
-    def assign(self, now_min: float) -> dict[str, list[str]]:
-        """Return tool id -> lot ids to start now (a batch on batch tools), no lot given twice."""
+    def assign(self, now_min: float, *, unavailable: Iterable[str] = (),
+               taken: Iterable[str] = ()) -> dict[str, list[str]]:
+        """Return tool id -> lot ids to start now (a batch on batch tools), no lot given twice.
+
+        `unavailable` tools get nothing (the caller will not start a lot on them now: busy,
+        a start in flight, backing off), so the lots they would have taken go to the other
+        tools of their group; `taken` lots (already on their way to a tool) go to no tool.
+        """
         fab, pol, ws = self._ensure()
+        fab = self._without(fab, pol, now_min, unavailable, taken)
         if self._lot_tool is None or self._lot_tool.shape[0] != fab.lot_state.shape[0]:
             self._lot_tool = np.full(fab.lot_state.shape[0], -1, np.int32)
         assign(now_min, fab, pol, ws, self._lot_tool)
@@ -959,6 +967,27 @@ class Dispatcher:
         for i, t in zip(idx[order].tolist(), tools[order].tolist(), strict=True):
             out.setdefault(tool_ids[t], []).append(lot_ids[i])
         return out
+
+    def _without(self, fab: FabArrays, pol: PolicyArrays, now_min: float,
+                 unavailable: Iterable[str], taken: Iterable[str]) -> FabArrays:
+        """The kernel's view with `unavailable` tools and `taken` lots out of the assignment
+        (copies of the arrays concerned; the model itself is not changed)."""
+        model = self.model
+        ts = [model.tool_index[t] for t in unavailable if t in model.tool_index]
+        if ts:
+            # busy past their group's lookahead: tool_available() says no, while prepare()
+            # still counts them as tools that are up (group workloads do not jump)
+            t = np.asarray(ts, np.int64)
+            busy = fab.tool_busy_until_min.copy()
+            busy[t] = np.maximum(busy[t], now_min + pol.lookahead_min[fab.tool_group[t]] + 1e-3)
+            fab = fab._replace(tool_busy_until_min=busy)
+        ls = [model.lot_index[x] for x in taken if x in model.lot_index]
+        if ls:
+            i = np.asarray(ls, np.int64)
+            state = fab.lot_state.copy()
+            state[i[state[i] == LotState.WAITING]] = LotState.RUNNING
+            fab = fab._replace(lot_state=state)
+        return fab
 
     def explain_json(self, tool_id: str) -> bytes:
         """Return a tool's latest dispatch list as JSON (for the HTTP endpoint or a log line)."""

@@ -240,3 +240,14 @@ def test_assign_forms_a_batch_of_one_recipe_within_min_and_max():
     m.add_lot("b0", "PB", step=2, arrival_min=-100.0)            # 25 wafers of B-1: too few
     got = Dispatcher(m, Policy(preset="fifo")).assign(0.0)
     assert got == {"G1": ["a1", "a2", "a3", "a4"]}        # oldest first, up to 100 wafers
+
+
+def test_assign_leaves_out_tools_that_cannot_start_now_and_lots_already_on_their_way():
+    """The daemon's view: G1 is busy (or starting a4), so its batch goes to G2, without a4."""
+    m = batch_line()
+    for k in range(5):
+        m.add_lot(f"a{k}", "PA", step=2, arrival_min=-float(k))
+    d = Dispatcher(m, Policy(preset="fifo"))
+    assert d.assign(0.0, unavailable=["G1"], taken=["a4"]) == {"G2": ["a0", "a1", "a2", "a3"]}
+    # the model itself is unchanged: the next plain assignment is the usual one
+    assert d.assign(0.0) == {"G1": ["a1", "a2", "a3", "a4"]}

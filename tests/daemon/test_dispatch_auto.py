@@ -1,0 +1,174 @@
+"""Auto dispatch: which lot fabd starts on which tool, over real HSMS sockets and a real Redis.
+
+A FabCore with its GEM host sessions talks to secsgem tool simulators; the
+bus (store, writer, relay) runs against the test's redis-server. The test
+drives the tick itself (`Fab.tick`: sync, then dispatch, as the daemon's tick
+does) and the dispatch action workers run as in the daemon, so every start
+goes through recipe verification, enforcement and PP-SELECT + START.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from daemon import events as ev
+from daemon.config import DispatchSection, EquipmentSection, FabdConfig, ServiceConfig
+from daemon.core import FabCore
+from daemon.mes import PROCESSING
+from dispatch.config import Policy
+from equipment.gem.config import GemToolConfig
+from equipment.gem.session import GemHostSession
+from equipment.hsms.config import HsmsConfig
+from equipment.sim.gem_tool import GemToolSim, GemToolSimConfig
+from tests.daemon.bus_support import configs, read_stream
+from tests.support import eventually as _eventually
+
+
+async def eventually(predicate, timeout_s: float = 60.0, **kwargs):  # type: ignore[no-untyped-def]
+    """tests.support.eventually with a deadline fit for a loaded 2-core machine."""
+    return await _eventually(predicate, timeout_s=timeout_s, interval_s=0.05, **kwargs)
+
+
+def body(recipe_id: str, version: int = 1) -> bytes:
+    return f"recipe {recipe_id} v{version}\nstep1 60s\n".encode()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Fab:
+    """A running FabCore, its tool simulators, and the tick the test drives."""
+
+    def __init__(self, core: FabCore, sims: dict[str, GemToolSim], url: str) -> None:
+        self.core = core
+        self.sims = sims
+        self.url = url
+        self.mes = core.bus.mes
+
+    def tick(self) -> None:
+        """One daemon tick's dispatch part: model <- state of record, then dispatch."""
+        self.core.step_sync()
+        self.core.step_dispatch()
+
+    def lot(self, lot_id: str):  # type: ignore[no-untyped-def]
+        return self.mes.lots[lot_id]
+
+    def running_on(self, lot_id: str) -> str:
+        """The tool a lot is processing on ("" while it is not)."""
+        lot = self.mes.lots[lot_id]
+        return lot.tool_id if lot.state == PROCESSING else ""
+
+    async def lots_stream(self) -> list[dict]:
+        await self.core.bus.drain(10.0)
+        return read_stream(self.url, "fab:lots")
+
+    async def refusals(self, lot_id: str) -> list[dict]:
+        return [e["data"] for e in await self.lots_stream()
+                if e["type"] == "track_in_refused" and e["data"]["lot_id"] == lot_id]
+
+
+def route(*steps: tuple[str, str], process_time_s: float = 60.0,
+          versions: dict[str, int] | None = None) -> list[ev.RouteStep]:
+    """Route steps (tool group, recipe id), one after the other."""
+    return [ev.RouteStep(step_id=f"S{i}-{recipe}", tool_group=group, recipe_id=recipe,
+                         recipe_version=(versions or {}).get(recipe, 1),
+                         process_time_s=process_time_s)
+            for i, (group, recipe) in enumerate(steps, 1)]
+
+
+@contextlib.asynccontextmanager
+async def running_fab(redis_url: str, tmp_path: Path, tools: dict[str, str],
+                      held: dict[str, dict[str, bytes]], steps: list[ev.RouteStep], *,
+                      qualified: dict[str, list[str]] | None = None,
+                      approved: dict[str, dict[int, bytes]] | None = None,
+                      recipes: dict[str, bytes] | None = None, recipe_directory: str = "",
+                      command_timeout_s: float = 5.0, process_time_s: float = 0.5,
+                      workers: int = 4) -> AsyncIterator[Fab]:
+    """Tools (id -> group) as GEM simulators holding `held` recipe bodies; one route "RT"
+    (product "P"); every recipe approved at v1 with `body()` unless `approved` says otherwise;
+    each tool qualified for its group's recipes unless `qualified` says otherwise."""
+    sims = {t: GemToolSim(GemToolSimConfig(tool_id=t, process_time_s=process_time_s,
+                                           recipes=dict(held.get(t, {})), seed=i))
+            for i, t in enumerate(tools)}
+    for sim in sims.values():
+        await sim.start()
+    hsms = [GemToolConfig(tool_id=t, comm_retry_s=0.3, spool_settle_s=0.1,
+                          hsms=HsmsConfig(host="127.0.0.1", port=sims[t].port,
+                                          t5_connect_separation_s=0.2,
+                                          reconnect_backoff_max_s=0.5, linktest_interval_s=0,
+                                          e37_ranges=False))
+            for t in tools]
+    bus_cfg = configs(redis_url)
+    cfg = FabdConfig(service=ServiceConfig(state_directory=str(tmp_path)),
+                     redis=bus_cfg["redis"], store=bus_cfg["store"], bus=bus_cfg["bus"],
+                     dispatch=DispatchSection(mode="auto", command_timeout_s=command_timeout_s,
+                                              recipe_directory=recipe_directory,
+                                              policy=Policy()),
+                     equipment=EquipmentSection(hsms=hsms))
+    core = FabCore(cfg, recipes=recipes)
+    for t in hsms:
+        core.sessions[t.tool_id] = GemHostSession(t, core.sink)
+    await core.start()
+    core._warm_dispatch()
+    mes = core.bus.mes
+    mes.define_route("RT", steps)
+    mes.define_product("P", "RT")
+    for recipe in sorted({s.recipe_id for s in steps}):
+        for version, data in (approved or {}).get(recipe, {1: body(recipe)}).items():
+            mes.approve_recipe(recipe, version, sha(data))
+    for tool, group in tools.items():
+        mes.define_tool(tool, group)
+        mine = (qualified or {}).get(tool, [s.recipe_id for s in steps if s.tool_group == group])
+        for recipe in dict.fromkeys(mine):
+            mes.qualify(tool, recipe, True)
+    bus = core.bus
+    tasks = [asyncio.create_task(bus.writer_loop(), name="bus.writer"),
+             asyncio.create_task(bus.relay_loop(), name="bus.relay")]
+    tasks += [asyncio.create_task(s.run(), name=f"hsms[{t}]") for t, s in core.sessions.items()]
+    tasks += [asyncio.create_task(core._actions_loop(), name=f"dispatch.actions[{i}]")
+              for i in range(workers)]
+    try:
+        await eventually(lambda: all(mes.tools[t].connected for t in tools),
+                         what="every tool connected")
+        yield Fab(core, sims, redis_url)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await bus.close()
+        for sim in sims.values():
+            await sim.stop()
+
+
+async def test_a_busy_tool_does_not_hold_back_the_lot_an_idle_tool_of_its_group_can_run(
+        redis_url, tmp_path) -> None:
+    """ETCH01 runs L1 (and is near its end in the model); L2 arrives: idle ETCH02 starts it.
+
+    The scorer counts a tool busy for less than the lookahead as available, so ETCH01 was
+    handed L2 every tick, the daemon skipped it (the tool runs a lot), and ETCH02 stood idle
+    next to a waiting lot until ETCH01 finished.
+    """
+    tools = {"ETCH01": "ETCH", "ETCH02": "ETCH"}
+    held = {t: {"E1": body("E1")} for t in tools}
+    async with running_fab(redis_url, tmp_path, tools, held, route(("ETCH", "E1")),
+                           process_time_s=30.0) as fab:
+        fab.mes.create_lot("L1", "PO", "P", 25)
+        fab.tick()
+        await eventually(lambda: fab.running_on("L1"), what="L1 started")
+        busy = fab.running_on("L1")
+        fab.mes.create_lot("L2", "PO", "P", 25)
+
+        def l2_started() -> str:
+            fab.tick()
+            return fab.running_on("L2")
+
+        tool = await eventually(l2_started, timeout_s=30.0, what="L2 started")
+        assert tool != busy
+        assert fab.running_on("L1") == busy   # still running: the idle tool took L2
