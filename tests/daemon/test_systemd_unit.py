@@ -44,3 +44,18 @@ def test_unit_is_notify_with_watchdog_and_no_mdwe():
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
     # numba JIT needs W+X memory.
     assert not re.search(r"^MemoryDenyWriteExecute=yes", text, re.M)
+
+
+def test_a_config_error_stops_the_unit_for_good():
+    # RestartPreventExitStatus= is matched against the *main* process's exit status only
+    # (systemd's service_shall_restart looks at main_exec_status). A config check in an
+    # ExecStartPre= that exits 2 fails the start with result exit-code, Restart=on-failure
+    # restarts it, and a bad config loops every RestartSec=. `fabd run` checks the config
+    # itself and exits 2 (test_config), which is what the prevent rule sees.
+    text = UNIT.read_text()
+    assert re.search(r"^RestartPreventExitStatus=.*\b2\b", text, re.M)
+    assert re.search(r"^ExecStart=\S*fabd run --config ", text, re.M)
+    # an ExecStartPre= whose failure counts (no "-" among its prefixes @-:+!)
+    failing_pre = [m.group(0) for m in re.finditer(r"^ExecStartPre=([-@:+!]*)\S.*$", text, re.M)
+                   if "-" not in m.group(1)]
+    assert not failing_pre, f"restarted in a loop on a bad config: {failing_pre}"
