@@ -11,6 +11,7 @@ an object with a `value` field). Payload fields are JSON paths with dots
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -88,7 +89,31 @@ class MqttTls(msgspec.Struct, frozen=True, kw_only=True):
         if bool(self.client_cert_file) != bool(self.client_key_file):
             problems.append(("client_key_file", "client_cert_file and client_key_file go "
                                                 "together"))
+        if not problems:
+            problems += self._unloadable()
         _raise_first(problems)
+
+    def _unloadable(self) -> list[tuple[str, str]]:
+        # Load the files as build_client() will, so a file that exists but is not what it
+        # should be fails here, naming its key, and not at the first connect.
+        out: list[tuple[str, str]] = []
+        if self.ca_file:
+            try:
+                ssl.create_default_context(cafile=self.ca_file)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                out.append(("ca_file", f"cannot load CA certificates from {self.ca_file}: "
+                                       f"{exc}"))
+        if self.client_cert_file:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            try:
+                # An encrypted key gets an empty pass phrase, never a prompt on the terminal.
+                ctx.load_cert_chain(self.client_cert_file, self.client_key_file,
+                                    password=lambda: b"")
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                out.append(("client_cert_file", f"cannot load {self.client_cert_file} with "
+                                                f"the key {self.client_key_file} (PEM, "
+                                                f"unencrypted, matching): {exc}"))
+        return out
 
 
 class MqttBrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,6 +154,11 @@ class MqttBrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
         out: list[tuple[str, str]] = []
         if not (0 < self.port < 65536):
             out.append(("port", f"{self.port} out of range"))
+        if not (0 <= self.keepalive_s <= 65_535):  # MQTT: a two-byte field, 0 = off
+            out.append(("keepalive_s", f"{self.keepalive_s} out of range 0..65535"))
+        if self.protocol == "5" and not (0 <= self.session_expiry_s <= 0xFFFF_FFFF):
+            out.append(("session_expiry_s", f"{self.session_expiry_s} out of range "
+                                            "0..4294967295"))
         if not self.client_id and not self.clean_session:
             out.append(("client_id", "a persistent session (clean_session false) needs a "
                                      "stable client id"))

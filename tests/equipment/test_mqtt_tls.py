@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from equipment.events import RecordingSink
 from equipment.mqtt.config import MqttBrokerConfig, MqttTls, TopicMapping
+from equipment.mqtt.errors import MqttConfigError
 from equipment.mqtt.session import MqttSession, MqttSessionState
 from tests.support import MosquittoServer, new_workdir
 from tests.support import eventually as _eventually
@@ -128,3 +129,33 @@ async def test_tls_without_the_required_client_certificate_never_connects(tls_br
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_unreadable_tls_files_fail_at_start_with_their_key(tmp_path) -> None:
+    # Existing but unreadable files used to pass validation and crash the session at
+    # its first connect with a bare SSLError (no key named, the component restarting).
+    make_pki(tmp_path)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(MqttConfigError, match=r"^ca_file: .*junk\.pem"):
+        MqttTls(ca_file=str(junk))
+    with pytest.raises(MqttConfigError, match=r"^client_cert_file: .*junk\.pem"):
+        MqttTls(ca_file=str(tmp_path / "ca.pem"), client_cert_file=str(junk),
+                client_key_file=str(tmp_path / "client.key"))
+    with pytest.raises(MqttConfigError, match=r"^client_cert_file: .*server\.key"):
+        MqttTls(client_cert_file=str(tmp_path / "client.pem"),
+                client_key_file=str(tmp_path / "server.key"))  # not this certificate's key
+    MqttTls(ca_file=str(tmp_path / "ca.pem"), client_cert_file=str(tmp_path / "client.pem"),
+            client_key_file=str(tmp_path / "client.key"))
+
+
+def test_out_of_range_mqtt_numbers_fail_at_start_with_their_key() -> None:
+    # These used to crash the session at connect (struct.error / ValueError from paho).
+    with pytest.raises(MqttConfigError, match=r"^keepalive_s: "):
+        MqttBrokerConfig(keepalive_s=-1)
+    with pytest.raises(MqttConfigError, match=r"^keepalive_s: "):
+        MqttBrokerConfig(keepalive_s=70_000)
+    with pytest.raises(MqttConfigError, match=r"^session_expiry_s: "):
+        MqttBrokerConfig(protocol="5", session_expiry_s=-1)
+    with pytest.raises(MqttConfigError, match=r"^session_expiry_s: "):
+        MqttBrokerConfig(protocol="5", session_expiry_s=2**32)
