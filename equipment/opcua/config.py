@@ -14,6 +14,8 @@ from typing import Literal
 
 import msgspec
 from asyncua import ua
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from equipment.events import ControlState, E10State, RemoteCommand
 from equipment.opcua.errors import OpcUaConfigError
@@ -61,6 +63,8 @@ class OpcUaSecurity(msgspec.Struct, frozen=True, kw_only=True):
             path = getattr(self, key)
             if path and not Path(path).is_file():
                 out.append((key, f"no such file: {path}"))
+        if not out:
+            out += self._unloadable()
         if self.trusted_certs_dir and not Path(self.trusted_certs_dir).is_dir():
             out.append(("trusted_certs_dir", f"no such directory: {self.trusted_certs_dir}"))
         if self.username and not (self.password_file or self.password_env):
@@ -82,6 +86,43 @@ class OpcUaSecurity(msgspec.Struct, frozen=True, kw_only=True):
                 raise OpcUaConfigError(f"security.password_env: {self.password_env} is not set")
             return value
         return None
+
+    def _unloadable(self) -> list[tuple[str, str]]:
+        # Read the files as the client will (asyncua: a name ending in .pem is PEM, any
+        # other DER), so a file that exists but cannot be read fails here, naming its key.
+        out: list[tuple[str, str]] = []
+        for key in ("client_cert_file", "server_cert_file"):
+            path = getattr(self, key)
+            if not path:
+                continue
+            pem = Path(path).suffix.lower() == ".pem"
+            try:
+                data = Path(path).read_bytes()
+                if pem:
+                    x509.load_pem_x509_certificate(data)
+                else:
+                    x509.load_der_x509_certificate(data)
+            except (OSError, ValueError) as exc:
+                out.append((key, f"cannot read {path} as a {'PEM' if pem else 'DER'} "
+                                 f"certificate (a name ending in .pem is read as PEM, any "
+                                 f"other as DER): {exc}"))
+        path = self.client_key_file
+        if path:
+            pem = Path(path).suffix.lower() == ".pem"
+            env = self.client_key_password_env
+            phrase = os.environ.get(env, "").encode() if env else None
+            try:
+                data = Path(path).read_bytes()
+                if pem:
+                    serialization.load_pem_private_key(data, password=phrase)
+                else:
+                    serialization.load_der_private_key(data, password=phrase)
+            except (OSError, ValueError, TypeError) as exc:  # TypeError: pass phrase needed
+                kind = "PEM" if pem else "DER"
+                out.append(("client_key_file", f"cannot read {path} as a {kind} private key "
+                                               "(a name ending in .pem is read as PEM, any "
+                                               f"other as DER): {exc}"))
+        return out
 
 
 class AlarmNode(msgspec.Struct, frozen=True, kw_only=True):

@@ -363,6 +363,24 @@ def test_a_bad_profile_fails_when_decoded_with_its_key() -> None:
         OpcUaSecurity(username="fab", password_env="FABD_SURELY_UNSET_VARIABLE")
 
 
+def test_unreadable_certificate_and_key_files_fail_at_start_with_their_key(pki,
+                                                                         tmp_path) -> None:
+    # asyncua reads a file named *.pem as PEM and any other as DER; a file that exists but
+    # cannot be read so used to pass validation and crash the session at its first connect.
+    junk = tmp_path / "junk.der"
+    junk.write_text("not a certificate\n")
+    pem_named_der = tmp_path / "client.pem"
+    pem_named_der.write_bytes(pki["cert"].read_bytes())  # DER bytes under a .pem name
+    base = {"policy": "Basic256Sha256", "mode": "SignAndEncrypt",
+            "client_cert_file": str(pki["cert"]), "client_key_file": str(pki["key"]),
+            "server_cert_file": str(pki["cert"])}
+    OpcUaSecurity(**base)
+    for key, path in (("client_cert_file", junk), ("client_cert_file", pem_named_der),
+                      ("client_key_file", junk), ("server_cert_file", junk)):
+        with pytest.raises(OpcUaConfigError, match=rf"^{key}: .*{path.name}"):
+            OpcUaSecurity(**{**base, key: str(path)})
+
+
 async def test_a_tool_that_does_not_trust_our_certificate_refuses_us(pki, running,
                                                                      caplog) -> None:
     caplog.set_level(logging.INFO, logger="equipment.opcua.session")
