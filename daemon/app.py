@@ -34,6 +34,7 @@ log = logging.getLogger("fabd.app")
 
 Phase = Literal["intake", "flush", "sessions"]
 PHASES: tuple[Phase, ...] = ("intake", "flush", "sessions")
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 # A component that has run this long without crashing gets its backoff reset.
 _HEALTHY_AFTER_S = 60.0
@@ -69,6 +70,7 @@ class App:
         self._closers: list[_Hook] = []
         self._stop = asyncio.Event()
         self._fatal: tuple[str, BaseException] | None = None
+        self._start_signal: int | None = None
         self.ready = False
         self.started_at = time.time()
         if self.tick is None:
@@ -128,20 +130,34 @@ class App:
     async def run(self) -> int:
         """Run until stopped; return the process exit code."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
         metrics.UP_SINCE.set(self.started_at)
+        # During the warm-up the loop is mostly blocked (numba compiles synchronously, for
+        # minutes on a first start), so a stop signal is noted by a plain handler and looked
+        # at between warm-ups; then the loop's handlers take over.
+        previous = {sig: signal.signal(sig, self._signal_during_start) for sig in _STOP_SIGNALS}
         try:
             for hook in self._warmups:
+                if self._start_signal is not None or self._stop.is_set():
+                    break
                 self.notifier.status(f"warming up: {hook.name}")
                 t0 = time.perf_counter()
                 await _maybe_await(hook.fn())
                 log.info("warm-up %s done in %.2fs", hook.name, time.perf_counter() - t0)
         except Exception as exc:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             log.exception("warm-up failed; not starting")
             self.notifier.stopping(f"warm-up failed: {exc}")
             return 1
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
+        if self._start_signal is not None:
+            self.request_stop(f"signal {signal.Signals(self._start_signal).name} during start-up")
         if self._stop.is_set():
+            # never READY: skip the rest of the warm-up and close what it opened (the store)
+            self.notifier.stopping("stopping during start-up")
+            await self._close()
+            log.info("fabd stopped during start-up")
             return 0
 
         assert self.tick is not None
@@ -161,18 +177,25 @@ class App:
             await self._graceful_stop()
             for task in tasks:
                 task.cancel()
-        for hook in self._closers:
-            try:
-                await _maybe_await(hook.fn())
-            except Exception:
-                log.exception("closing %s failed", hook.name)
-        self.notifier.close()
+        await self._close()
         if self._fatal is not None:
             name, exc = self._fatal
             log.error("fabd stopped because component %s failed: %r", name, exc)
             return 1
         log.info("fabd stopped cleanly")
         return 0
+
+    def _signal_during_start(self, signum: int, _frame: object) -> None:
+        self._start_signal = signum  # only a note: this runs between any two bytecodes
+
+    async def _close(self) -> None:
+        """Run the closers (the store last), then let go of the notify socket."""
+        for hook in self._closers:
+            try:
+                await _maybe_await(hook.fn())
+            except Exception:
+                log.exception("closing %s failed", hook.name)
+        self.notifier.close()
 
     async def _graceful_stop(self) -> None:
         svc = self.config.service

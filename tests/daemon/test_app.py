@@ -125,3 +125,56 @@ async def test_tick_runs_steps_in_order_and_survives_a_failing_step():
     await tick.run_once()
     await tick.run_once()
     assert seen == ["events", "dispatch", "events", "dispatch"]
+
+
+class NotifySocket:
+    """A systemd-like $NOTIFY_SOCKET the test reads (real datagram socket)."""
+
+    def __init__(self, path) -> None:
+        import socket
+
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+
+    def messages(self) -> list[str]:
+        out = []
+        while True:
+            try:
+                out += self.sock.recv(4096).decode().split("\n")
+            except BlockingIOError:
+                return out
+
+
+async def test_sigterm_during_warm_up_skips_the_rest_says_stopping_and_closes(tmp_path):
+    import os
+    import signal
+
+    notify = NotifySocket(tmp_path / "notify")
+    cfg = make_app().config
+    app = App(cfg, notifier=Notifier({"NOTIFY_SOCKET": notify.path}))
+    done = []
+    app.add_warmup("store", lambda: done.append("store opened"))
+
+    def compile_kernels() -> None:
+        # systemctl stop while numba compiles (the loop is blocked: no await in here)
+        os.kill(os.getpid(), signal.SIGTERM)
+        done.append("spc compiled")
+
+    app.add_warmup("spc-kernels", compile_kernels)
+    app.add_warmup("dispatch-kernels", lambda: done.append("dispatch compiled"))
+
+    async def session() -> None:
+        done.append("session started")
+        await asyncio.Event().wait()
+
+    app.add_component("tool-session", session)
+    app.add_closer("store", lambda: done.append("store closed"))
+    assert await asyncio.wait_for(app.run(), 30) == 0
+    # the rest of the warm-up (minutes of compiling on a first start) is skipped, nothing
+    # runs, what the warm-up opened is closed, and systemd hears STOPPING, never READY
+    assert done == ["store opened", "spc compiled", "store closed"]
+    msgs = notify.messages()
+    assert "STOPPING=1" in msgs and "READY=1" not in msgs, msgs
+    assert not app.ready
