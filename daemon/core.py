@@ -116,7 +116,8 @@ class FabCore:
         # Approved recipe bodies for S7F3 download, by recipe id (demo / recipe_directory).
         self._recipe_bodies: dict[str, bytes] = dict(recipes or {})
         self._actions: asyncio.Queue[tuple[str, list[str]]] = asyncio.Queue(maxsize=10_000)
-        self._reserved_tools: dict[str, float] = {}  # tool -> monotonic deadline of its start
+        self._reserved_tools: dict[str, float] = {}  # tool -> monotonic end of its backoff
+        self._starting: set[str] = set()  # tools with a start queued or under way
         self._reserved_lots: set[str] = set()
         self._last_lists: dict[str, tuple[str, ...]] = {}
         self._state_since: dict[str, tuple[str, float]] = {}  # tool -> (E10 state, since)
@@ -349,6 +350,7 @@ class FabCore:
                        if (tool := mes.tools.get(tool_id)) is not None
                        and tool.tool_group in auto_groups
                        and (tool.lot_id or not tool.connected or tool_id not in self.sessions
+                            or tool_id in self._starting
                             or self._reserved_tools.get(tool_id, 0.0) > mono)]
         assignment = dispatcher.assign(now_min, unavailable=unavailable,
                                        taken=self._reserved_lots)
@@ -356,18 +358,20 @@ class FabCore:
             tool = mes.tools.get(tool_id)
             if (tool is None or tool.tool_group not in auto_groups or tool.lot_id
                     or not tool.connected or tool_id not in self.sessions
-                    or self._reserved_tools.get(tool_id, 0.0) > mono):
+                    or tool_id in self._starting or self._reserved_tools.get(tool_id, 0.0) > mono):
                 continue
             chosen = [x for x in lots if x not in self._reserved_lots
                       and (lot := mes.lots.get(x)) is not None and lot.state == QUEUED]
             if not chosen:
                 continue
-            self._reserved_tools[tool_id] = mono + 2 * cfg.command_timeout_s
+            # the tool and its lots stay out of dispatch until this start is done, however
+            # long the tool takes (verification alone may take 3 x command_timeout_s)
+            self._starting.add(tool_id)
             self._reserved_lots.update(chosen)
             try:
                 self._actions.put_nowait((tool_id, chosen))
             except asyncio.QueueFull:
-                self._reserved_tools.pop(tool_id, None)
+                self._starting.discard(tool_id)
                 self._reserved_lots.difference_update(chosen)
                 metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "queue_full").inc()
 
@@ -417,8 +421,10 @@ class FabCore:
                 await self._start_lots(tool_id, lots)
             except Exception:
                 log.exception("tool %s: starting %s failed", tool_id, ",".join(lots))
+                self._backoff(tool_id)   # e.g. no reply to PP-SELECT / START: not again at once
             finally:
                 self._reserved_lots.difference_update(lots)
+                self._starting.discard(tool_id)
 
     async def _start_lots(self, tool_id: str, lots: list[str]) -> None:
         mes = self.bus.mes
@@ -461,7 +467,6 @@ class FabCore:
                     kind = "queue_time" if res.reason == enforce.Refusal.QUEUE_TIME_EXCEEDED else ""
                     mes.hold(lot_id, res.hold_reason or code, "enforcement", kind)
         if not started:
-            self._reserved_tools.pop(tool_id, None)
             await self.bus.durable()
             return
         # 3. PP-SELECT + START.
@@ -478,7 +483,6 @@ class FabCore:
             started = [x for x in started if (lot := mes.lots.get(x)) is not None
                        and lot.state == QUEUED]
             if not started:
-                self._reserved_tools.pop(tool_id, None)
                 await self.bus.durable()
                 return
             res = await session.command(RemoteCommand.START, _start_params(session, ppid,

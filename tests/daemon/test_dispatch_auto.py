@@ -172,3 +172,43 @@ async def test_a_busy_tool_does_not_hold_back_the_lot_an_idle_tool_of_its_group_
         tool = await eventually(l2_started, timeout_s=30.0, what="L2 started")
         assert tool != busy
         assert fab.running_on("L1") == busy   # still running: the idle tool took L2
+
+
+async def test_a_tool_is_not_offered_another_lot_while_its_start_is_still_in_flight(
+        redis_url, tmp_path, monkeypatch) -> None:
+    """A slow tool: verifying the recipe outlasts 2 x command_timeout_s (it may take 3 x).
+
+    The tool used to be reserved for 2 x command_timeout_s from the dispatch, so a tick after
+    that queued a second start on the same tool while the first was still verifying: two
+    workers could then interleave PP-SELECT and START on one tool (a lot run with the other
+    lot's recipe). The tool now stays out of dispatch until its start is done.
+    """
+    import time
+    from types import SimpleNamespace
+
+    from daemon import core as core_mod
+
+    clock = [time.monotonic()]
+    monkeypatch.setattr(core_mod, "time", SimpleNamespace(monotonic=lambda: clock[0],
+                                                          time=time.time))
+    tools = {"ETCH01": "ETCH"}
+    held = {"ETCH01": {"E1": body("E1"), "E2": body("E2")}}
+    async with running_fab(redis_url, tmp_path, tools, held,
+                           route(("ETCH", "E1"), ("ETCH", "E2")), command_timeout_s=2.0,
+                           workers=1) as fab:
+        sim = fab.sims["ETCH01"]
+        fab.mes.create_lot("L1", "PO", "P", 25)
+        fab.mes.create_lot("L2", "PO", "P", 25)
+        fab.mes.track_in("L2", "ETCH01", "E1")     # L2 ran its first step: it waits for E2
+        fab.mes.track_out("L2", "ETCH01")
+        sim.reply_delay_s = 1.5                    # S7F19 + S7F5: 3 s of the 6 s verify budget
+        lists = sim.received.count((7, 19))        # the session's own start-up listed them once
+        fab.tick()
+        await eventually(lambda: sim.received.count((7, 19)) > lists,
+                         what="recipe verification under way")
+        clock[0] += 2 * 2.0 + 1.0                  # past the old reservation, still verifying
+        fab.tick()
+        assert fab.core._actions.empty(), "a second start was queued for a tool mid-start"
+        sim.reply_delay_s = 0.0
+        await eventually(lambda: fab.running_on("L1") == "ETCH01", what="L1 started")
+        assert [c[1] for c in sim.commands if c[0] == "PP-SELECT"] == [{"PPID": "E1"}]
