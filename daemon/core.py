@@ -47,6 +47,12 @@ log = logging.getLogger("fabd.core")
 
 _E10_STATES = [s.value for s in dom.E10State]
 _REFUSAL_BACKOFF_S = 10.0
+# Refusals about this tool and this recipe (not the lot): the recipe stays off the tool for a
+# while, and the tool gets its other lots.
+_RECIPE_REFUSALS = frozenset((
+    enforce.Refusal.UNKNOWN_RECIPE, enforce.Refusal.WRONG_TOOL_GROUP,
+    enforce.Refusal.NOT_QUALIFIED, enforce.Refusal.RECIPE_VERSION_MISMATCH,
+    enforce.Refusal.RECIPE_NOT_VERIFIED, enforce.Refusal.RECIPE_CHECKSUM_MISMATCH))
 _SPC_SAVE_EVERY_TICKS = 60  # SPC chart state is saved about once a minute (and at stop)
 _SPC_LOG_LINES = 20  # above this many violations in a tick, notify-only ones are summarised
 
@@ -118,6 +124,7 @@ class FabCore:
         self._actions: asyncio.Queue[tuple[str, list[str]]] = asyncio.Queue(maxsize=10_000)
         self._reserved_tools: dict[str, float] = {}  # tool -> monotonic end of its backoff
         self._starting: set[str] = set()  # tools with a start queued or under way
+        self._blocked: dict[tuple[str, str], float] = {}  # (tool, recipe) -> monotonic end
         self._reserved_lots: set[str] = set()
         self._last_lists: dict[str, tuple[str, ...]] = {}
         self._state_since: dict[str, tuple[str, float]] = {}  # tool -> (E10 state, since)
@@ -352,8 +359,10 @@ class FabCore:
                        and (tool.lot_id or not tool.connected or tool_id not in self.sessions
                             or tool_id in self._starting
                             or self._reserved_tools.get(tool_id, 0.0) > mono)]
+        for pair in [p for p, until in self._blocked.items() if until <= mono]:
+            del self._blocked[pair]
         assignment = dispatcher.assign(now_min, unavailable=unavailable,
-                                       taken=self._reserved_lots)
+                                       taken=self._reserved_lots, blocked=self._blocked)
         for tool_id, lots in assignment.items():
             tool = mes.tools.get(tool_id)
             if (tool is None or tool.tool_group not in auto_groups or tool.lot_id
@@ -443,8 +452,8 @@ class FabCore:
             self._backoff(tool_id)
             metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "recipe_unverified").inc()
             return
-        if not verified:
-            self._backoff(tool_id)
+        if not verified:   # the tool lacks it and fabd cannot send it: its other lots may run
+            self._block(tool_id, ppid)
             return
         # 2. Track-in enforcement on the model (qualification, version, checksum, step, holds,
         #    queue time, inhibits), brought up to date first.
@@ -460,6 +469,8 @@ class FabCore:
                 started.append(lot_id)
                 continue
             code = str(res.reason)
+            if res.reason in _RECIPE_REFUSALS:
+                self._block(tool_id, ppid)
             metrics.TRACK_IN_REFUSED.labels(code).inc()
             mes.refuse_track_in(lot_id, tool_id, code, res.detail)
             if res.action == "hold":
@@ -506,6 +517,11 @@ class FabCore:
     def _backoff(self, tool_id: str) -> None:
         """A tool that refused us is left alone for a while (no retry storm, no log flood)."""
         self._reserved_tools[tool_id] = time.monotonic() + _REFUSAL_BACKOFF_S
+
+    def _block(self, tool_id: str, ppid: str) -> None:
+        """A tool that cannot run this recipe now is not offered it for a while (no refusal
+        every tick, no lot starved behind it); its other recipes and other tools go on."""
+        self._blocked[(tool_id, ppid)] = time.monotonic() + _REFUSAL_BACKOFF_S
 
     async def _verify_recipe(self, session: Any, tool_id: str, ppid: str) -> bool:
         """Make sure the tool holds the approved body of ppid; record the report durably."""

@@ -947,15 +947,18 @@ class Dispatcher:
         return self._out
 
     def assign(self, now_min: float, *, unavailable: Iterable[str] = (),
-               taken: Iterable[str] = ()) -> dict[str, list[str]]:
+               taken: Iterable[str] = (), blocked: Iterable[tuple[str, str]] = ()
+               ) -> dict[str, list[str]]:
         """Return tool id -> lot ids to start now (a batch on batch tools), no lot given twice.
 
         `unavailable` tools get nothing (the caller will not start a lot on them now: busy,
         a start in flight, backing off), so the lots they would have taken go to the other
-        tools of their group; `taken` lots (already on their way to a tool) go to no tool.
+        tools of their group; `taken` lots (already on their way to a tool) go to no tool;
+        a (tool id, recipe id) pair in `blocked` is left out as if the tool were not
+        qualified for the recipe (it just refused it), so the tool gets its next lot.
         """
         fab, pol, ws = self._ensure()
-        fab = self._without(fab, pol, now_min, unavailable, taken)
+        fab = self._without(fab, pol, now_min, unavailable, taken, blocked)
         if self._lot_tool is None or self._lot_tool.shape[0] != fab.lot_state.shape[0]:
             self._lot_tool = np.full(fab.lot_state.shape[0], -1, np.int32)
         assign(now_min, fab, pol, ws, self._lot_tool)
@@ -969,10 +972,25 @@ class Dispatcher:
         return out
 
     def _without(self, fab: FabArrays, pol: PolicyArrays, now_min: float,
-                 unavailable: Iterable[str], taken: Iterable[str]) -> FabArrays:
-        """The kernel's view with `unavailable` tools and `taken` lots out of the assignment
-        (copies of the arrays concerned; the model itself is not changed)."""
+                 unavailable: Iterable[str], taken: Iterable[str],
+                 blocked: Iterable[tuple[str, str]] = ()) -> FabArrays:
+        """The kernel's view with `unavailable` tools, `taken` lots and `blocked` (tool,
+        recipe) pairs out of the assignment (copies of the arrays concerned; the model itself
+        is not changed)."""
         model = self.model
+        drop: dict[int, set[int]] = {}
+        for tool, recipe in blocked:
+            t, r = model.tool_index.get(tool), model.recipe_index.get(recipe)
+            if t is not None and r is not None:
+                drop.setdefault(t, set()).add(r)
+        if drop:
+            quals = [[r for r in q if r not in drop[t]] if t in drop else q
+                     for t, q in enumerate(model._tool_quals)]
+            ptr = np.zeros(len(quals) + 1, np.int64)
+            ptr[1:] = np.cumsum([len(q) for q in quals])
+            fab = fab._replace(
+                qual_ptr=ptr, qual_recipe=np.asarray([r for q in quals for r in q], np.int32),
+                tool_qual_hash=np.asarray([hash(tuple(q)) for q in quals], np.int64))
         ts = [model.tool_index[t] for t in unavailable if t in model.tool_index]
         if ts:
             # busy past their group's lookahead: tool_available() says no, while prepare()

@@ -212,3 +212,39 @@ async def test_a_tool_is_not_offered_another_lot_while_its_start_is_still_in_fli
         sim.reply_delay_s = 0.0
         await eventually(lambda: fab.running_on("L1") == "ETCH01", what="L1 started")
         assert [c[1] for c in sim.commands if c[0] == "PP-SELECT"] == [{"PPID": "E1"}]
+
+
+async def test_a_refused_lot_is_not_offered_to_that_tool_every_tick_and_both_lots_run(
+        redis_url, tmp_path) -> None:
+    """ETCH01 holds the approved v2 body of E1, the route still runs v1: enforcement refuses.
+
+    fabd used to hand ETCH01 the same lot again on the next tick (verify, refuse, publish,
+    log: every second, for ever), so L1 never went to ETCH02, which holds v1, and ETCH01
+    never ran L2 behind it. A refusal now keeps that recipe off that tool for a while.
+    """
+    tools = {"ETCH01": "ETCH", "ETCH02": "ETCH"}
+    held = {"ETCH01": {"E1": body("E1", 2), "E2": body("E2")}, "ETCH02": {"E1": body("E1")}}
+    approved = {"E1": {1: body("E1"), 2: body("E1", 2)}}
+    async with running_fab(redis_url, tmp_path, tools, held,
+                           route(("ETCH", "E1"), ("ETCH", "E2")), approved=approved,
+                           qualified={"ETCH01": ["E1", "E2"], "ETCH02": ["E1"]},
+                           process_time_s=30.0) as fab:
+        fab.mes.create_lot("L1", "PO", "P", 25)
+        fab.mes.create_lot("L2", "PO", "P", 25)
+        fab.mes.track_in("L2", "ETCH02", "E1")     # L2 ran its first step: it waits for E2
+        fab.mes.track_out("L2", "ETCH02")
+        fab.tick()                                 # L1 (the older) to ETCH01: refused
+
+        async def refused() -> list[dict]:
+            return await fab.refusals("L1")
+
+        first = await eventually(refused, what="L1 refused on ETCH01")
+        assert first[0]["tool_id"] == "ETCH01" and first[0]["code"] == "recipe_version_mismatch"
+
+        def both_running() -> bool:
+            fab.tick()
+            return bool(fab.running_on("L1") and fab.running_on("L2"))
+
+        await eventually(both_running, timeout_s=30.0, what="L1 and L2 running")
+        assert (fab.running_on("L1"), fab.running_on("L2")) == ("ETCH02", "ETCH01")
+        assert len(await fab.refusals("L1")) == 1

@@ -251,3 +251,12 @@ def test_assign_leaves_out_tools_that_cannot_start_now_and_lots_already_on_their
     assert d.assign(0.0, unavailable=["G1"], taken=["a4"]) == {"G2": ["a0", "a1", "a2", "a3"]}
     # the model itself is unchanged: the next plain assignment is the usual one
     assert d.assign(0.0) == {"G1": ["a1", "a2", "a3", "a4"]}
+
+
+def test_assign_gives_a_tool_its_next_lot_when_it_refused_the_recipe_of_the_first():
+    m = line()
+    m.add_lot("first", "PA", arrival_min=-120.0)     # recipe A-1
+    m.add_lot("second", "PB", arrival_min=-60.0)     # recipe B-1
+    d = Dispatcher(m, Policy(preset="fifo"))
+    assert d.assign(0.0) == {"G1": ["first"], "G2": ["second"]}
+    assert d.assign(0.0, blocked=[("G1", "A-1")]) == {"G1": ["second"], "G2": ["first"]}
