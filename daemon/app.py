@@ -3,7 +3,8 @@
 A component is a long-running coroutine (`*_loop()` / `run()`). If one
 crashes it is logged with its name and either restarted with exponential
 backoff or, when marked critical, brings the daemon down with exit code 1 —
-it never dies silently. SIGTERM/SIGINT start a graceful stop in three phases
+it never dies silently. A ConfigError brings it down with exit code 2, which
+systemd does not restart. SIGTERM/SIGINT start a graceful stop in three phases
 whose budgets sum to less than the unit's TimeoutStopSec:
 
 1. intake   — stop taking new ERP commands and tool events;
@@ -27,6 +28,7 @@ from typing import Literal
 
 from daemon import metrics
 from daemon.config import FabdConfig
+from daemon.errors import ConfigError
 from daemon.sdnotify import Notifier
 from daemon.tick import Tick
 
@@ -181,7 +183,7 @@ class App:
         if self._fatal is not None:
             name, exc = self._fatal
             log.error("fabd stopped because component %s failed: %r", name, exc)
-            return 1
+            return 2 if isinstance(exc, ConfigError) else 1
         log.info("fabd stopped cleanly")
         return 0
 
@@ -231,6 +233,12 @@ class App:
                 raise RuntimeError("returned while the daemon was running")
             except asyncio.CancelledError:
                 raise
+            except ConfigError as exc:
+                # e.g. a password file the Redis client cannot read: no restart fixes that
+                log.critical("component %s: %s; fix the config and start again", comp.name, exc)
+                self._fatal = (comp.name, exc)
+                self.request_stop(f"config error in component {comp.name}")
+                return
             except Exception as exc:
                 if self._stop.is_set():
                     return

@@ -8,6 +8,8 @@ import pytest
 
 from daemon import config
 from daemon.errors import ConfigError
+from tests.daemon.daemon_proc import DaemonProcess
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "systemd" / "fabd.example.toml"
@@ -86,3 +88,18 @@ def test_help_documents_the_commands():
         assert cmd in out
     run_help = fabd("run", "--help").stdout
     assert "--config" in run_help
+
+
+def test_run_with_a_password_file_it_cannot_read_exits_2_with_the_key(tmp_path):
+    # Only found when the Redis clients connect, after READY; restarting the component
+    # cannot fix it, and systemd must not restart the daemon for it either (exit 2).
+    absent = tmp_path / "absent.password"
+    d = DaemonProcess(tmp_path, extra_toml=(f'[redis]\nurl = "redis://127.0.0.1:{free_port()}/0"\n'
+                                            f'password_file = "{absent}"\n'))
+    d.start()
+    try:
+        rc = d.proc.wait(60)
+    finally:
+        d.close()
+    assert rc == 2, d.logtext()
+    assert "redis.password_file: cannot read" in d.logtext()
