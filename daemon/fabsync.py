@@ -60,8 +60,12 @@ class FabSync:
         if kind == "lot":
             self._lots.add(entity_id)
         elif kind == "tool":
-            if entity_id not in self.model.tool_index:
+            model, tool = self.model, self.mes.tools.get(entity_id)
+            t = model.tool_index.get(entity_id)
+            if t is None:
                 self._rebuild = True
+            elif tool is None or tool.tool_group != model.group_ids[int(model.tool_group[t])]:
+                self._rebuild = True   # moved to another tool group (DefineTool)
             self._tools.add(entity_id)
         else:  # route, product, recipe: master data
             self._rebuild = True

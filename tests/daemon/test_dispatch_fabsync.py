@@ -1,0 +1,49 @@
+"""FabSync keeps the dispatch model in step with the state of record (daemon.fabsync).
+
+The daemon dispatches and enforces on the model FabSync builds from MesState
+(daemon.core: step_sync, then step_dispatch; _start_lots syncs again before
+enforcement): these tests go through that same path.
+"""
+
+from __future__ import annotations
+
+from daemon import events as ev
+from daemon.fabsync import FabSync
+from daemon.mes import MesState
+from dispatch.enforce import Refusal, check_track_in
+from dispatch.scorer import Dispatcher
+
+T0 = 1_700_000_000.0
+
+
+def fab() -> tuple[MesState, FabSync]:
+    """Route RT: ETCH (recipe E1) then DEP (D1); ETCH01 and DEP01 up, qualified for both."""
+    mes = MesState(instance_id="test", clock=lambda: T0)
+    mes.define_route("RT", [
+        ev.RouteStep(step_id="S1", tool_group="ETCH", recipe_id="E1", recipe_version=1,
+                     process_time_s=60),
+        ev.RouteStep(step_id="S2", tool_group="DEP", recipe_id="D1", recipe_version=1,
+                     process_time_s=60)])
+    mes.define_product("P", "RT")
+    for tool, group in (("ETCH01", "ETCH"), ("DEP01", "DEP")):
+        mes.define_tool(tool, group)
+        mes.tool_connected(tool, "hsms")
+        mes.set_tool_state(tool, "standby")
+        for recipe in ("E1", "D1"):
+            mes.qualify(tool, recipe, True)
+    sync = FabSync(mes)
+    sync.sync()
+    return mes, sync
+
+
+def test_a_tool_moved_to_another_tool_group_is_dispatched_and_enforced_as_a_member_of_it():
+    """ERP DefineTool moves ETCH01 to DEP: it must not be given (or pass enforcement for)
+    the ETCH lot any more. FabSync used to update the tool in place and keep its old group."""
+    mes, sync = fab()
+    mes.create_lot("L1", "PO", "P", 25)             # waits at S1 (ETCH)
+    mes.define_tool("ETCH01", "DEP")
+    sync.sync()
+    model = sync.model
+    assert Dispatcher(model).assign(model.minutes(T0)) == {}
+    res = check_track_in(model, "L1", "ETCH01", "E1", model.minutes(T0), recipe_version=1)
+    assert res.reason == Refusal.WRONG_TOOL_GROUP, res
