@@ -63,7 +63,10 @@ class FabSync:
             model, tool = self.model, self.mes.tools.get(entity_id)
             t = model.tool_index.get(entity_id)
             if t is None:
-                self._rebuild = True
+                # a new tool; one without a group (it talks before the ERP defined it) has
+                # nothing to dispatch and stays out of the model until it gets one
+                if tool is not None and tool.tool_group:
+                    self._rebuild = True
             elif tool is None or tool.tool_group != model.group_ids[int(model.tool_group[t])]:
                 self._rebuild = True   # moved to another tool group (DefineTool)
             self._tools.add(entity_id)

@@ -47,3 +47,19 @@ def test_a_tool_moved_to_another_tool_group_is_dispatched_and_enforced_as_a_memb
     assert Dispatcher(model).assign(model.minutes(T0)) == {}
     res = check_track_in(model, "L1", "ETCH01", "E1", model.minutes(T0), recipe_version=1)
     assert res.reason == Refusal.WRONG_TOOL_GROUP, res
+
+
+def test_events_of_a_tool_the_erp_has_not_defined_do_not_rebuild_the_model():
+    """A configured tool talks before DefineTool gives it a group: it is not in the model
+    (no group, nothing to dispatch). Each of its events used to rebuild the whole model (and
+    the dispatcher, and log "dispatch model built") on the next tick, for as long as it
+    talked; once the ERP defines it, it joins the model."""
+    mes, sync = fab()
+    built = sync.generation
+    for k in range(3):
+        mes.tool_connected("NEW01", "hsms")
+        mes.set_tool_state("NEW01", "productive" if k % 2 else "standby")
+        assert not sync.sync()
+    assert sync.generation == built and "NEW01" not in sync.model.tool_index
+    mes.define_tool("NEW01", "ETCH")
+    assert sync.sync() and "NEW01" in sync.model.tool_index
