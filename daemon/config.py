@@ -28,6 +28,9 @@ from spc.config import SpcConfig
 
 PositiveSeconds = Annotated[float, Meta(gt=0)]
 
+# TimeoutStopSec= of systemd/fabd.service: after it systemd SIGKILLs a stop in progress.
+UNIT_TIMEOUT_STOP_S = 30.0
+
 
 class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Where the daemon keeps its files and how it runs."""
@@ -158,6 +161,12 @@ def _semantic_checks(cfg: FabdConfig) -> list[tuple[str, str]]:
     from dispatch.errors import PolicyError
 
     problems: list[tuple[str, str]] = []
+    svc = cfg.service
+    if svc.stop_budget_total_s >= UNIT_TIMEOUT_STOP_S:
+        problems.append(("service", "stop_intake_budget_s + stop_flush_budget_s + "
+                         f"stop_sessions_budget_s = {svc.stop_budget_total_s:g} s, must stay below"
+                         f" the unit's TimeoutStopSec ({UNIT_TIMEOUT_STOP_S:g} s), or systemd"
+                         " kills the stop before the outbox is drained and the store closed"))
     try:
         load_policy(cfg.dispatch.policy)
     except PolicyError as exc:

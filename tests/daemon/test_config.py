@@ -1,5 +1,6 @@
 """Config: every problem reported with its key path, exit code 2, never a traceback."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,20 @@ def test_run_with_a_password_file_it_cannot_read_exits_2_with_the_key(tmp_path):
         d.close()
     assert rc == 2, d.logtext()
     assert "redis.password_file: cannot read" in d.logtext()
+
+
+def test_stop_budgets_that_outlast_the_units_timeout_stop_sec_are_refused(tmp_path):
+    # systemd SIGKILLs a stop that takes TimeoutStopSec: the flush and the store close
+    # would be cut short. The budgets must sum below it (README, [service]).
+    unit = (ROOT / "systemd" / "fabd.service").read_text()
+    timeout_stop_s = int(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.M).group(1))
+    path = tmp_path / "fabd.toml"
+    path.write_text(f"[service]\nstop_intake_budget_s = 2.0\nstop_sessions_budget_s = 5.0\n"
+                    f"stop_flush_budget_s = {timeout_stop_s - 7}.0\n")
+    result = fabd("check-config", str(path))
+    assert result.returncode == 2, result.stdout
+    assert (f"{path}: service: stop_intake_budget_s + stop_flush_budget_s + "
+            f"stop_sessions_budget_s = {timeout_stop_s} s") in result.stderr
+    assert f"TimeoutStopSec ({timeout_stop_s} s)" in result.stderr
+    path.write_text(f"[service]\nstop_flush_budget_s = {timeout_stop_s - 7.5}\n")
+    assert fabd("check-config", str(path)).returncode == 0
