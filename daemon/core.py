@@ -119,8 +119,10 @@ class FabCore:
         self.fabsync: FabSync | None = None
         self.dispatcher: Dispatcher | None = None
         self._dispatch_generation = -1
-        # Approved recipe bodies for S7F3 download, by recipe id (demo / recipe_directory).
+        # Approved recipe bodies for S7F3 download: by recipe id (the demo's, one version) and
+        # by (recipe id, version) from [dispatch] recipe_directory.
         self._recipe_bodies: dict[str, bytes] = dict(recipes or {})
+        self._versioned_bodies: dict[tuple[str, int], bytes] = {}
         self._actions: asyncio.Queue[tuple[str, list[str]]] = asyncio.Queue(maxsize=10_000)
         self._reserved_tools: dict[str, float] = {}  # tool -> monotonic end of its backoff
         self._starting: set[str] = set()  # tools with a start queued or under way
@@ -187,7 +189,15 @@ class FabCore:
         directory = self.config.dispatch.recipe_directory
         if directory:
             for path in sorted(Path(directory).glob("*.v*")):
-                self._recipe_bodies[path.name.rsplit(".v", 1)[0]] = path.read_bytes()
+                recipe_id, _, version = path.name.rpartition(".v")
+                if version.isdigit():
+                    self._versioned_bodies[(recipe_id, int(version))] = path.read_bytes()
+
+    def _body_to_send(self, ppid: str, version: int) -> bytes | None:
+        """The approved body of the version a step names (never another version's)."""
+        if any(rid == ppid for rid, _v in self._versioned_bodies):
+            return self._versioned_bodies.get((ppid, version))
+        return self._recipe_bodies.get(ppid)
 
     def _warm_spc(self) -> None:
         from spc import kernel
@@ -446,7 +456,8 @@ class FabCore:
         # 1. The recipe on the tool must be the approved body (S7F19 / S7F5, S7F3 if missing).
         try:
             async with asyncio.timeout(timeout_s * 3):
-                verified = await self._verify_recipe(session, tool_id, ppid)
+                verified = await self._verify_recipe(session, tool_id, ppid,
+                                                     step.recipe_version)
         except Exception as exc:
             log.warning("tool %s: cannot verify recipe %s: %r", tool_id, ppid, exc)
             self._backoff(tool_id)
@@ -523,14 +534,14 @@ class FabCore:
         every tick, no lot starved behind it); its other recipes and other tools go on."""
         self._blocked[(tool_id, ppid)] = time.monotonic() + _REFUSAL_BACKOFF_S
 
-    async def _verify_recipe(self, session: Any, tool_id: str, ppid: str) -> bool:
+    async def _verify_recipe(self, session: Any, tool_id: str, ppid: str, version: int) -> bool:
         """Make sure the tool holds the approved body of ppid; record the report durably."""
         held = await session.recipe_list()
         if ppid not in held:
-            body = self._recipe_bodies.get(ppid)
+            body = self._body_to_send(ppid, version)
             if body is None or not self.config.dispatch.download_missing_recipes:
-                log.warning("tool %s does not hold recipe %s and fabd has no body to send",
-                            tool_id, ppid)
+                log.warning("tool %s does not hold recipe %s and fabd has no v%d body to send",
+                            tool_id, ppid, version)
                 return False
             if not await session.recipe_download(ppid, body):
                 log.warning("tool %s refused the download of recipe %s", tool_id, ppid)

@@ -248,3 +248,26 @@ async def test_a_refused_lot_is_not_offered_to_that_tool_every_tick_and_both_lot
         await eventually(both_running, timeout_s=30.0, what="L1 and L2 running")
         assert (fab.running_on("L1"), fab.running_on("L2")) == ("ETCH02", "ETCH01")
         assert len(await fab.refusals("L1")) == 1
+
+
+async def test_the_body_downloaded_is_the_version_the_step_names(redis_url, tmp_path) -> None:
+    """recipe_directory holds E1.v1 and E1.v2 (an engineering change approved ahead of the
+    route, which still names v1); ETCH01 lacks E1. fabd used to key the directory by recipe
+    id, so the last file won: it downloaded v2, enforcement refused it (v1 step, v2 body),
+    and the tool, now holding "E1", never got v1."""
+    bodies = tmp_path / "recipes"
+    bodies.mkdir()
+    for v in (1, 2):
+        (bodies / f"E1.v{v}").write_bytes(body("E1", v))
+    approved = {"E1": {1: body("E1"), 2: body("E1", 2)}}
+    async with running_fab(redis_url, tmp_path, {"ETCH01": "ETCH"}, {}, route(("ETCH", "E1")),
+                           approved=approved, recipe_directory=str(bodies)) as fab:
+        fab.mes.create_lot("L1", "PO", "P", 25)
+
+        def started() -> str:
+            fab.tick()
+            return fab.running_on("L1")
+
+        assert await eventually(started, timeout_s=30.0, what="L1 started") == "ETCH01"
+        assert fab.sims["ETCH01"].recipes["E1"] == body("E1", 1)
+        assert await fab.refusals("L1") == []
