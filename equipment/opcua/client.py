@@ -48,6 +48,18 @@ def _uri_of(cert: x509.Certificate) -> str:
     return ""
 
 
+class _LinkLossFilter(logging.Filter):
+    """Drop asyncua's publish-loop traceback for a lost link: the session says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, OSError | TimeoutError)
+                    and str(record.msg).startswith("Publish iteration crashed"))
+
+
+logging.getLogger("asyncua.client.ua_session.UaSession").addFilter(_LinkLossFilter())
+
+
 class _PinnedServer:
     """Certificate validator that trusts exactly one server certificate."""
 
@@ -116,8 +128,10 @@ class OpcUaClient:
                 client.set_password(sec.password() or "")
             await client.connect()
         except (OSError, TimeoutError, ua.UaError, ConnectionError) as exc:
+            # asyncua has already dropped the socket of a failed connect; disconnect() would
+            # send close requests over it and log two WARNINGs per attempt of an outage.
             with contextlib.suppress(Exception):
-                await client.disconnect()
+                client.disconnect_socket()
             if is_security_error(exc):
                 raise OpcUaSecurityError(f"{cfg.endpoint_url}: {status_name(exc)}") from exc
             raise OpcUaConnectionError(f"{cfg.endpoint_url}: {status_name(exc)} {exc}") from exc

@@ -279,6 +279,31 @@ async def test_a_lot_that_ends_while_disconnected_keeps_its_recipe_and_data(runn
         await tool.close()
 
 
+async def test_an_outage_is_logged_once_not_per_attempt_and_without_traceback(
+        sim, running, caplog) -> None:
+    caplog.set_level(logging.INFO)  # every logger: asyncua's too (fabd runs it at WARNING)
+    profile = sim.client_profile(watchdog_interval_s=0.3, reconnect_min_s=0.02,
+                                 reconnect_max_s=0.05)
+    session = start(running, profile, RecordingSink())
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
+
+    def loud(records: list[logging.LogRecord]) -> list[str]:
+        # asyncua.server is the simulated tool's side, not fabd's.
+        return [f"{r.name}: {r.getMessage()}" for r in records if r.levelno >= logging.WARNING
+                and not r.name.startswith("asyncua.server")]
+
+    await sim.stop()
+    await eventually(lambda: session.failed_attempts >= 1, what="first failed attempt")
+    first, attempts = len(caplog.records), session.failed_attempts
+    await eventually(lambda: session.failed_attempts >= attempts + 4,
+                     what="four more failed attempts")
+    assert loud(caplog.records[first:]) == []  # the outage was said once, before
+    await sim.start()
+    await eventually(lambda: session.connects == 2, what="reconnected")
+    assert [r.name for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING
+            and not r.name.startswith("asyncua.server")] == []  # no tracebacks
+
+
 @pytest.fixture(scope="module")
 def pki() -> dict[str, Path]:
     """A client certificate and key for the secure tests (generated once)."""
