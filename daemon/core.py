@@ -180,7 +180,15 @@ class FabCore:
         """Open the store, rebuild the state of record and the dispatch model."""
         await self.bus.start()
         self.bus.sink.forward = self._on_points
-        self.fabsync = FabSync(self.bus.mes)
+        mes = self.bus.mes
+        for tool in list(mes.tools.values()):
+            if tool.connected:
+                # The store says "connected", but that connection ended with the previous
+                # run (a stop or crash records no disconnect): the tool is back when its
+                # session says so; until then nothing is dispatched to it.
+                mes.tool_disconnected(tool.tool_id, _protocol(self.sessions.get(tool.tool_id)),
+                                      "fabd restarted")
+        self.fabsync = FabSync(mes)
         self.fabsync.sync()
         self._load_recipe_bodies()
 
