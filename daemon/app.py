@@ -133,6 +133,16 @@ class App:
         """Run until stopped; return the process exit code."""
         loop = asyncio.get_running_loop()
         metrics.UP_SINCE.set(self.started_at)
+        watchdog_s = self.notifier.watchdog_interval_s
+        assert self.tick is not None
+        if watchdog_s and 2 * self.tick.interval_s >= watchdog_s:
+            # WATCHDOG=1 follows each tick, so one tick late by the rest of the interval (or
+            # every tick, from the interval up) would get fabd killed by systemd.
+            log.error("tick.interval_s: %g s must be below half the systemd watchdog interval "
+                      "(WatchdogSec=%g s); shorten the tick or raise WatchdogSec",
+                      self.tick.interval_s, watchdog_s)
+            self.notifier.stopping("tick.interval_s too long for the watchdog")
+            return 2
         # During the warm-up the loop is mostly blocked (numba compiles synchronously, for
         # minutes on a first start), so a stop signal is noted by a plain handler and looked
         # at between warm-ups; then the loop's handlers take over.
@@ -162,7 +172,6 @@ class App:
             log.info("fabd stopped during start-up")
             return 0
 
-        assert self.tick is not None
         self.add_component("tick", self.tick.run_loop, critical=True)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(self._supervise(c), name=c.name) for c in self.components]

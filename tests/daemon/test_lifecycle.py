@@ -1,5 +1,6 @@
 """`fabd run` under a systemd-like supervisor: READY, watchdog pings, graceful stop within budget."""
 
+import contextlib
 import re
 import signal
 import subprocess
@@ -59,3 +60,20 @@ def test_stop_budgets_fit_inside_the_units_timeout_stop_sec():
     watchdog_s = int(re.search(r"^WatchdogSec=(\d+)$", UNIT.read_text(), re.M).group(1))
     # The tick pings every interval; the watchdog must allow several missed ticks.
     assert watchdog_s >= 5 * config.loads("").tick.interval_s
+
+
+def test_a_tick_the_watchdog_cannot_wait_for_is_refused_at_start(tmp_path):
+    # WATCHDOG=1 follows each tick: with [tick] interval_s at or above half of WatchdogSec,
+    # one slow tick (or every tick, at or above it) gets fabd killed by systemd.
+    d = DaemonProcess(tmp_path, watchdog_usec=1_000_000, interval_s=0.5)
+    d.start()
+    try:
+        rc = d.proc.wait(60)
+        sent = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                sent += d.notify.recv(4096).decode().split("\n")
+    finally:
+        d.close()
+    assert rc == 2, d.logtext()
+    assert "tick.interval_s" in d.logtext() and "READY=1" not in sent
