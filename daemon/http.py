@@ -83,8 +83,9 @@ class HttpEndpoint:
             if method != "HEAD":
                 writer.write(body)
             await writer.drain()
-        except (TimeoutError, ValueError, asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError):
+            pass  # a slow, malformed or oversized request: hang up, as for any bad client
         finally:
             writer.close()
             with contextlib.suppress(Exception):

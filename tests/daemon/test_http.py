@@ -1,6 +1,7 @@
 """Metrics and health endpoints: a Prometheus-valid page, /healthz and /readyz that mean it."""
 
 import asyncio
+import logging
 import shutil
 import subprocess
 
@@ -73,3 +74,16 @@ async def test_healthz_fails_when_the_tick_is_stale(running_app):
     app.tick.last_completed_monotonic -= 60
     status, body = await get(port, "/healthz")
     assert status == 503 and b"stale" in body
+
+
+async def test_an_oversized_request_is_refused_without_an_error_in_the_log(running_app, caplog):
+    _, port, _ = running_app
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /" + b"a" * 100_000)  # no end of header within the reader's limit
+    await writer.drain()
+    with caplog.at_level(logging.ERROR):
+        await reader.read()
+        writer.close()
+        status, _ = await get(port, "/healthz")  # still serving, and the handler has finished
+    assert status == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
