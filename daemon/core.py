@@ -68,6 +68,7 @@ class CoreSink:
         mes = core.bus.mes
         events = expand_batches(events)
         core.spc_from_completions(events)
+        core.judge_starts(events)
         before: list[tuple[dom.ProcessCompleted, str, float, str, float]] = []
         for e in events:
             if isinstance(e, dom.ProcessCompleted):
@@ -256,6 +257,52 @@ class FabCore:
     def current_lot(self, tool_id: str) -> str:
         tool = self.bus.mes.tools.get(tool_id)
         return tool.lot_id if tool else ""
+
+    def judge_starts(self, events: list[dom.DomainEvent]) -> None:
+        """Report a start fabd did not make that the track-in checks would have refused.
+
+        In advisory mode (or at the tool, by hand) a lot starts without fabd's checks; the
+        record follows the tool all the same, but an engineer must see a lot run on a tool
+        outside the step's group, not qualified for its recipe, inhibited, or with another
+        step's recipe: a `process_unexpected` event with the reasons. The recipe body is not
+        judged: fabd verifies bodies only for the starts it makes.
+        """
+        mes = self.bus.mes
+        seen: set[str] = set()
+        for e in events:
+            if not isinstance(e, dom.ProcessStarted | dom.ProcessCompleted):
+                continue
+            lot = mes.lots.get(e.lot_id)
+            # a queued lot is what the state of record is about to track in (held, running,
+            # unknown ones are reported by the state of record itself); a lot an earlier
+            # event of this batch moves is judged by the state it will be in, not this one
+            if (isinstance(e, dom.ProcessStarted) and e.lot_id not in seen
+                    and lot is not None and lot.state == QUEUED):
+                problems = self._start_problems(lot, e)
+                if problems:
+                    mes.process_unexpected(e.tool_id, e.lot_id, "started", "; ".join(problems),
+                                           e.ts)
+            seen.add(e.lot_id)
+
+    def _start_problems(self, lot: Any, e: dom.ProcessStarted) -> list[str]:
+        mes = self.bus.mes
+        step = mes.step_of(lot)
+        tool = mes.tools.get(e.tool_id)
+        group = tool.tool_group if tool is not None else ""
+        problems = []
+        if e.recipe_id and e.recipe_id != step.recipe_id:
+            problems.append(f"out_of_sequence: lot {e.lot_id} is at step {step.step_id}, "
+                            f"which runs {step.recipe_id}, not {e.recipe_id}")
+        if group != step.tool_group:
+            problems.append(f"wrong_tool_group: step {step.step_id} runs on {step.tool_group}, "
+                            f"tool {e.tool_id} is in {group or 'no group'}")
+        if tool is None or step.recipe_id not in tool.qualified:
+            problems.append(f"not_qualified: tool {e.tool_id} is not qualified for "
+                            f"{step.recipe_id}")
+        if tool is not None and tool.inhibits:
+            problems.append("tool_inhibited: " + ", ".join(
+                f"{key} ({why})" if why else key for key, why in tool.inhibits.items()))
+        return problems
 
     def tool_freed(self, tool_id: str) -> None:
         self._reserved_tools.pop(tool_id, None)
