@@ -408,11 +408,14 @@ class FabCore:
                     continue
                 t = model.tool(tool_id)
                 lots = tuple(model.lot_ids[int(lists.lot[t, k])] for k in range(int(lists.n[t])))
-                if lots and lots != self._last_lists.get(tool_id):
+                # an emptied list (its lots held or gone, the tool down) is published once too:
+                # the latest list is what operators work from
+                if lots != self._last_lists.get(tool_id, ()):
                     self._last_lists[tool_id] = lots
                     mes.dispatch_list(tool_id, list(lots),
                                       [float(lists.key[t, k, 0]) for k in range(len(lots))])
-                    metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "advised").inc()
+                    if lots:
+                        metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "advised").inc()
         if not auto_groups:
             return
         # Auto groups: the scorer's assignment (a batch on batch tools, no lot on two tools),

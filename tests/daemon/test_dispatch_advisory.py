@@ -77,3 +77,28 @@ async def test_a_start_the_track_in_checks_would_refuse_is_recorded_and_reported
     assert "out_of_sequence" in step and STEPS[0].step_id in step and "R2" in step
     assert "tool_inhibited" in unexpected["INHIBITED"]["reason"]
     assert "CD out of control" in unexpected["INHIBITED"]["reason"]
+
+
+async def test_a_dispatch_list_that_empties_is_published_empty(redis_url, tmp_path) -> None:
+    """An operator works from the latest dispatch_list of a tool. When its only lot was
+    held (or the tool went down) fabd published nothing, so the latest list still offered
+    the held lot; the emptied list is now published once."""
+    async with running_core(redis_url, tmp_path) as core:
+        define_master_data(core.bus)
+        mes = core.bus.mes
+        mes.qualify("LITHO01", "R0", True)
+        mes.tool_connected("LITHO01", "hsms")
+        mes.set_tool_state("LITHO01", "standby")
+        mes.create_lot("L1", "PO", "P-A", 25)
+        core._warm_dispatch()
+        for _ in range(2):
+            core.step_sync()
+            core.step_dispatch()
+        mes.hold("L1", "engineering", "eng")
+        for _ in range(2):
+            core.step_sync()
+            core.step_dispatch()
+        assert await core.bus.drain(5)
+    lists = [e["data"]["lots"] for e in read_stream(redis_url, "fab:equipment")
+             if e["type"] == "dispatch_list" and e["data"]["tool_id"] == "LITHO01"]
+    assert lists == [["L1"], []]
