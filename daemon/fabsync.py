@@ -27,17 +27,22 @@ def hot_class(priority: int) -> int:
     return 2 if priority >= 95 else 1 if priority >= HOT_PRIORITY else 0
 
 
-def step_spec(s, position: int) -> StepSpec:
-    """Translate one ERP route step into the dispatch model's step."""
+def step_spec(s, position: int, *, last: bool = False) -> StepSpec:
+    """Translate one ERP route step into the dispatch model's step.
+
+    A queue-time limit runs from this step to the next one of the route; on the last step
+    nothing closes it (the state of record enforces none either), so it is left out.
+    """
     batch = s.batch_max_lots > 1
+    qt = s.queue_time_limit_s > 0 and not last
     return StepSpec(
         group=s.tool_group, recipe=s.recipe_id, recipe_version=s.recipe_version,
         ptime_min=s.process_time_s / 60.0, per="batch" if batch else "lot",
         batch_min_wafers=s.batch_min_lots * WAFERS_PER_LOT if batch else 0,
         batch_max_wafers=s.batch_max_lots * WAFERS_PER_LOT if batch else 0,
         setup=s.setup_group,
-        qt_to_step=position + 1 if s.queue_time_limit_s > 0 else 0,
-        qt_limit_min=s.queue_time_limit_s / 60.0,
+        qt_to_step=position + 1 if qt else 0,
+        qt_limit_min=s.queue_time_limit_s / 60.0 if qt else 0.0,
         rework_route=s.rework_route_id,
         rework_return_step=position if s.rework_route_id else 0,  # redo the failed step
     )
@@ -95,7 +100,9 @@ class FabSync:
                 model.add_recipe(rid, v, recipe.versions[v])
         for route_id, route in mes.routes.items():
             try:
-                model.add_route(route_id, [step_spec(s, i) for i, s in enumerate(route.steps, 1)])
+                n = len(route.steps)
+                model.add_route(route_id, [step_spec(s, i, last=i == n)
+                                           for i, s in enumerate(route.steps, 1)])
             except Exception as exc:  # a route the model cannot take must not stop dispatch
                 log.error("route %s not dispatchable: %s", route_id, exc)
         for product_id, product in mes.products.items():

@@ -63,3 +63,18 @@ def test_events_of_a_tool_the_erp_has_not_defined_do_not_rebuild_the_model():
     assert sync.generation == built and "NEW01" not in sync.model.tool_index
     mes.define_tool("NEW01", "ETCH")
     assert sync.sync() and "NEW01" in sync.model.tool_index
+
+
+def test_a_queue_time_limit_on_a_routes_last_step_does_not_take_the_route_out_of_dispatch():
+    """The state of record accepts a limit on the last step (a window nothing in the route
+    closes, so nothing enforces it); the model refused the whole route ("route ... not
+    dispatchable", logged once), and the lots on it were never dispatched."""
+    mes, sync = fab()
+    mes.define_route("RW", [ev.RouteStep(step_id="RW1", tool_group="ETCH", recipe_id="E1",
+                                         recipe_version=1, process_time_s=60,
+                                         queue_time_limit_s=600)])
+    mes.define_product("PW", "RW")
+    mes.create_lot("L1", "PO", "PW", 25)
+    sync.sync()
+    model = sync.model
+    assert Dispatcher(model).assign(model.minutes(T0)) == {"ETCH01": ["L1"]}
