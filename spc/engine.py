@@ -202,6 +202,7 @@ class SpcEngine:
         self._charts: list[_Chart] = []
         self._ids: dict[str, int] = {}
         self._cap = 0
+        self._grow(64)  # the state arrays exist from the start (a snapshot with no charts)
         self._lot_codes: dict[str, int] = {"": 0}
         self._lots: list[str] = [""]
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []

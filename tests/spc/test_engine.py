@@ -389,6 +389,16 @@ def test_exact_ewma_limits_catch_a_start_up_shift_asymptotic_ones_miss():
     assert [x.chart_key for x in eng.evaluate().violations] == ["exact"]
 
 
+def test_an_engine_with_no_charts_yet_snapshots_and_restores():
+    # a daemon stopped before any process data came in saves its (empty) SPC state
+    data = SpcEngine().snapshot()
+    eng = SpcEngine()
+    eng.restore(data)
+    k = eng.register("k", spec=KNOWN)
+    eng.add(k, 9.0, 1.0)   # far outside: the restored engine still evaluates
+    assert [v.chart_key for v in eng.evaluate().violations] == ["k"]
+
+
 def test_an_unusable_snapshot_is_refused_with_the_reason():
     eng = SpcEngine()
     eng.register("k", spec=KNOWN)
