@@ -106,8 +106,15 @@ class EquipmentSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         seen: set[str] = set()
         for t in [*self.hsms, *self.opcua]:
             if t.tool_id in seen:
-                raise ValueError(f"hsms: tool id {t.tool_id!r} appears twice")
+                raise ValueError(f"tool id {t.tool_id!r} appears twice (hsms and opcua tools "
+                                 "share one namespace)")
             seen.add(t.tool_id)
+        brokers: set[str] = set()
+        for b in self.mqtt:
+            if b.broker_id in brokers:
+                # two sessions would share a component name and their metrics' labels
+                raise ValueError(f"mqtt: broker_id {b.broker_id!r} appears twice")
+            brokers.add(b.broker_id)
 
 
 class FabdConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

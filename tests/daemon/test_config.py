@@ -56,6 +56,8 @@ interval_s = 0
     ("[nope]\n", "nope: unknown key"),
     ("[service\n", "(toml): not valid TOML"),
     ("[http]\nlisten = \"127.0.0.1:99999\"\n", "http.listen: must be HOST:PORT"),
+    ("[[equipment.mqtt]]\nbroker_id = \"plant\"\n[[equipment.mqtt]]\nbroker_id = \"plant\"\n",
+     "equipment.mqtt: broker_id 'plant' appears twice"),
     ("[bus]\nerp_block_ms = 15000\n",
      "bus.erp_block_ms: must be below redis.command_timeout_s (10 s = 10000 ms)"),
 ])
