@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -47,6 +48,9 @@ log = logging.getLogger("fabd.core")
 
 _E10_STATES = [s.value for s in dom.E10State]
 _REFUSAL_BACKOFF_S = 10.0
+# A tool inhibited for a recipe body that matched no approved version is checked again this
+# often (the fix is made at the tool; a matching report lifts the inhibit).
+_RECHECK_INHIBITED_S = 60.0
 # Refusals about this tool and this recipe (not the lot): the recipe stays off the tool for a
 # while, and the tool gets its other lots.
 _RECIPE_REFUSALS = frozenset((
@@ -128,6 +132,7 @@ class FabCore:
         self._reserved_tools: dict[str, float] = {}  # tool -> monotonic end of its backoff
         self._starting: set[str] = set()  # tools with a start queued or under way
         self._blocked: dict[tuple[str, str], float] = {}  # (tool, recipe) -> monotonic end
+        self._checked_at: dict[str, float] = {}  # tool -> monotonic time of its last S7 upload
         self._reserved_lots: set[str] = set()
         self._last_lists: dict[str, tuple[str, ...]] = {}
         self._state_since: dict[str, tuple[str, float]] = {}  # tool -> (E10 state, since)
@@ -451,6 +456,22 @@ class FabCore:
                 self._starting.discard(tool_id)
                 self._reserved_lots.difference_update(chosen)
                 metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "queue_full").inc()
+        # A body that matched no approved version inhibits the tool until a report of that
+        # recipe matches again; only a start uploaded bodies, and an inhibited tool gets no
+        # start: check its bodies again now and then (an empty action), or it never returns.
+        for tool_id in model.tool_ids:
+            tool = mes.tools.get(tool_id)
+            if (tool is not None and tool.tool_group in auto_groups and tool.inhibits
+                    and all(key.startswith("recipe:") for key in tool.inhibits)
+                    and not tool.lot_id and tool.connected and tool_id in self.sessions
+                    and tool_id not in self._starting
+                    and mono - self._checked_at.get(tool_id, -math.inf) >= _RECHECK_INHIBITED_S):
+                self._checked_at[tool_id] = mono
+                self._starting.add(tool_id)
+                try:
+                    self._actions.put_nowait((tool_id, []))
+                except asyncio.QueueFull:
+                    self._starting.discard(tool_id)
 
     def step_gauges(self) -> None:
         """Refresh the gauges a shift lead watches (tools by state, WIP, holds, utilisation)."""
@@ -495,9 +516,13 @@ class FabCore:
         while True:
             tool_id, lots = await self._actions.get()
             try:
-                await self._start_lots(tool_id, lots)
+                if lots:
+                    await self._start_lots(tool_id, lots)
+                else:
+                    await self._recheck_inhibiting_recipes(tool_id)
             except Exception:
-                log.exception("tool %s: starting %s failed", tool_id, ",".join(lots))
+                log.exception("tool %s: starting %s failed", tool_id,
+                              ",".join(lots) or "nothing (checking inhibiting recipes)")
                 self._backoff(tool_id)   # e.g. no reply to PP-SELECT / START: not again at once
             finally:
                 self._reserved_lots.difference_update(lots)
@@ -605,12 +630,31 @@ class FabCore:
                 log.warning("tool %s refused the download of recipe %s", tool_id, ppid)
                 return False
             log.info("tool %s: downloaded recipe %s (%d bytes)", tool_id, ppid, len(body))
+        await self._upload_and_report(session, tool_id, ppid)
+        return True
+
+    async def _upload_and_report(self, session: Any, tool_id: str, ppid: str) -> None:
+        """Upload a recipe body (S7F5) and record its checksum durably (a RecipeReport)."""
+        self._checked_at[tool_id] = time.monotonic()
         body = await session.recipe_upload(ppid)
         report = dom.RecipeReport(tool_id=tool_id, ts=time.time(), ppid=ppid,
                                   checksum=hashlib.sha256(body).hexdigest(),
                                   size_bytes=len(body))
         await self.sink.submit([report])
-        return True
+
+    async def _recheck_inhibiting_recipes(self, tool_id: str) -> None:
+        """Upload the recipes a tool is inhibited for; a body that matches lifts the inhibit."""
+        mes = self.bus.mes
+        session = self.sessions[tool_id]
+        async with asyncio.timeout(self.config.dispatch.command_timeout_s * 3):
+            held = await session.recipe_list()
+            for key in [k for k in mes.tools[tool_id].inhibits if k.startswith("recipe:")]:
+                ppid = key.removeprefix("recipe:")
+                if ppid in held:
+                    await self._upload_and_report(session, tool_id, ppid)
+                else:   # the body that matched nothing is gone; a start sends the approved one
+                    mes.inhibit(tool_id, key, False, "recipe no longer on the tool")
+        await self.bus.durable()
 
     # -- stopping -----------------------------------------------------------------------------
     async def _stop_intake(self) -> None:

@@ -271,3 +271,37 @@ async def test_the_body_downloaded_is_the_version_the_step_names(redis_url, tmp_
         assert await eventually(started, timeout_s=30.0, what="L1 started") == "ETCH01"
         assert fab.sims["ETCH01"].recipes["E1"] == body("E1", 1)
         assert await fab.refusals("L1") == []
+
+
+async def test_a_tool_inhibited_for_a_recipe_body_is_checked_again_and_runs_once_it_is_fixed(
+        redis_url, tmp_path, monkeypatch) -> None:
+    """ETCH01's E1 body was edited at the tool: verification finds no approved version and
+    the state of record inhibits the tool until a report of E1 matches again. Only a start
+    verified a body, and an inhibited tool gets no start: the tool was out of auto dispatch
+    for good, even after the engineer restored the body. fabd now checks such a tool's
+    bodies again every minute; the matching report lifts the inhibit and the lot runs."""
+    import time
+    from types import SimpleNamespace
+
+    from daemon import core as core_mod
+
+    clock = [time.monotonic()]
+    monkeypatch.setattr(core_mod, "time", SimpleNamespace(monotonic=lambda: clock[0],
+                                                          time=time.time))
+    held = {"ETCH01": {"E1": b"edited at the tool\n"}}
+    async with running_fab(redis_url, tmp_path, {"ETCH01": "ETCH"}, held,
+                           route(("ETCH", "E1"))) as fab:
+        fab.mes.create_lot("L1", "PO", "P", 25)
+        fab.tick()
+        refused = await eventually(lambda: fab.refusals("L1"), what="L1 refused")
+        assert refused[0]["code"] == "tool_inhibited"
+        assert "recipe:E1" in fab.mes.tools["ETCH01"].inhibits
+        fab.sims["ETCH01"].handler.recipes["E1"] = body("E1")   # the engineer restores it
+        clock[0] += 61.0
+
+        def started() -> str:
+            fab.tick()
+            return fab.running_on("L1")
+
+        assert await eventually(started, timeout_s=30.0, what="L1 started") == "ETCH01"
+        assert not fab.mes.tools["ETCH01"].inhibits
