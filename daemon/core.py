@@ -43,6 +43,7 @@ from dispatch import enforce
 from dispatch.scorer import Dispatcher
 from equipment import events as dom
 from equipment.events import RemoteCommand
+from spc.errors import UnknownChartError
 
 log = logging.getLogger("fabd.core")
 
@@ -121,6 +122,7 @@ class FabCore:
         self.sessions: dict[str, Any] = {}  # tool id -> ToolControl session
         self.mqtt: list[Any] = []
         self.spc = None
+        self._spc_inhibits: set[tuple[str, str]] = set()  # (tool, "spc:..." inhibit) last tick
         self.fabsync: FabSync | None = None
         self.dispatcher: Dispatcher | None = None
         self._dispatch_generation = -1
@@ -349,6 +351,7 @@ class FabCore:
         if self.spc is None:
             return
         mes = self.bus.mes
+        self._restart_released_charts()
         result = self.spc.evaluate()
         self._spc_ticks += 1
         if self._spc_ticks % _SPC_SAVE_EVERY_TICKS == 0:
@@ -388,6 +391,20 @@ class FabCore:
         if len(result.violations) > _SPC_LOG_LINES:
             log.warning("SPC: %d violations this tick (notify-only ones not logged one by one)",
                         len(result.violations))
+
+    def _restart_released_charts(self) -> None:
+        """A chart whose inhibit an engineer released (ERP release_tool) starts its run rules
+        afresh: the points from before the corrective action must not trip the tool again."""
+        assert self.spc is not None
+        now = {(t.tool_id, k) for t in self.bus.mes.tools.values() if t.inhibits
+               for k in t.inhibits if k.startswith("spc:")}
+        for _tool, key in self._spc_inhibits - now:
+            chart = key.removeprefix("spc:")
+            for candidate in (chart, chart.rsplit("@", 1)[0]):   # "spc:<chart>@<chamber>"
+                with contextlib.suppress(UnknownChartError):
+                    self.spc.reset(candidate)
+                    break
+        self._spc_inhibits = now
 
     def step_sync(self) -> None:
         """Bring the dispatch model up to date with the state of record."""

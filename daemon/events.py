@@ -383,6 +383,20 @@ class ScrapLot(_Command, frozen=True, kw_only=True, tag="scrap_lot"):
     by: Id
 
 
+class ReleaseTool(_Command, frozen=True, kw_only=True, tag="release_tool"):
+    """Disposition of a tool inhibit (an SPC reaction plan): the tool may run again.
+
+    `inhibit` names one inhibit as published in tool_inhibit_changed ("spc:<chart>",
+    "spc:<chart>@<chamber>"); "" lifts every inhibit but the recipe ones, which lift
+    themselves when the tool reports an approved body.
+    """
+
+    tool_id: Id
+    reason: Id
+    by: Id
+    inhibit: str = ""
+
+
 class ApproveRecipe(_Command, frozen=True, kw_only=True, tag="approve_recipe"):
     """Engineering change: this recipe version, with this body checksum, may run."""
 
@@ -403,9 +417,10 @@ class DisqualifyTool(_Command, frozen=True, kw_only=True, tag="disqualify_tool")
 
 
 Command = (DefineRoute | DefineProduct | DefineTool | CreateLot | HoldLot | ReleaseLot
-           | ScrapLot | ApproveRecipe | QualifyTool | DisqualifyTool)
+           | ScrapLot | ReleaseTool | ApproveRecipe | QualifyTool | DisqualifyTool)
 COMMANDS: tuple[type, ...] = (DefineRoute, DefineProduct, DefineTool, CreateLot, HoldLot,
-                              ReleaseLot, ScrapLot, ApproveRecipe, QualifyTool, DisqualifyTool)
+                              ReleaseLot, ScrapLot, ReleaseTool, ApproveRecipe, QualifyTool,
+                              DisqualifyTool)
 
 _command_decoder = msgspec.json.Decoder(Command)
 

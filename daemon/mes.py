@@ -300,6 +300,8 @@ class MesState:
                 self.release(cmd.lot_id, cmd.reason, cmd.by, cmd.hold_reason)
             case ev.ScrapLot():
                 self.scrap(cmd.lot_id, cmd.reason, cmd.by)
+            case ev.ReleaseTool():
+                self.release_tool(cmd.tool_id, cmd.reason, cmd.by, cmd.inhibit)
             case ev.ApproveRecipe():
                 self.approve_recipe(cmd.recipe_id, cmd.version, cmd.checksum)
             case ev.QualifyTool():
@@ -619,6 +621,26 @@ class MesState:
         self._touch("tool", tool_id, tool)
         self.emit(ev.ToolInhibitChanged(tool_id=tool_id, inhibit=key, active=active,
                                         reason=reason))
+
+    def release_tool(self, tool_id: str, reason: str, by: str, inhibit: str = "") -> None:
+        """Lift one inhibit of a tool (or every one but the recipe ones): its disposition."""
+        tool = self._tool(tool_id)
+        if inhibit.startswith("recipe:"):
+            raise IllegalTransition(f"tool {tool_id}: a recipe inhibit lifts when the tool reports "
+                                    "an approved body (fabd re-checks every minute); fix the body "
+                                    "at the tool")
+        if inhibit:
+            if inhibit not in tool.inhibits:
+                have = ", ".join(sorted(tool.inhibits)) or "none"
+                raise IllegalTransition(f"tool {tool_id} has no inhibit {inhibit!r} (has: {have})")
+            keys = [inhibit]
+        else:
+            keys = [k for k in tool.inhibits if not k.startswith("recipe:")]
+            if not keys:
+                raise IllegalTransition(f"tool {tool_id} has no inhibit to release")
+        for key in keys:
+            self.inhibit(tool_id, key, False, f"{reason} (by {by})")
+        log.info("tool %s released from %s: %s (by %s)", tool_id, ", ".join(keys), reason, by)
 
     # ------------------------------------------------------------ quality / dispatch
 
