@@ -122,7 +122,8 @@ class FabCore:
         self.sessions: dict[str, Any] = {}  # tool id -> ToolControl session
         self.mqtt: list[Any] = []
         self.spc = None
-        self._spc_inhibits: set[tuple[str, str]] = set()  # (tool, "spc:..." inhibit) last tick
+        self._spc_inhibits: set[tuple[str, str]] = set()
+        self._ping_client: Any = None  # redis client of the readiness check, made on first use  # (tool, "spc:..." inhibit) last tick
         self.fabsync: FabSync | None = None
         self.dispatcher: Dispatcher | None = None
         self._dispatch_generation = -1
@@ -182,6 +183,7 @@ class FabCore:
         app.add_stop_hook("flush", "outbox", self._flush)
         app.add_stop_hook("sessions", "equipment", self._stop_sessions)
         app.add_closer("spc", self.save_spc)
+        app.add_closer("readiness", self._close_ping_client)
         app.add_closer("store", self.bus.close)
 
     async def start(self) -> None:
@@ -315,8 +317,22 @@ class FabCore:
         self._reserved_tools.pop(tool_id, None)
 
     async def _redis_reachable(self) -> bool:
-        relay = self.bus.relay
-        return bool(relay is not None and getattr(relay, "connected", True))
+        """PING Redis: the relay only talks to Redis when it has events to send, so its last
+        result can be minutes old (and a Redis that went away while fabd was idle unseen)."""
+        try:
+            if self._ping_client is None:
+                from daemon.redis_conn import make_client
+
+                self._ping_client = make_client(self.config.redis, socket_timeout=2.0,
+                                                socket_connect_timeout=2.0)
+            async with asyncio.timeout(2.5):
+                return bool(await self._ping_client.ping())
+        except Exception:  # down, refusing, unauthenticated: not ready, whatever the reason
+            return False
+
+    async def _close_ping_client(self) -> None:
+        if self._ping_client is not None:
+            await self._ping_client.aclose()
 
     # -- tick steps ---------------------------------------------------------------------------
     def _on_points(self, points: list[dom.ProcessPoint]) -> None:
@@ -516,7 +532,7 @@ class FabCore:
             wip[(group, lot.step_id)] += 1
             wafers[lot.product_id] += lot.wafers
             for h in lot.holds:
-                holds[h.reason.split(":", 1)[0]] += 1
+                holds[_hold_class(h)] += 1
         metrics.WIP_LOTS.clear()
         for (group, step), n in wip.items():
             metrics.WIP_LOTS.labels(group, step).set(n)
@@ -716,6 +732,18 @@ class FabCore:
                          "spc_holds": self.counters["spc_holds"],
                          "outbox": relay.depth if relay is not None else 0},
         }
+
+
+def _hold_class(hold: Any) -> str:
+    """The metric label of a hold: a bounded class, never the free text of its reason (queue-time
+    reasons name steps and minutes, ERP reasons are whatever the ERP sends)."""
+    if hold.kind:
+        return hold.kind                       # queue_time
+    if hold.by in ("spc", "enforcement"):
+        return hold.by
+    if hold.by == "mes":
+        return hold.reason                     # nonconforming
+    return "erp"
 
 
 def _start_params(session: Any, ppid: str, lots: list[str]) -> dict[str, str]:

@@ -48,7 +48,8 @@ DISPATCH_DECISIONS = Counter(
     ["tool_group", "outcome"])
 TRACK_IN_REFUSED = Counter(
     "fabd_track_in_refused_total", "Track-ins refused by process enforcement", ["reason"])
-HOLDS = Gauge("fabd_lots_held", "Lots on hold by hold reason", ["reason"])
+HOLDS = Gauge("fabd_lots_held", "Holds on active lots by class of reason: spc, queue_time, "
+              "enforcement, nonconforming, erp", ["reason"])
 SPC_VIOLATIONS = Counter("fabd_spc_violations_total", "SPC rule violations", ["rule"])
 SPC_POINTS = Counter("fabd_spc_points_total", "Process-data points evaluated by SPC")
 SPC_POINTS_DROPPED = Counter(

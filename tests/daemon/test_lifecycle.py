@@ -77,3 +77,22 @@ def test_a_tick_the_watchdog_cannot_wait_for_is_refused_at_start(tmp_path):
         d.close()
     assert rc == 2, d.logtext()
     assert "tick.interval_s" in d.logtext() and "READY=1" not in sent
+
+
+def test_readyz_says_whether_redis_answers_now(tmp_path, own_redis):
+    """/readyz used to report Redis reachable whatever it was (the relay has no such state);
+    it PINGs Redis now, so a Redis that went away while fabd was idle shows up."""
+    d = DaemonProcess(tmp_path, extra_toml=f'[redis]\nurl = "{own_redis.url}"\n')
+    d.start()
+    try:
+        d.read_notify("READY=1")
+        status, body = d.http("/readyz")
+        assert status == 200 and b'"redis": true' in body, body
+        own_redis.stop()
+        status, body = d.http("/readyz")
+        assert status == 503 and b'"redis": false' in body, body
+        own_redis.start()
+        status, body = d.http("/readyz")
+        assert status == 200 and b'"redis": true' in body, body
+    finally:
+        d.close()
