@@ -22,7 +22,8 @@ LAST_TICK = Gauge(
     "fabd_tick_last_completed_timestamp_seconds", "Unix time the last tick completed")
 COMPONENT_RESTARTS = Counter(
     "fabd_component_restarts_total", "Components restarted after a crash", ["component"])
-READY = Gauge("fabd_ready", "1 once the daemon is ready (store open, kernels warm, Redis reachable)")
+READY = Gauge("fabd_ready", "1 from READY=1 (store open, state rebuilt, kernels warm) until the stop; "
+              "Redis is fabd_redis_up and /readyz")
 UP_SINCE = Gauge("fabd_start_time_seconds", "Unix time the daemon started")
 
 # -- the running fab (what a shift lead watches) ---------------------------------------------
