@@ -1,6 +1,7 @@
 """The MQTT client layer: an aiomqtt client built from config, and topic routing.
 
 `build_client()` applies identity, TLS and the persistent-session settings;
+`paho_client()` reaches the paho client underneath (for manual acknowledgement);
 `TopicRouter` finds the mapping a received topic belongs to and what its
 placeholders captured (cached per topic, so the hot path is one dict lookup).
 Reconnecting is the session's job (`equipment.mqtt.session`).
@@ -12,10 +13,12 @@ import ssl
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from equipment.mqtt.config import MqttBrokerConfig, TopicMapping
+from equipment.mqtt.errors import MqttAdapterError
 
 
 def build_client(config: MqttBrokerConfig, **extra: Any) -> aiomqtt.Client:
@@ -49,6 +52,23 @@ def build_client(config: MqttBrokerConfig, **extra: Any) -> aiomqtt.Client:
         kwargs["tls_context"] = ctx
     kwargs.update(extra)
     return aiomqtt.Client(config.host, config.port, **kwargs)
+
+
+def paho_client(client: aiomqtt.Client) -> paho.Client:
+    """Return the paho client an aiomqtt client wraps, for what aiomqtt does not expose."""
+    # aiomqtt 2.5 has no manual-ack option and no public way to the paho client it wraps;
+    # paho 2.x has both (manual_ack_set, ack). The one private step is aiomqtt's `_client`
+    # attribute (so named since asyncio-mqtt); we check its type and the two methods here,
+    # before connecting, so an aiomqtt that changes it stops the session at its first
+    # connect with this message instead of quietly acknowledging messages early.
+    inner = getattr(client, "_client", None)
+    if not (isinstance(inner, paho.Client) and callable(getattr(inner, "manual_ack_set", None))
+            and callable(getattr(inner, "ack", None))):
+        raise MqttAdapterError(
+            f"aiomqtt {getattr(aiomqtt, '__version__', '?')}: no paho client with manual "
+            "acknowledgement found under aiomqtt.Client._client; fabd needs it to acknowledge "
+            "QoS 1 messages only once their events are durable (use aiomqtt 2.x, paho-mqtt 2.x)")
+    return inner
 
 
 class Route:

@@ -34,7 +34,9 @@ class TopicMapping(msgspec.Struct, frozen=True, kw_only=True):
     """One subscription and how its messages become SPC points and tool state."""
 
     topic: str  # MQTT filter, with {tool_id} / {parameter} placeholders for one level each
-    qos: Literal[0, 1, 2] = 1  # 1: the broker keeps the data for us while we reconnect
+    # 1: the broker keeps the data for us while we reconnect, and re-sends what fabd did not
+    # acknowledge (acked once durable); 2 is subscribed as 1 (see equipment.mqtt.session)
+    qos: Literal[0, 1, 2] = 1
     tool_id: str = ""  # a fixed tool id, when neither the topic nor the payload names one
     tool_field: str = ""  # payload field holding the tool id
     values: dict[str, str] = {}  # payload field -> SPC parameter; {} = every numeric field

@@ -3,11 +3,27 @@
 `MqttSession.run()` supervises one broker forever: it connects with a stable
 client id and a persistent session (the broker keeps QoS 1 messages while we
 are away), subscribes every configured topic filter, and turns each message
-into SPC points (`sink.points`, batched) and E10 state changes (`sink.submit`,
-in order). Malformed payloads are counted and logged at most once per topic
-per interval; they never stop the session. When the broker goes away the
-session says so once, reconnects with jittered exponential backoff,
-re-subscribes and re-publishes the retained tool states.
+into SPC points (`sink.points`, batched) and domain events such as E10 state
+changes and ToolConnected (`sink.submit`, in order). Malformed payloads are
+counted and logged at most once per topic per interval; they never stop the
+session. When the broker goes away the session says so once, reconnects with
+jittered exponential backoff, re-subscribes and re-publishes the retained tool
+states.
+
+Delivery: a QoS 1 message is acknowledged (PUBACK) only once every event it
+produced, and every event queued before it, is durable (`sink.submit` has
+returned); PUBACKs go out in the order the PUBLISH packets arrived (MQTT §4.6),
+so a data message's ack waits behind an earlier state message's. A message
+whose events are not yet durable when fabd stops, crashes or loses the
+connection is not acknowledged, and the broker sends it again on the next
+connection of the persistent session: at least once, never lost (a re-sent
+state the session already holds maps to no new event but still waits for the
+first one to be durable). SPC points wait for nothing but that order: they are
+in-memory analytics, lost by a crash whether acknowledged or not. When the
+event queue is full the session refuses the events, acknowledges nothing more
+on that connection and drops it, so the broker sends them again. QoS 0 has no
+ack and no such guarantee; QoS 2 mappings are subscribed at QoS 1, since a
+QoS 2 receiver takes the message over (PUBREC) before it can see it.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ import enum
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,7 +51,7 @@ from equipment.events import (
     ToolConnected,
     ToolDisconnected,
 )
-from equipment.mqtt.client import Route, TopicRouter, build_client
+from equipment.mqtt.client import Route, TopicRouter, build_client, paho_client
 from equipment.mqtt.config import MqttBrokerConfig, TopicMapping
 from equipment.mqtt.errors import MalformedPayload, MqttAdapterError
 from equipment.statewatch import StateWatch
@@ -61,6 +78,54 @@ class _IngestQueue(asyncio.Queue):
 
     def put_nowait(self, item: Any) -> None:
         type(self).ingest(item)
+
+
+class _Acks:
+    """The PUBACKs of one connection, sent in the order the PUBLISH packets arrived.
+
+    MQTT 3.1.1 / 5 §4.6: a receiver sends PUBACKs in the order of the PUBLISH packets,
+    so a message that needs nothing durable still waits behind an earlier one that does.
+    Each waiting message carries the number of event lists the session must have made
+    durable before it may be acknowledged (see MqttSession._on_message).
+    """
+
+    __slots__ = ("_client", "_pending", "cut", "stalled")
+
+    def __init__(self, client: Any) -> None:
+        self._client = client  # the paho client: ack(mid, qos), disconnect()
+        self._pending: deque[tuple[int, int]] = deque()  # (mid, event lists to be durable)
+        self.stalled = False
+        self.cut: asyncio.Timeout | None = None  # the connection's scope: stall() expires it
+
+    def arrived(self, mid: int, needed: int, durable: int) -> None:
+        """Acknowledge QoS 1 message `mid` now if nothing is ahead of it, else queue it."""
+        if self.stalled:
+            return
+        if not self._pending and needed <= durable:
+            self._client.ack(mid, 1)
+        else:
+            self._pending.append((mid, needed))
+
+    def complete(self, mid: int) -> None:
+        """Send the PUBCOMP of QoS 2 message `mid` (no order rule ties it to PUBACKs)."""
+        self._client.ack(mid, 2)
+
+    def release(self, durable: int) -> None:
+        """Acknowledge, in order, the messages whose events are all durable now."""
+        pending = self._pending
+        ack = self._client.ack
+        while pending and pending[0][1] <= durable and not self.stalled:
+            ack(pending.popleft()[0], 1)
+
+    def stall(self) -> None:
+        """Acknowledge nothing more and drop the connection: the broker re-sends the rest."""
+        if self.stalled:
+            return
+        self.stalled = True
+        self._pending.clear()
+        self._client.disconnect()
+        if self.cut is not None and not self.cut.expired():
+            self.cut.reschedule(0)  # in the past: expires on the next loop iteration
 
 
 class MqttSessionState(enum.StrEnum):
@@ -145,6 +210,13 @@ class MqttSession(StateWatch[MqttSessionState]):
         self._points: list[ProcessPoint] = []
         self._flush_scheduled = False
         self._events: asyncio.Queue[list[DomainEvent]] | None = None
+        # Event lists put on self._events, and how many of them sink.submit() has made
+        # durable, since run() began: a QoS 1 message is acknowledged once every list
+        # queued up to its own is durable (_Acks), across reconnects too.
+        self._queued_lists = 0
+        self._durable_lists = 0
+        self._acks: _Acks | None = None  # the current connection's PUBACKs
+        self._refusing = False  # the event queue was full at the last attempt
         self._queue_type = type("IngestQueue", (_IngestQueue,),
                                 {"ingest": staticmethod(self._on_message)})
         self._tools_up: set[str] = set()
@@ -174,10 +246,21 @@ class MqttSession(StateWatch[MqttSessionState]):
                 raise_if_cancelled()
                 self._set_state(MqttSessionState.CONNECTING)
                 client = build_client(cfg, queue_type=self._queue_type)
+                inner = paho_client(client)
+                # PUBACK only once what a message produced is durable (_on_message); set
+                # before connecting, as the broker sends a persistent session's backlog at once.
+                inner.manual_ack_set(True)
+                acks = self._acks = _Acks(inner)
                 try:
-                    async with client:
+                    # The backlog may come with the CONNACK and comes before the SUBACKs, and
+                    # aiomqtt's subscribe() does not notice a disconnect: _Acks.stall()
+                    # expires this scope to end the connection wherever it is.
+                    async with asyncio.timeout(None) as acks.cut, client:
                         for sub in cfg.subscriptions:
-                            await client.subscribe(sub.filter(), qos=sub.qos,
+                            # At most QoS 1: a QoS 2 receiver sends PUBREC, and the broker
+                            # lets go of the message, before paho hands it to us; only QoS 1
+                            # lets the ack wait until the events are durable.
+                            await client.subscribe(sub.filter(), qos=min(sub.qos, 1),
                                                    timeout=cfg.subscribe_timeout_s)
                         raise_if_cancelled()
                         self._client = client
@@ -197,25 +280,30 @@ class MqttSession(StateWatch[MqttSessionState]):
                         raise_if_cancelled()
                         self._set_state(MqttSessionState.CONNECTED)
                         await self._ingest_loop(client)
-                except aiomqtt.MqttError as exc:
+                except (aiomqtt.MqttError, TimeoutError) as exc:
+                    # TimeoutError: _Acks.stall() ended the connection (events refused).
+                    reason = str(exc) if isinstance(exc, aiomqtt.MqttError) else \
+                        "dropped by fabd to have refused messages sent again"
+                    self._acks = None  # what it still held comes again on the next connection
                     lost = self._client is not None
                     self._client = None
                     self._m_connected.set(0)
                     self._set_state(MqttSessionState.NOT_CONNECTED)
                     if lost:
                         log.warning("broker %s: MQTT connection lost (%s); reconnecting",
-                                    self.broker_id, exc)
-                        await self._tools_down(str(exc))
+                                    self.broker_id, reason)
+                        await self._tools_down(reason)
                     else:
                         self.failed_attempts += 1
                         if not warned:
                             log.warning("broker %s: cannot connect to %s:%d (%s); retrying",
-                                        self.broker_id, cfg.host, cfg.port, exc)
+                                        self.broker_id, cfg.host, cfg.port, reason)
                     warned = True
                     await asyncio.sleep(backoff_s(attempt, cfg.reconnect_min_s,
                                                   cfg.reconnect_max_s, self._rng))
                     attempt += 1
         finally:
+            self._acks = None
             self._client = None
             self._m_connected.set(0)
             self._set_state(MqttSessionState.NOT_CONNECTED)
@@ -228,31 +316,70 @@ class MqttSession(StateWatch[MqttSessionState]):
 
     def _on_message(self, message: Any) -> None:
         # Runs inside paho's read callback: nothing may escape, or the connection breaks.
+        # paho acknowledges nothing by itself (manual ack): every QoS 1/2 message is
+        # acknowledged here or by _deliver_loop, whatever became of it.
+        events: list[DomainEvent] = []
         try:
             events = self.handle(message.topic.value, message.payload)
         except Exception as exc:  # a bug, not bad data: counted and logged like bad data
             self._malformed(str(getattr(message.topic, "value", "?")),
                             f"mapping failed: {exc!r}")
-            return
-        if events:
-            self._emit(events)
+        queued = not events or self._emit(events)
+        qos = message.qos
+        acks = self._acks
+        if qos == 0 or acks is None:
+            return  # QoS 0 has no ack; no window: the connection is gone, the broker re-sends
+        if qos == 2:
+            # Only from a QoS 2 subscription of an older fabd: PUBREC went out before we saw
+            # it, holding PUBCOMP back would gain nothing (and PUBCOMP has no order rule).
+            acks.complete(message.mid)
+        elif not queued:
+            acks.stall()
+        else:
+            # Wait for every event list queued so far, this message's own included: a
+            # message re-sent after a reconnect may map to nothing new (its state change
+            # is already queued from the first delivery) and must still wait for it. SPC
+            # points (sink.points) wait for nothing but this order: they are in-memory
+            # analytics that a crash loses whether or not they were acknowledged, so holding
+            # their ack longer would only have them delivered twice.
+            acks.arrived(message.mid, self._queued_lists, self._durable_lists)
 
-    def _emit(self, events: list[DomainEvent]) -> None:
+    def _emit(self, events: list[DomainEvent]) -> bool:
+        """Queue events for sink.submit(); False (and logged) when the queue is full."""
         assert self._events is not None
         try:
             self._events.put_nowait(events)
         except asyncio.QueueFull:
-            log.error("broker %s: event queue full (%d), dropping %d event(s); is the daemon "
-                      "core stuck?", self.broker_id, EVENT_QUEUE_SIZE, len(events))
+            if not self._refusing:  # once per episode, not once per reconnect attempt
+                self._refusing = True
+                log.error("broker %s: event queue full (%d), refusing events (QoS 1 messages "
+                          "are not acknowledged: the broker sends them again after a "
+                          "reconnect); is the daemon core stuck?", self.broker_id,
+                          EVENT_QUEUE_SIZE)
+            # Forget what the refused events announced, so a re-sent message announces it.
+            for e in events:
+                if isinstance(e, E10StateChanged):
+                    self.e10_states.pop(e.tool_id, None)
+                elif isinstance(e, ToolConnected):
+                    self._tools_up.discard(e.tool_id)
+            return False
+        self._refusing = False
+        self._queued_lists += 1
+        return True
 
     async def _deliver_loop(self) -> None:
         assert self._events is not None
         queue = self._events
         while True:
             batch = await queue.get()
+            lists = 1
             while not queue.empty():
                 batch.extend(queue.get_nowait())
+                lists += 1
             await self.sink.submit(batch)
+            self._durable_lists += lists
+            if self._acks is not None:
+                self._acks.release(self._durable_lists)
 
     async def _tools_down(self, reason: str) -> None:
         now = self._clock()

@@ -215,6 +215,90 @@ async def test_qos1_data_sent_while_away_arrives_after_restart_of_fabd(mosquitto
     assert [p.value for p in sink.point_list] == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
+class BlockingSink(RecordingSink):
+    """An EventSink whose submit() does not return (the events never become durable) until told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offered: list = []  # events handed to submit(), durable or not
+        self.durable = asyncio.Event()
+
+    async def submit(self, events: list) -> None:
+        self.offered.extend(events)
+        await self.durable.wait()
+        await super().submit(events)
+
+    def of_offered(self, kind: type) -> list:
+        """Return the events of one kind handed to submit(), durable or not."""
+        return [e for e in self.offered if isinstance(e, kind)]
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_a_state_message_not_yet_durable_is_not_acknowledged_and_comes_again(
+        mosquitto_server, sessions, protocol) -> None:
+    config = broker(mosquitto_server, client_id=f"fabd-unacked-{protocol}", protocol=protocol)
+    stuck = BlockingSink()
+    first = sessions.start(MqttSession(config, stuck))
+    await first.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
+    await publish(mosquitto_server, [
+        ("fab/sensors/CVD09/data", b'{"state": "DOWN", "ts": 1700000000}'),
+        ("fab/CVD09/pv/rf_power_w", b"250"),  # after the state message: its ack waits in line
+    ])
+    await eventually(lambda: stuck.point_list and stuck.of_offered(E10StateChanged),
+                     what="state change offered to the sink, point mapped")
+    await sessions.stop()  # fabd stops (or dies) before the state change is durable
+
+    await publish(mosquitto_server, [("fab/CVD09/pv/rf_power_w", b"251")])  # sent while away
+    sink = RecordingSink()
+    second = sessions.start(MqttSession(config, sink))
+    await second.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
+    await eventually(lambda: any(p.value == 251.0 for p in sink.point_list),
+                     what="the message published while fabd was away")
+    # The broker was never told the first two were ours: it sends them again, in order.
+    assert [(e.tool_id, e.state) for e in sink.of(E10StateChanged)] == [
+        ("CVD09", E10State.UNSCHEDULED_DOWN)]
+    assert [p.value for p in sink.point_list] == [250.0, 251.0]
+
+
+async def test_a_state_message_is_acknowledged_once_durable(mosquitto_server, sessions) -> None:
+    config = broker(mosquitto_server, client_id="fabd-acked")
+    slow = BlockingSink()
+    first = sessions.start(MqttSession(config, slow))
+    await first.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
+    await publish(mosquitto_server, [("fab/sensors/CVD10/data", b'{"state": "RUN"}'),
+                                     ("fab/CVD10/pv/rf_power_w", b"300")])
+    await eventually(lambda: slow.of_offered(E10StateChanged), what="state change offered")
+    slow.durable.set()
+    await eventually(lambda: slow.of(E10StateChanged), what="state change durable")
+    await sessions.stop()
+
+    await publish(mosquitto_server, [("fab/CVD10/pv/rf_power_w", b"301")])
+    sink = RecordingSink()
+    second = sessions.start(MqttSession(config, sink))
+    await second.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
+    await eventually(lambda: sink.point_list, what="the message published while fabd was away")
+    assert [p.value for p in sink.point_list] == [301.0]  # the others were acknowledged
+    assert sink.of(E10StateChanged) == []
+
+
+async def test_state_refused_by_a_full_event_queue_comes_again_after_a_reconnect(
+        mosquitto_server, sessions, monkeypatch, caplog) -> None:
+    monkeypatch.setattr("equipment.mqtt.session.EVENT_QUEUE_SIZE", 1)
+    config = broker(mosquitto_server, client_id="fabd-full")
+    sink = BlockingSink()
+    session = sessions.start(MqttSession(config, sink))
+    await session.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
+    await publish(mosquitto_server, [(f"fab/sensors/WET{i}/data", b'{"state": "RUN"}')
+                                     for i in range(3)])
+    await eventually(lambda: "event queue full" in caplog.text, what="an event refused")
+    # The session drops the connection to have the unacknowledged messages sent again.
+    await eventually(lambda: session.connects + session.failed_attempts >= 2,
+                     what="a new connection")
+    sink.durable.set()  # the core catches up
+    await eventually(lambda: {e.tool_id for e in sink.of(E10StateChanged)} ==
+                     {"WET0", "WET1", "WET2"}, what="every tool's state, refused ones re-sent")
+
+
 def test_bad_topic_mappings_fail_with_their_key() -> None:
     with pytest.raises(MqttConfigError, match=r"topic: .*whole level"):
         TopicMapping(topic="fab/x{tool_id}/d")
