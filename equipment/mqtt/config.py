@@ -35,8 +35,9 @@ class TopicMapping(msgspec.Struct, frozen=True, kw_only=True):
 
     topic: str  # MQTT filter, with {tool_id} / {parameter} placeholders for one level each
     # 1: the broker keeps the data for us while we reconnect, and re-sends what fabd did not
-    # acknowledge (acked once durable); 2 is subscribed as 1 (see equipment.mqtt.session)
-    qos: Literal[0, 1, 2] = 1
+    # acknowledge (acked once durable). No 2: its receiver takes the message over (PUBREC)
+    # before fabd sees it, so QoS 1 with the ack after durability is the stronger guarantee.
+    qos: Literal[0, 1] = 1
     tool_id: str = ""  # a fixed tool id, when neither the topic nor the payload names one
     tool_field: str = ""  # payload field holding the tool id
     values: dict[str, str] = {}  # payload field -> SPC parameter; {} = every numeric field

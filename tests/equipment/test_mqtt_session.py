@@ -306,6 +306,8 @@ def test_bad_topic_mappings_fail_with_their_key() -> None:
         TopicMapping(topic="fab/+/d")
     with pytest.raises(MqttConfigError, match="state_topic"):
         MqttBrokerConfig(state_topic="fab/state")
+    with pytest.raises(msgspec.ValidationError, match=r"qos"):
+        msgspec.convert({"topic": "fab/{tool_id}/d", "qos": 2}, TopicMapping)  # see config
     raw = {"broker_id": "plant", "subscriptions": [{"topic": "fab/{tool_id}/a/{tool_id}"}]}
     with pytest.raises(msgspec.ValidationError, match=r"appears twice"):
         msgspec.convert(raw, MqttBrokerConfig)
