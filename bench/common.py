@@ -10,13 +10,17 @@ from collections.abc import Callable
 
 
 def emit(bench: str, metric: str, value: float, unit: str, baseline: str,
-         baseline_value: float, *, as_json: bool = True) -> dict:
+         baseline_value: float, *, lower_is_better: bool = False, as_json: bool = True) -> dict:
     """Print one result line as the architecture contract defines it and return it.
 
-    `ratio` is value / baseline_value: for rates (higher is better) a ratio > 1
-    means fabd is faster; for durations say so in the metric name.
+    `ratio` > 1 always means fabd did better than the baseline: value / baseline_value
+    for rates (higher is better), baseline_value / value for durations, latencies and
+    other costs (`lower_is_better=True`). It is None when it cannot be formed (a zero).
     """
-    ratio = (value / baseline_value) if baseline_value else None
+    if lower_is_better:
+        ratio = (baseline_value / value) if value > 0 else None
+    else:
+        ratio = (value / baseline_value) if baseline_value else None
     row = {"bench": bench, "metric": metric, "value": round(value, 6), "unit": unit,
            "baseline": baseline, "baseline_value": round(baseline_value, 6),
            "ratio": round(ratio, 3) if ratio is not None else None}

@@ -187,13 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     emit("e2e", "events_to_redis_per_s", p["count"] / p["seconds"], "events/s",
          "farm_s6f11_acked_per_s", s["acked_per_s"], as_json=j)
     emit("e2e", "event_to_redis_p50_ms", p["p50_s"] * 1e3, "ms", "farm_s6f11_to_s6f12_p50_ms",
-         s["p50_ms"], as_json=j)
+         s["p50_ms"], lower_is_better=True, as_json=j)
     emit("e2e", "event_to_redis_p99_ms", p["p99_s"] * 1e3, "ms", "farm_s6f11_to_s6f12_p99_ms",
-         s["p99_ms"], as_json=j)
+         s["p99_ms"], lower_is_better=True, as_json=j)
     emit("e2e", "tick_p99_ms", _pct(r["ticks"], 0.99) * 1e3, "ms", "tick_interval_ms", 1000.0,
-         as_json=j)
-    emit("e2e", "cpu_cores_used", r["cpu_s"] / r["wall_s"], "cores", "one_core", 1.0, as_json=j)
-    emit("e2e", "rss_growth_mb", growth, "MB", "rss_at_start_mb", r["rss0"], as_json=j)
+         lower_is_better=True, as_json=j)
+    emit("e2e", "cpu_cores_used", r["cpu_s"] / r["wall_s"], "cores", "one_core", 1.0,
+         lower_is_better=True, as_json=j)
+    emit("e2e", "rss_growth_mb", growth, "MB", "rss_at_start_mb", r["rss0"],
+         lower_is_better=True, as_json=j)
     progress(f"{r['tools_up']} tools up; farm sent {s['sent']} acked {s['acked']} "
              f"failed {s['failed']}; probe saw {p['count']}")
     return 0

@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         emit(BENCH, f"s6f11_rate{tag}", res["rate"], "msg/s",
              "secsgem pair (one session, back to back)", base["rate"], as_json=args.json)
         emit(BENCH, f"s6f11_ack_p99_ms{tag}", res["p99_ms"], "ms",
-             "secsgem pair p99 send->S6F12 (lower is better)", base["p99_ms"], as_json=args.json)
+             "secsgem pair p99 send->S6F12", base["p99_ms"], lower_is_better=True,
+             as_json=args.json)
         emit(BENCH, f"sessions_selected{tag}", res["sessions"], "sessions",
              "sessions asked for", tools, as_json=args.json)
     return 0

@@ -106,6 +106,10 @@ def test_bench_quick_prints_contract_lines(capsys):
     for r in rows:
         assert set(r) == {"bench", "metric", "value", "unit", "baseline", "baseline_value", "ratio"}
         assert r["value"] > 0 and np.isfinite(r["ratio"])
+    # seconds per simulated year: a ratio above 1 means under the target (fabd did better)
+    for metric in ("wall_s_per_sim_year_fifo_compat", "cpu_s_per_sim_year_fifo_compat"):
+        (r,) = [r for r in rows if r["metric"] == metric]
+        assert r["ratio"] == pytest.approx(r["baseline_value"] / r["value"], rel=1e-2)
 
 
 def _one_tool_fab(mttr_min: float) -> smt2020.Dataset:

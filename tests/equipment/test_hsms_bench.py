@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_hsms_bench_quick_holds_every_session_and_reports_against_secsgem() -> None:
     out = subprocess.run([sys.executable, "-m", "bench", "hsms", "--quick", "--json"],
@@ -16,3 +18,6 @@ def test_hsms_bench_quick_holds_every_session_and_reports_against_secsgem() -> N
     assert rows["sessions_selected"]["value"] == rows["sessions_selected"]["baseline_value"] == 50
     assert rows["s6f11_rate"]["value"] > 0 and rows["s6f11_per_host_cpu_s"]["baseline_value"] > 0
     assert all(r["bench"] == "hsms" and r["ratio"] is not None for r in rows.values())
+    # a latency: a ratio above 1 means fabd acknowledged faster than the secsgem pair
+    p99 = rows["s6f11_ack_p99_ms"]
+    assert p99["ratio"] == pytest.approx(p99["baseline_value"] / p99["value"], rel=1e-2)
