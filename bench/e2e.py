@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,75 +99,93 @@ async def _run(args) -> dict:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="fabd-bench-e2e-"))
     redis_server = RedisServer(tmp)
-    redis_server.start()
-    progress(f"starting the equipment farm: {args.tools} tools at {args.rate:g} S6F11/s each")
-    farm = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "equipment.sim.farm", "--tools", str(args.tools),
-        "--rate", str(args.rate), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    ports = json.loads(await farm.stdout.readline())["ports"]
+    farm = probe_proc = daemon = app = None
+    try:
+        redis_server.start()
+        progress(f"starting the equipment farm: {args.tools} tools at {args.rate:g} S6F11/s each")
+        farm = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "equipment.sim.farm", "--tools", str(args.tools),
+            "--rate", str(args.rate), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        ports = json.loads(await farm.stdout.readline())["ports"]
 
-    async def farm_cmd(cmd: str) -> dict:
-        farm.stdin.write(cmd.encode() + b"\n")
-        await farm.stdin.drain()
-        return json.loads(await farm.stdout.readline())
+        async def farm_cmd(cmd: str) -> dict:
+            farm.stdin.write(cmd.encode() + b"\n")
+            await farm.stdin.drain()
+            return json.loads(await farm.stdout.readline())
 
-    cfg = config_mod.loads(
-        f'[service]\nstate_directory = "{tmp}/state"\ncache_directory = "{tmp}/cache"\n'
-        f'log_level = "WARNING"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
-        f'[redis]\nurl = "{redis_server.url}"\n[store]\nsynchronous = "NORMAL"\n',
-        source="bench-e2e")
-    (tmp / "state").mkdir()
-    tools = [GemToolConfig(tool_id=f"SIM{i:04d}", request_spooled=False,
-                           hsms=HsmsConfig(host="127.0.0.1", port=port, mode="active",
-                                           t5_connect_separation_s=1.0))
-             for i, port in enumerate(ports)]
-    cfg = msgspec.structs.replace(cfg, equipment=msgspec.structs.replace(cfg.equipment,
-                                                                         hsms=tools))
-    app, core = assemble.build(cfg)
-    ticks: list[float] = []
-    app.tick.after_tick(lambda: ticks.append(app.tick.last_duration_s))
-    daemon = asyncio.create_task(app.run(), name="fabd")
-    t0 = time.monotonic()
-    while not app.ready:  # noqa: ASYNC110 - App exposes a flag, polling it is fine in a bench
-        await asyncio.sleep(0.2)
-    progress(f"fabd ready in {time.monotonic() - t0:.1f}s; waiting for {len(tools)} GEM "
-             "start-ups")
-    while True:
-        up = sum(1 for s in core.sessions.values() if s.state.communicating)
-        if up == len(tools) or time.monotonic() - t0 > 300:
-            break
-        await asyncio.sleep(1.0)
-    progress(f"{up}/{len(tools)} tools communicating after {time.monotonic() - t0:.1f}s; "
-             "warming up 5s")
-    await asyncio.sleep(5.0)
-    probe_proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.e2e", "--probe", redis_server.url, "--seconds",
-        str(args.seconds), stdout=asyncio.subprocess.PIPE)
-    await probe_proc.stdout.readline()
-    await farm_cmd("reset")
-    ticks.clear()
-    rss0, cpu0, w0 = _rss_mb(), _cpu_s(), time.monotonic()
-    rss_samples = []
-    while time.monotonic() - w0 < args.seconds:
-        await asyncio.sleep(1.0)
-        rss_samples.append(_rss_mb())
-        if len(rss_samples) % 10 == 0:
-            progress(f"{len(rss_samples)}s: rss {rss_samples[-1]:.0f} MB, outbox "
-                     f"{core.bus.relay.depth}")
-    wall = time.monotonic() - w0
-    cpu = _cpu_s() - cpu0
-    stats = await farm_cmd("stats")
-    probe_out = json.loads((await probe_proc.stdout.readline()).decode())
-    await probe_proc.wait()
-    app.request_stop("bench over")
-    await daemon
-    if farm.returncode is None:
-        farm.stdin.write(b"quit\n")
-        await farm.stdin.drain()
-    await asyncio.wait_for(farm.wait(), 30)
-    redis_server.stop()
-    return {"wall_s": wall, "cpu_s": cpu, "stats": stats, "probe": probe_out, "ticks": ticks,
-            "rss0": rss0, "rss": rss_samples, "tools_up": up}
+        cfg = config_mod.loads(
+            f'[service]\nstate_directory = "{tmp}/state"\ncache_directory = "{tmp}/cache"\n'
+            f'log_level = "WARNING"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
+            f'[redis]\nurl = "{redis_server.url}"\n[store]\nsynchronous = "NORMAL"\n',
+            source="bench-e2e")
+        (tmp / "state").mkdir()
+        tools = [GemToolConfig(tool_id=f"SIM{i:04d}", request_spooled=False,
+                               hsms=HsmsConfig(host="127.0.0.1", port=port, mode="active",
+                                               t5_connect_separation_s=1.0))
+                 for i, port in enumerate(ports)]
+        cfg = msgspec.structs.replace(cfg, equipment=msgspec.structs.replace(cfg.equipment,
+                                                                             hsms=tools))
+        app, core = assemble.build(cfg)
+        ticks: list[float] = []
+        app.tick.after_tick(lambda: ticks.append(app.tick.last_duration_s))
+        daemon = asyncio.create_task(app.run(), name="fabd")
+        t0 = time.monotonic()
+        while not app.ready:  # noqa: ASYNC110 - App exposes a flag, polling it is fine in a bench
+            await asyncio.sleep(0.2)
+        progress(f"fabd ready in {time.monotonic() - t0:.1f}s; waiting for {len(tools)} GEM "
+                 "start-ups")
+        while True:
+            up = sum(1 for s in core.sessions.values() if s.state.communicating)
+            if up == len(tools) or time.monotonic() - t0 > 300:
+                break
+            await asyncio.sleep(1.0)
+        progress(f"{up}/{len(tools)} tools communicating after {time.monotonic() - t0:.1f}s; "
+                 "warming up 5s")
+        await asyncio.sleep(5.0)
+        probe_proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.e2e", "--probe", redis_server.url, "--seconds",
+            str(args.seconds), stdout=asyncio.subprocess.PIPE)
+        await probe_proc.stdout.readline()
+        await farm_cmd("reset")
+        ticks.clear()
+        rss0, cpu0, w0 = _rss_mb(), _cpu_s(), time.monotonic()
+        rss_samples = []
+        while time.monotonic() - w0 < args.seconds:
+            await asyncio.sleep(1.0)
+            rss_samples.append(_rss_mb())
+            if len(rss_samples) % 10 == 0:
+                progress(f"{len(rss_samples)}s: rss {rss_samples[-1]:.0f} MB, outbox "
+                         f"{core.bus.relay.depth}")
+        wall = time.monotonic() - w0
+        cpu = _cpu_s() - cpu0
+        stats = await farm_cmd("stats")
+        probe_out = json.loads((await probe_proc.stdout.readline()).decode())
+        await probe_proc.wait()
+        app.request_stop("bench over")
+        await daemon
+        return {"wall_s": wall, "cpu_s": cpu, "stats": stats, "probe": probe_out, "ticks": ticks,
+                "rss0": rss0, "rss": rss_samples, "tools_up": up}
+    finally:
+        # whatever happened (an error, an interrupt): stop every process this run started
+        if probe_proc is not None and probe_proc.returncode is None:
+            probe_proc.kill()
+            await probe_proc.wait()
+        if daemon is not None and not daemon.done():
+            app.request_stop("bench ended")
+            try:
+                await asyncio.wait_for(daemon, 30)
+            except BaseException:  # the run is over either way; cleanup goes on
+                daemon.cancel()
+        if farm is not None and farm.returncode is None:
+            try:
+                farm.stdin.write(b"quit\n")
+                await farm.stdin.drain()
+                await asyncio.wait_for(farm.wait(), 30)
+            except BaseException:
+                farm.kill()
+                await farm.wait()
+        redis_server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
