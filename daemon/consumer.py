@@ -17,6 +17,8 @@ What a correct consumer of fabd does, in order, for each entry it reads:
    at exactly the `lots_seq` the snapshot covers. A consumer that starts in the
    middle of the stream has no WIP of its own yet: it adopts the first snapshot
    it can line up as its baseline, then checks every later one.
+7. Skip, with a warning, an entry whose `v` is newer than the schema this consumer
+   knows (its fields may mean something else); the WIP then resyncs at the next snapshot.
 
 Output is one readable line per finding (and per entry with --verbose), or
 JSON objects with --json.
@@ -30,6 +32,8 @@ import json
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
+
+from daemon.events import SCHEMA_VERSION
 
 # Lot event types that move lots in or out of a (product, step) WIP bucket.
 _ENTER = ("lot_created",)
@@ -115,6 +119,11 @@ class ReferenceConsumer:
         """Queue a WIP snapshot; it is checked when the lots stream reaches its lots_seq."""
         if not self._fresh(fields["eid"]):
             return
+        if int(fields.get("v", 1)) > SCHEMA_VERSION or fields.get("type") != "wip_snapshot":
+            self._say("unsupported_version", f"{self.wip_stream} entry {fields.get('type')} "
+                      f"v{fields.get('v')}: this consumer knows wip_snapshot "
+                      f"v{SCHEMA_VERSION}: skipped")
+            return
         snap = json.loads(fields["data"])
         if snap["lots_seq"] < self.last_seq:
             # Only possible before the first line-up (we started reading mid-stream).
@@ -134,6 +143,7 @@ class ReferenceConsumer:
         if self.last_seq == 0 and seq != 1:
             self._say("late_start", f"first entry has seq {seq}: earlier entries were trimmed "
                       "or read by another consumer; WIP syncs at the next snapshot", seq=seq)
+            self._resync(seq)
         elif seq != self.last_seq + 1 and self.last_seq:
             if seq <= self.last_seq:
                 self._say("seq_reset", f"seq went back from {self.last_seq} to {seq} with a new "
@@ -142,10 +152,19 @@ class ReferenceConsumer:
                 self.gaps += 1
                 self._say("gap", f"expected seq {self.last_seq + 1}, got {seq}: "
                           f"{seq - self.last_seq - 1} entries missing", seq=seq)
-            self.synced = False
+            self._resync(seq)
         elif seq == 1:
             self.synced = True
         self._check_snapshots()  # a snapshot covering exactly last_seq, before applying seq
+        if int(fields.get("v", 1)) > SCHEMA_VERSION:
+            # A newer daemon: its fields may mean something else. Skip the entry; it may
+            # have moved WIP, so the book is untrusted until the next snapshot lines up.
+            self._say("unsupported_version", f"seq {seq} {etype} has schema version "
+                      f"{fields['v']}, this consumer knows {SCHEMA_VERSION}: skipped", seq=seq)
+            self.synced = False
+            self.last_seq = seq
+            self._check_snapshots()
+            return
         data = json.loads(fields["data"])
         self.book.apply(etype, data)
         self.last_seq = seq
@@ -154,6 +173,12 @@ class ReferenceConsumer:
             self._say("event", f"seq {seq} {etype} {data.get('lot_id', '')} "
                       f"@{data.get('step_id', '')}", seq=seq, entry_id=entry_id)
         self._check_snapshots()
+
+    def _resync(self, seq: int) -> None:
+        # Nothing before `seq` was applied in order: the book is untrusted until a snapshot
+        # lines up, and one covering exactly seq - 1 is the first that can.
+        self.synced = False
+        self.last_seq = seq - 1
 
     def _check_snapshots(self) -> None:
         while self.pending_snapshots and self.pending_snapshots[0]["lots_seq"] <= self.last_seq:

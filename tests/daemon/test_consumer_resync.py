@@ -1,0 +1,109 @@
+"""`fabd consume --check-wip` joining a stream late, and meeting entries of a newer schema.
+
+Real redis-server; the entries are written the way fabd's relay writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import redis as redis_sync
+
+from daemon import events as ev
+
+
+def add(r, stream: str, seq: int, eid: str, etype: str, data: dict, v: int = 1) -> None:
+    r.xadd(stream, {"type": etype, "v": v, "seq": seq, "eid": eid, "ts": "2026-01-01T00:00:00Z",
+                    "data": json.dumps(data)})
+
+
+def snapshot(lots_seq: int, counts: list[tuple[str, int, int]]) -> dict:
+    return {"lots_seq": lots_seq, "total_lots": sum(c[1] for c in counts),
+            "total_wafers": sum(c[2] for c in counts),
+            "counts": [{"product_id": "P", "step_id": s, "lots": n, "wafers": w}
+                       for s, n, w in counts]}
+
+
+def lot(lot_id: str, step: str, **more) -> dict:
+    return {"lot_id": lot_id, "product_id": "P", "step_id": step, "wafers": 25, **more}
+
+
+def moved(lot_id: str, frm: str, to: str) -> dict:
+    return lot(lot_id, to, from_step_id=frm, route_id="R")
+
+
+def consume(url: str) -> tuple[int, list[dict], str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "consume", "--stream", "fab:lots", "--redis-url",
+         url, "--check-wip", "--json", "--idle-exit", "0.3"],
+        capture_output=True, text=True, timeout=60)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return out.returncode, rows, out.stderr
+
+
+def test_late_start_after_an_empty_snapshot_syncs_instead_of_crying_mismatch(redis_url) -> None:
+    # A fabd that idled before the first lot published a snapshot at lots seq 0; the first
+    # lots entries were trimmed (MAXLEN) by the time the ERP connector was installed.
+    r = redis_sync.Redis.from_url(redis_url)
+    add(r, "fab:wip", 1, "i-1", "wip_snapshot", snapshot(0, []))
+    add(r, "fab:lots", 1, "i-2", "lot_created", lot("L1", "S1"))
+    add(r, "fab:lots", 2, "i-3", "lot_created", lot("L2", "S1"))
+    add(r, "fab:lots", 3, "i-4", "lot_moved", moved("L1", "S1", "S2"))
+    add(r, "fab:lots", 4, "i-5", "lot_moved", moved("L2", "S1", "S2"))
+    add(r, "fab:wip", 2, "i-6", "wip_snapshot", snapshot(4, [("S2", 2, 50)]))
+    add(r, "fab:lots", 5, "i-7", "lot_moved", moved("L1", "S2", "S3"))
+    add(r, "fab:wip", 3, "i-8", "wip_snapshot", snapshot(5, [("S2", 1, 25), ("S3", 1, 25)]))
+    r.xtrim("fab:lots", maxlen=3, approximate=False)  # seq 1 and 2 are gone
+    r.close()
+    rc, rows, err = consume(redis_url)
+    kinds = [row["kind"] for row in rows]
+    assert "wip_mismatch" not in kinds, rows
+    assert kinds.count("late_start") == 1
+    # the empty snapshot does not line up with entry 3: the one at seq 4 is the baseline,
+    # the one at 5 is checked against it
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_baseline"][-1:] == [4]
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_ok"] == [5]
+    assert rc == 0, err
+
+
+def test_a_snapshot_just_before_the_first_entry_read_is_the_baseline(redis_url) -> None:
+    # Entries 1..2 trimmed; the snapshot at seq 2 covers exactly what the consumer missed.
+    r = redis_sync.Redis.from_url(redis_url)
+    add(r, "fab:lots", 1, "i-1", "lot_created", lot("L1", "S1"))
+    add(r, "fab:lots", 2, "i-2", "lot_created", lot("L2", "S1"))
+    add(r, "fab:wip", 1, "i-3", "wip_snapshot", snapshot(2, [("S1", 2, 50)]))
+    add(r, "fab:lots", 3, "i-4", "lot_moved", moved("L1", "S1", "S2"))
+    add(r, "fab:wip", 2, "i-5", "wip_snapshot", snapshot(3, [("S1", 1, 25), ("S2", 1, 25)]))
+    r.xtrim("fab:lots", maxlen=1, approximate=False)
+    r.close()
+    rc, rows, err = consume(redis_url)
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_baseline"] == [2], rows
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_ok"] == [3], rows
+    assert rc == 0, err
+
+
+def test_entries_of_a_newer_schema_version_are_skipped_with_a_warning(redis_url) -> None:
+    r = redis_sync.Redis.from_url(redis_url)
+    newer = ev.SCHEMA_VERSION + 1
+    add(r, "fab:lots", 1, "i-1", "lot_created", lot("L1", "S1"))
+    # a newer daemon renamed a field: this consumer cannot apply the entry
+    add(r, "fab:lots", 2, "i-2", "lot_moved", {"lot_id": "L1", "product_id": "P", "to": "S2",
+                                               "from": "S1", "wafers": 25}, v=newer)
+    add(r, "fab:wip", 1, "i-3", "wip_snapshot", {"lots_seq": 2, "wip": []}, v=newer)
+    add(r, "fab:lots", 3, "i-4", "lot_created", lot("L2", "S1"))
+    add(r, "fab:wip", 2, "i-5", "wip_snapshot", snapshot(3, [("S1", 1, 25), ("S2", 1, 25)]))
+    add(r, "fab:lots", 4, "i-6", "lot_moved", moved("L2", "S1", "S2"))
+    add(r, "fab:wip", 3, "i-7", "wip_snapshot", snapshot(4, [("S2", 2, 50)]))
+    r.close()
+    rc, rows, err = consume(redis_url)
+    assert "Traceback" not in err, err
+    kinds = [row["kind"] for row in rows]
+    assert kinds.count("unsupported_version") == 2, rows
+    # the skipped entry may have moved WIP: the consumer resyncs at the next snapshot
+    assert "wip_mismatch" not in kinds, rows
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_baseline"] == [3]
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_ok"] == [4]
+    assert rows[-1]["kind"] == "summary" and rows[-1]["gaps"] == 0
+    assert rc == 0, err
