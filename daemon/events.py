@@ -305,12 +305,16 @@ OUT_EVENTS: tuple[type[OutEvent], ...] = (
 EVENT_TYPES: dict[str, type[OutEvent]] = {t.TYPE: t for t in OUT_EVENTS}
 
 
+# Redis stream fields are strings: `v` and `seq` arrive as decimal digits ("1", not 1).
+Decimal = Annotated[str, Meta(pattern="^[0-9]+$")]
+
+
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
-    """The fields of one outbound stream entry, as a consumer reads them."""
+    """The fields of one outbound stream entry, as a consumer reads them (all strings)."""
 
     type: str
-    v: int
-    seq: int
+    v: Decimal  # schema version, an integer in decimal
+    seq: Decimal  # per-stream sequence number, an integer in decimal
     eid: str
     ts: str  # UTC, ISO 8601
     data: str  # JSON of the event struct named by `type`
