@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -91,6 +92,7 @@ class Demo:
         self.opcua_sims: dict[str, Any] = {}
         self.app = None
         self.core = None
+        self.daemon: asyncio.Task | None = None
         self.events: list[str] = []  # scenario log lines shown under the table
         self.released = 0
         self.started_at = time.monotonic()
@@ -393,6 +395,33 @@ class Demo:
 
     # -- main -----------------------------------------------------------------------------
     async def run(self) -> int:
+        """Run the demo; whatever stops it (the end, Ctrl-C, SIGTERM), stop what it started."""
+        # Until fabd's App takes the stop signals over (in its run), SIGTERM would kill this
+        # process outright and leave redis-server and mosquitto running: cancel instead.
+        main = asyncio.current_task()
+        terminated = []
+
+        def on_sigterm() -> None:
+            terminated.append(True)
+            main.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            if not terminated:
+                raise
+            return 128 + signal.SIGTERM
+        finally:
+            daemon = self.daemon
+            if daemon is not None and not daemon.done():
+                self.app.request_stop("demo over")
+                with contextlib.suppress(BaseException):
+                    await daemon
+            await self._teardown()
+
+    async def _run(self) -> int:
         from daemon import assemble, demo_fab
 
         args = self.args
@@ -413,7 +442,7 @@ class Demo:
         n_lots = args.lots or (200 if args.fab == "smt2020"  # a whole fab: keep its tools busy
                                else max(12, int(args.duration * args.speed / 150)))
         say("warming up fabd (first run compiles the numba kernels; later runs load them)")
-        daemon = asyncio.create_task(self.app.run(), name="fabd")
+        daemon = self.daemon = asyncio.create_task(self.app.run(), name="fabd")
         while not self.app.ready:
             if daemon.done():
                 return daemon.result()
@@ -448,7 +477,6 @@ class Demo:
             with contextlib.suppress(Exception):
                 rc = await daemon
             self._summary()
-            await self._teardown()
         return rc
 
     def _summary(self) -> None:
