@@ -121,7 +121,7 @@ class Demo:
             raise SystemExit("fabd demo: no Redis reachable and redis-server is not installed; "
                              "run `make demo` (it installs it) or pass --redis-url")
         self.redis_server = RedisServer(self.tmp)
-        await asyncio.to_thread(self.redis_server.start)
+        await _start_server(self.redis_server)
         say(f"started a local redis-server on port {self.redis_server.port}")
         return self.redis_server.url
 
@@ -132,7 +132,7 @@ class Demo:
             say("mosquitto not installed: running without MQTT sensors")
             return None
         self.mqtt_server = MosquittoServer(self.tmp)
-        await asyncio.to_thread(self.mqtt_server.start)
+        await _start_server(self.mqtt_server)
         say(f"started a private mosquitto on port {self.mqtt_server.port} for the sensors")
         return self.mqtt_server.port
 
@@ -521,6 +521,17 @@ class Demo:
                 await asyncio.to_thread(server.stop)
         if not self.args.state_dir:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+async def _start_server(server) -> None:
+    """Start a child server in a thread; a cancel waits for the start, so teardown can stop it."""
+    start = asyncio.ensure_future(asyncio.to_thread(server.start))
+    try:
+        await asyncio.shield(start)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await start
+        raise
 
 
 async def _xadd(client, stream: str, fields: dict) -> None:
