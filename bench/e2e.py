@@ -95,8 +95,10 @@ async def _run(args) -> dict:
     from equipment.gem.config import GemToolConfig
     from equipment.hsms.config import HsmsConfig
 
-    for noisy in ("daemon.mes", "fabd.hsms", "equipment", "fabd.gem", "daemon.relay"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet = ("daemon.mes", "fabd.hsms", "equipment", "fabd.gem", "daemon.relay")
+    levels = {name: logging.getLogger(name).level for name in quiet}
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="fabd-bench-e2e-"))
     redis_server = RedisServer(tmp)
     farm = probe_proc = daemon = app = None
@@ -186,6 +188,8 @@ async def _run(args) -> dict:
                 await farm.wait()
         redis_server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+        for name, level in levels.items():   # run in-process (tests): leave logging as it was
+            logging.getLogger(name).setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -36,6 +37,7 @@ def test_a_failing_e2e_run_leaves_no_redis_server_or_farm_running(monkeypatch) -
     monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded_exec)
     monkeypatch.setattr(assemble, "build", broken_build)
     args = standard_args("e2e", ["--tools", "2", "--seconds", "1"], e2e._extra)
+    level_before = logging.getLogger("fabd.hsms").level
     with pytest.raises(RuntimeError, match="assembly failed"):
         asyncio.run(e2e._run(args))
     assert servers and children, "the bench did not get as far as starting redis and the farm"
@@ -54,4 +56,6 @@ def test_a_failing_e2e_run_leaves_no_redis_server_or_farm_running(monkeypatch) -
     for s in servers:
         s.stop()
     assert not leftovers
+    # run in-process, it quiets some loggers for its duration only (later tests read them)
+    assert logging.getLogger("fabd.hsms").level == level_before
     assert not any(s.workdir.exists() for s in servers), "the bench's temp dir was left behind"
