@@ -101,7 +101,7 @@ class ReferenceConsumer:
         self.book = WipBook()
         self.synced = False  # True once the book is trustworthy (seq 1 seen, or a baseline)
         self.pending_snapshots: list[dict] = []
-        self.applied = self.duplicates = self.gaps = 0
+        self.applied = self.duplicates = self.gaps = self.malformed = 0
         self.snapshots_ok = self.snapshots_bad = 0
 
     def _say(self, kind: str, text: str, **extra) -> None:
@@ -115,16 +115,30 @@ class ReferenceConsumer:
             self.seen.popitem(last=False)
         return True
 
+    def _malformed(self, what: str, exc: Exception, **extra) -> None:
+        # An entry that breaks the contract: say which and why, skip it, and do not trust the
+        # book until a snapshot lines up (the entry may have moved WIP). Never a crash: the
+        # entry would be read again, and crash again, on every restart.
+        self.malformed += 1
+        self.synced = False
+        self._say("malformed", f"{what}: {type(exc).__name__}: {exc}: skipped; WIP syncs at "
+                  "the next snapshot", **extra)
+
     def on_snapshot(self, fields: dict) -> None:
         """Queue a WIP snapshot; it is checked when the lots stream reaches its lots_seq."""
-        if not self._fresh(fields["eid"]):
+        try:
+            if not self._fresh(fields["eid"]):
+                return
+            if int(fields.get("v", 1)) > SCHEMA_VERSION or fields.get("type") != "wip_snapshot":
+                self._say("unsupported_version", f"{self.wip_stream} entry {fields.get('type')} "
+                          f"v{fields.get('v')}: this consumer knows wip_snapshot "
+                          f"v{SCHEMA_VERSION}: skipped")
+                return
+            snap = json.loads(fields["data"])
+            int(snap["lots_seq"]), list(snap["counts"])
+        except (KeyError, TypeError, ValueError) as exc:
+            self._malformed(f"{self.wip_stream} entry", exc)
             return
-        if int(fields.get("v", 1)) > SCHEMA_VERSION or fields.get("type") != "wip_snapshot":
-            self._say("unsupported_version", f"{self.wip_stream} entry {fields.get('type')} "
-                      f"v{fields.get('v')}: this consumer knows wip_snapshot "
-                      f"v{SCHEMA_VERSION}: skipped")
-            return
-        snap = json.loads(fields["data"])
         if snap["lots_seq"] < self.last_seq:
             # Only possible before the first line-up (we started reading mid-stream).
             self._say("snapshot_skipped", f"snapshot covers lots seq {snap['lots_seq']}, "
@@ -135,7 +149,11 @@ class ReferenceConsumer:
 
     def on_lot_entry(self, entry_id: str, fields: dict) -> None:
         """Dedupe, check seq, apply one lots entry."""
-        eid, seq, etype = fields["eid"], int(fields["seq"]), fields["type"]
+        try:
+            eid, seq, etype = fields["eid"], int(fields["seq"]), fields["type"]
+        except (KeyError, ValueError) as exc:   # no seq to place it by: the next one is a gap
+            self._malformed(f"{self.stream} entry {entry_id}", exc, entry_id=entry_id)
+            return
         if not self._fresh(eid):
             self.duplicates += 1
             self._say("duplicate", f"seq {seq} eid {eid} delivered again: ignored", seq=seq)
@@ -165,8 +183,14 @@ class ReferenceConsumer:
             self.last_seq = seq
             self._check_snapshots()
             return
-        data = json.loads(fields["data"])
-        self.book.apply(etype, data)
+        try:
+            data = json.loads(fields["data"])
+            self.book.apply(etype, data)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._malformed(f"seq {seq} {etype}", exc, seq=seq)
+            self.last_seq = seq
+            self._check_snapshots()
+            return
         self.last_seq = seq
         self.applied += 1
         if self.verbose:
@@ -294,8 +318,9 @@ def run(args: argparse.Namespace) -> int:
     summary = {"kind": "summary", "stream": args.stream, "applied": consumer.applied,
                "duplicates": consumer.duplicates, "gaps": consumer.gaps,
                "wip_ok": consumer.snapshots_ok, "wip_mismatch": consumer.snapshots_bad,
+               "malformed": consumer.malformed,
                "text": f"{consumer.applied} applied, {consumer.duplicates} duplicates, "
-                       f"{consumer.gaps} gaps, WIP {consumer.snapshots_ok} ok / "
-                       f"{consumer.snapshots_bad} mismatched"}
+                       f"{consumer.gaps} gaps, {consumer.malformed} malformed, WIP "
+                       f"{consumer.snapshots_ok} ok / {consumer.snapshots_bad} mismatched"}
     report(summary)
-    return 1 if consumer.gaps or consumer.snapshots_bad else 0
+    return 1 if consumer.gaps or consumer.snapshots_bad or consumer.malformed else 0

@@ -107,3 +107,28 @@ def test_entries_of_a_newer_schema_version_are_skipped_with_a_warning(redis_url)
     assert [row["lots_seq"] for row in rows if row["kind"] == "wip_ok"] == [4]
     assert rows[-1]["kind"] == "summary" and rows[-1]["gaps"] == 0
     assert rc == 0, err
+
+
+def test_a_malformed_entry_is_reported_and_skipped_not_a_crash_loop(redis_url) -> None:
+    # Not JSON, a move without from_step_id, no seq at all: each is named, skipped, and the
+    # consumer goes on (before, the first one crashed it, and again on every restart).
+    r = redis_sync.Redis.from_url(redis_url)
+    add(r, "fab:lots", 1, "i-1", "lot_created", lot("L1", "S1"))
+    r.xadd("fab:lots", {"type": "lot_created", "v": 1, "seq": 2, "eid": "i-2", "ts": "x",
+                        "data": "{not json"})
+    r.xadd("fab:lots", {"type": "lot_created", "v": 1, "eid": "i-4", "data": "{}"})   # no seq
+    add(r, "fab:lots", 3, "i-3", "lot_moved", lot("L1", "S2"))        # no from_step_id
+    add(r, "fab:wip", 1, "i-5", "wip_snapshot", snapshot(3, [("S2", 1, 25)]))
+    add(r, "fab:lots", 4, "i-6", "lot_created", lot("L2", "S1"))
+    add(r, "fab:wip", 2, "i-7", "wip_snapshot", snapshot(4, [("S1", 1, 25), ("S2", 1, 25)]))
+    r.close()
+    rc, rows, err = consume(redis_url)
+    assert "Traceback" not in err, err
+    bad = [row for row in rows if row["kind"] == "malformed"]
+    assert len(bad) == 3, rows
+    assert "seq 2" in bad[0]["text"] and "'seq'" in bad[1]["text"]
+    assert "from_step_id" in bad[2]["text"]
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_baseline"] == [3], rows
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_ok"] == [4], rows
+    assert rows[-1]["malformed"] == 3
+    assert rc == 1   # a stream that breaks the contract is not a clean run
