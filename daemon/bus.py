@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 POINTS_DROPPED = Counter("fabd_process_points_dropped_total",
                          "Process-data points not summarised (too many open lot summaries)")
+VALUES_NOT_FINITE = Counter("fabd_process_values_not_finite_total",
+                            "Process values a tool reported as NaN or infinite, left out of the "
+                            "lot's summary")
 
 
 class MesEventSink:
@@ -57,6 +61,9 @@ class MesEventSink:
         stats = self._stats
         for p in points:
             if not p.lot_id:
+                continue
+            if not math.isfinite(p.value):   # one NaN would make the lot's mean NaN (JSON null)
+                VALUES_NOT_FINITE.inc()
                 continue
             key = (p.tool_id, p.lot_id)
             params = stats.get(key)
@@ -124,6 +131,9 @@ class MesEventSink:
             return
         for name, value in e.parameters.items():
             if name not in params:
+                if not math.isfinite(float(value)):
+                    VALUES_NOT_FINITE.inc()
+                    continue
                 params[name] = RunningStats()
                 params[name].add(float(value))
         if params:
