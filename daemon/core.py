@@ -122,8 +122,8 @@ class FabCore:
         self.sessions: dict[str, Any] = {}  # tool id -> ToolControl session
         self.mqtt: list[Any] = []
         self.spc = None
-        self._spc_inhibits: set[tuple[str, str]] = set()
-        self._ping_client: Any = None  # redis client of the readiness check, made on first use  # (tool, "spc:..." inhibit) last tick
+        self._spc_inhibits: set[tuple[str, str]] = set()  # (tool, "spc:..." inhibit) last tick
+        self._ping_client: Any = None  # redis client of the readiness check, made on first use
         self.fabsync: FabSync | None = None
         self.dispatcher: Dispatcher | None = None
         self._dispatch_generation = -1
@@ -131,6 +131,7 @@ class FabCore:
         # by (recipe id, version) from [dispatch] recipe_directory.
         self._recipe_bodies: dict[str, bytes] = dict(recipes or {})
         self._versioned_bodies: dict[tuple[str, int], bytes] = {}
+        self._versioned_ids: set[str] = set()  # recipe ids with bodies in _versioned_bodies
         self._actions: asyncio.Queue[tuple[str, list[str]]] = asyncio.Queue(maxsize=10_000)
         self._reserved_tools: dict[str, float] = {}  # tool -> monotonic end of its backoff
         self._starting: set[str] = set()  # tools with a start queued or under way
@@ -210,10 +211,11 @@ class FabCore:
                 recipe_id, _, version = path.name.rpartition(".v")
                 if version.isdigit():
                     self._versioned_bodies[(recipe_id, int(version))] = path.read_bytes()
+                    self._versioned_ids.add(recipe_id)
 
     def _body_to_send(self, ppid: str, version: int) -> bytes | None:
         """The approved body of the version a step names (never another version's)."""
-        if any(rid == ppid for rid, _v in self._versioned_bodies):
+        if ppid in self._versioned_ids:
             return self._versioned_bodies.get((ppid, version))
         return self._recipe_bodies.get(ppid)
 
@@ -461,19 +463,14 @@ class FabCore:
         mono = time.monotonic()
         unavailable = [tool_id for tool_id in model.tool_ids
                        if (tool := mes.tools.get(tool_id)) is not None
-                       and tool.tool_group in auto_groups
-                       and (tool.lot_id or not tool.connected or tool_id not in self.sessions
-                            or tool_id in self._starting
-                            or self._reserved_tools.get(tool_id, 0.0) > mono)]
+                       and tool.tool_group in auto_groups and not self._startable(tool, mono)]
         for pair in [p for p, until in self._blocked.items() if until <= mono]:
             del self._blocked[pair]
         assignment = dispatcher.assign(now_min, unavailable=unavailable,
                                        taken=self._reserved_lots, blocked=self._blocked)
         for tool_id, lots in assignment.items():
             tool = mes.tools.get(tool_id)
-            if (tool is None or tool.tool_group not in auto_groups or tool.lot_id
-                    or not tool.connected or tool_id not in self.sessions
-                    or tool_id in self._starting or self._reserved_tools.get(tool_id, 0.0) > mono):
+            if tool is None or tool.tool_group not in auto_groups or not self._startable(tool, mono):
                 continue
             chosen = [x for x in lots if x not in self._reserved_lots
                       and (lot := mes.lots.get(x)) is not None and lot.state == QUEUED]
@@ -496,8 +493,7 @@ class FabCore:
             tool = mes.tools.get(tool_id)
             if (tool is not None and tool.tool_group in auto_groups and tool.inhibits
                     and all(key.startswith("recipe:") for key in tool.inhibits)
-                    and not tool.lot_id and tool.connected and tool_id in self.sessions
-                    and tool_id not in self._starting
+                    and self._startable(tool, mono, backoff=False)
                     and mono - self._checked_at.get(tool_id, -math.inf) >= _RECHECK_INHIBITED_S):
                 self._checked_at[tool_id] = mono
                 self._starting.add(tool_id)
@@ -505,6 +501,13 @@ class FabCore:
                     self._actions.put_nowait((tool_id, []))
                 except asyncio.QueueFull:
                     self._starting.discard(tool_id)
+
+    def _startable(self, tool: Any, now_mono: float, *, backoff: bool = True) -> bool:
+        """Whether fabd could send this tool a start now: idle, connected with a session, no
+        start of ours in flight (and, with backoff, not backing off after a refusal)."""
+        return (not tool.lot_id and tool.connected and tool.tool_id in self.sessions
+                and tool.tool_id not in self._starting
+                and not (backoff and self._reserved_tools.get(tool.tool_id, 0.0) > now_mono))
 
     def step_gauges(self) -> None:
         """Refresh the gauges a shift lead watches (tools by state, WIP, holds, utilisation)."""

@@ -72,16 +72,21 @@ def classify_decode_error(exc: Exception) -> Rejected:
     return Rejected("bad_json", f"not valid JSON: {msg}")
 
 
+def _cmd_field(fields: dict) -> bytes | str | None:
+    """An entry's `cmd` field, whether the client decoded responses or not."""
+    return fields.get(b"cmd", fields.get("cmd"))
+
+
 def _digest(fields: dict) -> str:
     """Fingerprint of an entry's `cmd` (an entry id Redis reuses after losing the stream differs)."""
-    raw = fields.get(b"cmd", fields.get("cmd"))
+    raw = _cmd_field(fields)
     raw = raw if isinstance(raw, bytes) else str(raw).encode()
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def decode_entry(fields: dict) -> ev.Command:
     """Decode a stream entry's fields into a command; raise Rejected when it is not one."""
-    raw = fields.get(b"cmd", fields.get("cmd"))
+    raw = _cmd_field(fields)
     if raw is None:
         names = ", ".join(sorted(_text(k) for k in fields))
         raise Rejected("no_cmd_field", f"entry has no `cmd` field (fields: {names})")

@@ -180,6 +180,7 @@ class FabModel:
         # every approved version's body: (recipe, version) -> sha256 hex; a route step names
         # its version, which need not be the newest (an engineering change in progress)
         self.recipe_bodies: dict[tuple[int, int], str] = {}
+        self._body_versions: dict[tuple[int, str], int] = {}   # (recipe, sha256) -> newest version
         self.setup_ids: list[str] = []
         self.setup_index: dict[str, int] = {}
         self._setup_min_runs: list[int] = []
@@ -274,15 +275,20 @@ class FabModel:
             self.recipe_version.append(version)
             self.recipe_checksum.append(checksum)
         if checksum:
-            self.recipe_bodies[(r, version)] = checksum
+            self._record_body(r, version, checksum)
         return r
+
+    def _record_body(self, r: int, version: int, checksum: str) -> None:
+        self.recipe_bodies[(r, version)] = checksum
+        key = (r, checksum)
+        self._body_versions[key] = max(version, self._body_versions.get(key, 0))
 
     def approve_recipe(self, name: str, version: int, checksum: str) -> None:
         """Record a newly approved recipe version and body checksum (engineering change)."""
         r = self._index(self.recipe_index, name, "recipe")
         self.recipe_version[r] = version
         self.recipe_checksum[r] = checksum
-        self.recipe_bodies[(r, version)] = checksum
+        self._record_body(r, version, checksum)
         for s in np.flatnonzero(self._steps["step_recipe"] == r):
             self._steps["step_recipe_version"][s] = version
 
@@ -413,8 +419,7 @@ class FabModel:
 
     def body_version(self, recipe: int, checksum: str) -> int:
         """Return the approved version whose body is `checksum` (0 when none is)."""
-        return max((v for (r, v), c in self.recipe_bodies.items() if r == recipe and c == checksum),
-                   default=0)
+        return self._body_versions.get((recipe, checksum), 0)
 
     def set_qualified(self, tool: str, recipes: list[str]) -> None:
         """Set exactly which recipes a tool is qualified for (revoked ones are dropped)."""
@@ -645,13 +650,7 @@ class FabModel:
         self._arrays = None
 
     def _sync_quals(self) -> None:
-        ptr = np.zeros(self.n_tools + 1, np.int64)
-        for t, q in enumerate(self._tool_quals):
-            ptr[t + 1] = ptr[t] + len(q)
-        flat = [r for q in self._tool_quals for r in q]
-        self._qual_ptr = ptr
-        self._qual_hash = np.asarray([hash(tuple(q)) for q in self._tool_quals], dtype=np.int64)
-        self._qual_recipe = np.asarray(flat, dtype=np.int32)
+        self._qual_ptr, self._qual_recipe, self._qual_hash = qual_arrays(self._tool_quals)
         self._quals_dirty = False
         self._arrays = None
 
@@ -695,6 +694,15 @@ class FabModel:
 
 
 # --- SMT2020 ------------------------------------------------------------------------------
+
+
+def qual_arrays(quals: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's view of tool qualifications: (ptr, recipes, hash per tool); tool t may run
+    recipes[ptr[t]:ptr[t + 1]], and tools with equal hashes run the same recipes."""
+    ptr = np.zeros(len(quals) + 1, np.int64)
+    ptr[1:] = np.cumsum([len(q) for q in quals])
+    recipes = np.asarray([r for q in quals for r in q], dtype=np.int32)
+    return ptr, recipes, np.asarray([hash(tuple(q)) for q in quals], dtype=np.int64)
 
 
 def _hot_class(priority: int, hot_flag: bool) -> int:

@@ -96,7 +96,7 @@ from dispatch.config import (
     n_levels,
 )
 from dispatch.errors import PolicyError
-from dispatch.model import NO_DUE_MIN, FabArrays, FabModel, LotState
+from dispatch.model import NO_DUE_MIN, FabArrays, FabModel, LotState, qual_arrays
 
 __all__ = [
     "BLOCK_NAMES",
@@ -986,11 +986,8 @@ class Dispatcher:
         if drop:
             quals = [[r for r in q if r not in drop[t]] if t in drop else q
                      for t, q in enumerate(model._tool_quals)]
-            ptr = np.zeros(len(quals) + 1, np.int64)
-            ptr[1:] = np.cumsum([len(q) for q in quals])
-            fab = fab._replace(
-                qual_ptr=ptr, qual_recipe=np.asarray([r for q in quals for r in q], np.int32),
-                tool_qual_hash=np.asarray([hash(tuple(q)) for q in quals], np.int64))
+            ptr, recipes, qhash = qual_arrays(quals)
+            fab = fab._replace(qual_ptr=ptr, qual_recipe=recipes, tool_qual_hash=qhash)
         ts = [model.tool_index[t] for t in unavailable if t in model.tool_index]
         if ts:
             # busy past their group's lookahead: tool_available() says no, while prepare()

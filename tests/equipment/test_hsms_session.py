@@ -129,6 +129,27 @@ async def raw_client(port: int) -> RawPeer:
     return RawPeer(reader, writer)
 
 
+@contextlib.asynccontextmanager
+async def selected_host(tool_id: str, handler=None, **config: object  # type: ignore[no-untyped-def]
+                        ) -> AsyncIterator[tuple[HsmsActive, RawPeer, asyncio.Queue]]:
+    """A host connected to a raw peer that answered its Select.req: (host, peer, later peers)."""
+    async with raw_server() as (port, peers):
+        host = HsmsActive(tool_id, host_config(port, **config), handler)
+        async with running(host):
+            peer = await asyncio.wait_for(peers.get(), 5)
+            await peer.answer_select()
+            await host.wait_state(HsmsState.SELECTED, 5)
+            yield host, peer, peers
+
+
+def with_bad_u4_length(msg: bytes) -> bytearray:
+    """The message with its body's first item, a U4 inside a list, claiming 5 bytes (4 follow)."""
+    bad = bytearray(msg)
+    bad[14 + 2] = 0xB1
+    bad[14 + 3] = 5
+    return bad
+
+
 # --- tests --------------------------------------------------------------------------------
 
 
@@ -279,84 +300,57 @@ async def test_hooks_run_on_every_select_and_every_loss() -> None:
 
 async def test_reply_to_unknown_system_bytes_is_logged_and_dropped(
         caplog: pytest.LogCaptureFixture) -> None:
-    async with raw_server() as (port, peers):
-        host = HsmsActive("EQ-U", host_config(port), echo_handler)
-        async with running(host):
-            peer = await asyncio.wait_for(peers.get(), 5)
-            await peer.answer_select()
-            await host.wait_state(HsmsState.SELECTED, 5)
-            peer.write(frame(0, 1, 4, False, SType.DATA, 0xDEAD, L()))
-            # the host is still there and answers the next primary
-            peer.write(frame(0, 1, 1, True, SType.DATA, 5))
-            reply = await peer.read_data()
-            assert (reply.function, reply.system) == (2, 5)
+    async with selected_host("EQ-U", echo_handler) as (_host, peer, _peers):
+        peer.write(frame(0, 1, 4, False, SType.DATA, 0xDEAD, L()))
+        # the host is still there and answers the next primary
+        peer.write(frame(0, 1, 1, True, SType.DATA, 5))
+        reply = await peer.read_data()
+        assert (reply.function, reply.system) == (2, 5)
     assert any("no open transaction" in r.getMessage() and "EQ-U" in r.getMessage()
                for r in caplog.records)
 
 
 async def test_malformed_body_is_answered_s9f7_and_the_session_survives() -> None:
-    async with raw_server() as (port, peers):
-        host = HsmsActive("EQ-M", host_config(port), echo_handler)
-        async with running(host):
-            peer = await asyncio.wait_for(peers.get(), 5)
-            await peer.answer_select()
-            await host.wait_state(HsmsState.SELECTED, 5)
-            bad = bytearray(frame(0, 6, 11, True, SType.DATA, 9, L(U4(1), U4(3001))))
-            bad[14 + 2] = 0xB1  # U4 with a 5-byte length where 4 bytes follow
-            bad[14 + 3] = 5
-            malformed = metrics.MALFORMED.labels("EQ-M", "hsms")._value.get()
-            peer.write(bad)
-            s9 = await peer.read_data()
-            assert (s9.stream, s9.function) == (9, 7)
-            assert parse_header(bytes(s9.body)).system == 9
-            assert metrics.MALFORMED.labels("EQ-M", "hsms")._value.get() == malformed + 1
-            peer.write(frame(0, 1, 1, True, SType.DATA, 10))
-            assert (await peer.read_data()).system == 10
+    async with selected_host("EQ-M", echo_handler) as (_host, peer, _peers):
+        bad = with_bad_u4_length(frame(0, 6, 11, True, SType.DATA, 9, L(U4(1), U4(3001))))
+        malformed = metrics.MALFORMED.labels("EQ-M", "hsms")._value.get()
+        peer.write(bad)
+        s9 = await peer.read_data()
+        assert (s9.stream, s9.function) == (9, 7)
+        assert parse_header(bytes(s9.body)).system == 9
+        assert metrics.MALFORMED.labels("EQ-M", "hsms")._value.get() == malformed + 1
+        peer.write(frame(0, 1, 1, True, SType.DATA, 10))
+        assert (await peer.read_data()).system == 10
 
 
 async def test_wrong_device_id_is_answered_s9f1() -> None:
-    async with raw_server() as (port, peers):
-        host = HsmsActive("EQ-D", host_config(port, device_id=3), echo_handler)
-        async with running(host):
-            peer = await asyncio.wait_for(peers.get(), 5)
-            await peer.answer_select()
-            await host.wait_state(HsmsState.SELECTED, 5)
-            peer.write(frame(7, 1, 1, True, SType.DATA, 21))
-            s9 = await peer.read_data()
-            assert (s9.stream, s9.function, s9.session_id) == (9, 1, 3)
-            assert parse_header(bytes(s9.body)).session_id == 7
-            peer.write(frame(3, 1, 1, True, SType.DATA, 22))
-            assert (await peer.read_data()).function == 2
+    async with selected_host("EQ-D", echo_handler, device_id=3) as (_host, peer, _peers):
+        peer.write(frame(7, 1, 1, True, SType.DATA, 21))
+        s9 = await peer.read_data()
+        assert (s9.stream, s9.function, s9.session_id) == (9, 1, 3)
+        assert parse_header(bytes(s9.body)).session_id == 7
+        peer.write(frame(3, 1, 1, True, SType.DATA, 22))
+        assert (await peer.read_data()).function == 2
 
 
 async def test_peer_answering_s9_fails_our_request_at_once() -> None:
-    async with raw_server() as (port, peers):
-        host = HsmsActive("EQ-9", host_config(port))
-        async with running(host):
-            peer = await asyncio.wait_for(peers.get(), 5)
-            await peer.answer_select()
-            await host.wait_state(HsmsState.SELECTED, 5)
-            request = asyncio.create_task(host.request(99, 1))
-            primary = await peer.read_data()
-            peer.write(frame(0, 9, 3, False, SType.DATA, 1000, B(primary.header)))
-            with pytest.raises(HsmsStream9Error) as err:
-                await request
-            assert err.value.s9_function == 3
+    async with selected_host("EQ-9") as (host, peer, _peers):
+        request = asyncio.create_task(host.request(99, 1))
+        primary = await peer.read_data()
+        peer.write(frame(0, 9, 3, False, SType.DATA, 1000, B(primary.header)))
+        with pytest.raises(HsmsStream9Error) as err:
+            await request
+        assert err.value.s9_function == 3
 
 
 async def test_oversize_length_field_closes_with_a_log_line_and_host_reconnects(
         caplog: pytest.LogCaptureFixture) -> None:
-    async with raw_server() as (port, peers):
-        host = HsmsActive("EQ-O", host_config(port, max_message_bytes=1 << 20))
-        async with running(host):
-            peer = await asyncio.wait_for(peers.get(), 5)
-            await peer.answer_select()
-            await host.wait_state(HsmsState.SELECTED, 5)
-            peer.write(struct.pack(">I", 0xFFFFFFF0) + b"\x00" * 10)
-            assert await peer.eof()
-            again = await asyncio.wait_for(peers.get(), 5)
-            await again.answer_select()
-            await host.wait_state(HsmsState.SELECTED, 5)
+    async with selected_host("EQ-O", max_message_bytes=1 << 20) as (host, peer, peers):
+        peer.write(struct.pack(">I", 0xFFFFFFF0) + b"\x00" * 10)
+        assert await peer.eof()
+        again = await asyncio.wait_for(peers.get(), 5)
+        await again.answer_select()
+        await host.wait_state(HsmsState.SELECTED, 5)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("EQ-O" in line and "length field 4294967280" in line for line in lines)
 
@@ -419,33 +413,26 @@ async def test_stop_while_connecting_ends_run_promptly() -> None:
 
 
 async def test_malformed_reply_in_pieces_fails_the_request_and_the_session_survives() -> None:
-    async with raw_server() as (port, peers):
-        host = HsmsActive("EQ-MR", host_config(port), echo_handler)
-        async with running(host):
-            peer = await asyncio.wait_for(peers.get(), 5)
-            await peer.answer_select()
-            await host.wait_state(HsmsState.SELECTED, 5)
-            session = host.session
-            request = asyncio.create_task(host.request(1, 3, L()))
-            primary = await peer.read_data()
-            bad = bytearray(frame(0, 1, 4, False, SType.DATA, primary.system, L(U4(1))))
-            bad[14 + 2] = 0xB1  # U4 with a 5-byte length where 4 bytes follow
-            bad[14 + 3] = 5
-            after = bytes(frame(0, 1, 1, True, SType.DATA, 600))
-            # The bad reply arrives in two reads, the second one ending inside the next frame:
-            # the reader decodes it from its own buffer, and keeps part of that buffer after it.
-            peer.write(bad[:6])
-            await peer.writer.drain()
-            await eventually(lambda: session.protocol._buf, what="first piece buffered")
-            peer.write(bytes(bad[6:]) + after[:5])
-            with pytest.raises(SecsDecodeError):
-                await request
-            s9 = await peer.read_data()
-            assert (s9.stream, s9.function) == (9, 7)
-            peer.write(after[5:])
-            reply = await peer.read_data()
-            assert (reply.stream, reply.function, reply.system) == (1, 2, 600)
-            assert host.session is session and host.state is HsmsState.SELECTED
+    async with selected_host("EQ-MR", echo_handler) as (host, peer, _peers):
+        session = host.session
+        request = asyncio.create_task(host.request(1, 3, L()))
+        primary = await peer.read_data()
+        bad = with_bad_u4_length(frame(0, 1, 4, False, SType.DATA, primary.system, L(U4(1))))
+        after = bytes(frame(0, 1, 1, True, SType.DATA, 600))
+        # The bad reply arrives in two reads, the second one ending inside the next frame:
+        # the reader decodes it from its own buffer, and keeps part of that buffer after it.
+        peer.write(bad[:6])
+        await peer.writer.drain()
+        await eventually(lambda: session.protocol._buf, what="first piece buffered")
+        peer.write(bytes(bad[6:]) + after[:5])
+        with pytest.raises(SecsDecodeError):
+            await request
+        s9 = await peer.read_data()
+        assert (s9.stream, s9.function) == (9, 7)
+        peer.write(after[5:])
+        reply = await peer.read_data()
+        assert (reply.stream, reply.function, reply.system) == (1, 2, 600)
+        assert host.session is session and host.state is HsmsState.SELECTED
 
 
 @pytest.mark.parametrize(("s9_function", "about"), [
@@ -454,23 +441,18 @@ async def test_malformed_reply_in_pieces_fails_the_request_and_the_session_survi
 ])
 async def test_s9_about_a_tool_transaction_leaves_our_request_with_the_same_system_open(
         s9_function: int, about: tuple[int, int, bool]) -> None:
-    async with raw_server() as (port, peers):
-        host = HsmsActive("EQ-9S", host_config(port), echo_handler)
-        async with running(host):
-            peer = await asyncio.wait_for(peers.get(), 5)
-            await peer.answer_select()
-            await host.wait_state(HsmsState.SELECTED, 5)
-            request = asyncio.create_task(host.request(1, 3, L()))
-            primary = await peer.read_data()
-            # The tool numbers its own transactions: one of them has our request's system bytes.
-            stream, function, wbit = about
-            mhead = frame(0, stream, function, wbit, SType.DATA, primary.system)[4:14]
-            peer.write(frame(0, 9, s9_function, False, SType.DATA, 7000, B(bytes(mhead))))
-            peer.write(frame(0, 1, 1, True, SType.DATA, 7001))  # answered after the S9Fx
-            assert (await peer.read_data()).system == 7001
-            assert not request.done()
-            peer.write(frame(0, 1, 4, False, SType.DATA, primary.system, L(U4(5))))
-            assert (await asyncio.wait_for(request, 5)).body == L(U4(5))
+    async with selected_host("EQ-9S", echo_handler) as (host, peer, _peers):
+        request = asyncio.create_task(host.request(1, 3, L()))
+        primary = await peer.read_data()
+        # The tool numbers its own transactions: one of them has our request's system bytes.
+        stream, function, wbit = about
+        mhead = frame(0, stream, function, wbit, SType.DATA, primary.system)[4:14]
+        peer.write(frame(0, 9, s9_function, False, SType.DATA, 7000, B(bytes(mhead))))
+        peer.write(frame(0, 1, 1, True, SType.DATA, 7001))  # answered after the S9Fx
+        assert (await peer.read_data()).system == 7001
+        assert not request.done()
+        peer.write(frame(0, 1, 4, False, SType.DATA, primary.system, L(U4(5))))
+        assert (await asyncio.wait_for(request, 5)).body == L(U4(5))
 
 
 async def test_unanswered_linktest_closes_on_t6_with_one_warning_and_host_reconnects(
