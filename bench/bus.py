@@ -2,13 +2,16 @@
 
 Durable path: lot transitions on the MES state (create, track in, track out,
 move) → one group-commit transaction per few ms (synchronous=FULL by default,
-as in production) → the relay's pipelined XADDs. The clock stops when Redis
-has every event. Baseline (the contract's ratio): the same entries (same
-streams, same fields) sent by a plain redis-py pipelined XADD loop with the
-same batch size, in the same run, to the same redis-server. A second line
-compares with the same entries sent by the relay's own RESP packer alone: what
-durability costs. Everything runs on one event loop (one core), plus the
-SQLite thread, which holds the GIL while it binds rows.
+as in production) → the relay's publish script (one EVALSHA of XADDs per
+batch). The clock stops when Redis has every event. Baseline (the contract's
+ratio): the same entries (same streams, same fields) sent by a plain redis-py
+pipelined XADD loop with the same batch size, in the same run, to the same
+redis-server. A second line compares with the same entries sent as plain
+pipelined XADDs packed the relay's way (RESP bytes, no redis-py): what
+durability costs. A third times the relay's publish alone against that
+pipeline: what stopping at the first refused XADD (the script) costs. Everything
+runs on one event loop (one core), plus the SQLite thread, which holds the GIL
+while it binds rows.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from daemon import events as ev
 from daemon.bus import Bus
 from daemon.busconfig import BusConfig, RedisConfig, StoreConfig
 from daemon.redis_conn import RespConnection
-from daemon.relay import pack_xadds, xadd_heads
+from daemon.relay import Publisher
+from daemon.store import EventRow
 
 BENCH = "bus"
 
@@ -130,10 +134,40 @@ async def durable_path(url: str, n_events: int, state_dir: Path, batch: int,
     return produced / elapsed, captured
 
 
-async def raw_xadd(url: str, rows: list, batch: int) -> float:
+class XaddHeads(dict):
+    """Pre-encoded constant start of each (stream, type) XADD: key, MAXLEN ~ n, *, type, v."""
+
+    def __init__(self, prefix: str, maxlen: int) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.maxlen = maxlen
+
+    def __missing__(self, key: tuple[str, str]) -> bytes:
+        stream, typ = key
+        head = [b"XADD", f"{self.prefix}:{stream}".encode(), b"MAXLEN", b"~",
+                str(self.maxlen).encode(), b"*", b"type", typ.encode(), b"v",
+                str(ev.SCHEMA_VERSION).encode(), b"seq"]
+        value = self[key] = b"*18\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in head)
+        return value
+
+
+def pack_xadds(rows: list[EventRow], heads: XaddHeads) -> bytes:
+    """Encode plain XADDs of journal rows in RESP2, the relay's entries (the baseline's packer)."""
+    out: list[bytes] = []
+    ap = out.append
+    for _jseq, stream, seq, typ, eid, ts, data in rows:
+        q = b"%d" % seq
+        ap(heads[(stream, typ)])
+        ap(b"$%d\r\n%s\r\n$3\r\neid\r\n$%d\r\n%s\r\n$2\r\nts\r\n$%d\r\n%s\r\n"
+           b"$4\r\ndata\r\n$%d\r\n%s\r\n"
+           % (len(q), q, len(eid), eid.encode(), len(ts), ts.encode(), len(data), data))
+    return b"".join(out)
+
+
+async def raw_xadd(url: str, rows: list, batch: int, prefix: str = "raw") -> float:
     """Return events/s of a plain pipelined XADD loop, fabd's RESP packer, same entries."""
     conn = RespConnection(RedisConfig(url=url))
-    heads = xadd_heads("raw", 1_000_000)
+    heads = XaddHeads(prefix, 1_000_000)
     t0 = time.perf_counter()
     for i in range(0, len(rows), batch):
         chunk = rows[i:i + batch]
@@ -142,6 +176,27 @@ async def raw_xadd(url: str, rows: list, batch: int) -> float:
     elapsed = time.perf_counter() - t0
     await conn.close()
     return len(rows) / elapsed
+
+
+async def relay_publish(url: str, rows: list, batch: int, prefix: str = "relay") -> float:
+    """Return events/s of the relay's own publish (its script, batch after batch), same entries."""
+    conn = RespConnection(RedisConfig(url=url))
+    publisher = Publisher(prefix, 1_000_000)
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), batch):
+        await publisher.publish(conn, rows[i:i + batch])
+    elapsed = time.perf_counter() - t0
+    await conn.close()
+    return len(rows) / elapsed
+
+
+async def packer_and_relay(url: str, rows: list, batch: int, rounds: int) -> tuple[float, float]:
+    """Return the best events/s of the pipelined packer and of the relay's publish, alternated."""
+    raw = relay = 0.0
+    for i in range(rounds):
+        raw = max(raw, await raw_xadd(url, rows, batch, f"raw{i}"))
+        relay = max(relay, await relay_publish(url, rows, batch, f"relay{i}"))
+    return raw, relay
 
 
 async def redis_py_xadd(url: str, rows: list, batch: int) -> float:
@@ -178,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         progress(f"durable path: {n} events (MES + SQLite {args.synchronous} + relay)")
         rate, rows = runner(durable_path(server.url, n, state, batch, args.synchronous))
-        progress(f"baseline: plain pipelined XADD of the same {len(rows)} entries")
-        raw = runner(raw_xadd(server.url, rows, batch))
+        progress(f"baseline: plain pipelined XADD of the same {len(rows)} entries, and the "
+                 f"relay's publish script alone (best of 3 each, alternated)")
+        raw, relay = runner(packer_and_relay(server.url, rows, batch, 3))
         progress("context: the same entries through a redis-py pipeline")
         rpy = runner(redis_py_xadd(server.url, rows, batch))
     finally:
@@ -193,4 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     # i.e. what durability alone costs. Python transitions + SQLite keep this well below 1.
     emit(BENCH, "durable_publish_rate_vs_resp_packer", rate, "events/s",
          "pipelined_xadd_resp_packer", raw, as_json=args.json)
+    # The relay's publish (one script per batch that stops at the first refused XADD, so no
+    # entry is appended twice or out of order) against the pipeline that cannot stop: below 1.
+    emit(BENCH, "relay_publish_rate", relay, "events/s", "pipelined_xadd_resp_packer", raw,
+         as_json=args.json)
     return 0

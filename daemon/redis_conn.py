@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -24,6 +27,7 @@ from daemon.busconfig import RedisConfig
 from daemon.errors import ConfigError, FabdError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What "Redis is unreachable for now" looks like; anything else is a bug or a config error.
 REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, ConnectionError, OSError)
@@ -81,12 +85,20 @@ class ReplyError(FabdError):
     """Redis answered a command with an error (WRONGTYPE, NOPERM, ...): reconfigure, then retry."""
 
 
+class Script:
+    """A Lua script run with EVALSHA; `RespConnection.run_script` sends it whole when needed."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source).hexdigest().encode()
+
+
 class RespConnection:
-    """A minimal RESP2 connection for the relay's hot path: packed pipelines, replies counted.
+    """A minimal RESP2 connection for the relay's hot path: packed commands, small replies.
 
     redis-py spends ~40 µs of Python per pipelined XADD (argument encoding, reply
     objects); the relay sends millions of them, so it writes the RESP bytes itself
-    (see `daemon.relay.pack_xadds`) and only checks each reply for an error. Auth,
+    (see `daemon.relay.Publisher`) and parses only the short reply. Auth,
     database selection and TLS follow the same config as every other client.
     """
 
@@ -145,17 +157,54 @@ class RespConnection:
 
     async def pipeline(self, packed: bytes, n_replies: int) -> list[str]:
         """Send packed commands; wait for n replies; return the error replies (usually [])."""
+        return await self._exchange((packed,), self._replies, n_replies)
+
+    async def call(self, *packed: bytes) -> object:
+        """Send one command (its RESP bytes, in parts) and return its reply.
+
+        Replies come back as int, bytes, None or a list of them; an error reply is
+        returned as a `ReplyError`, not raised (the connection stays usable).
+        """
+        return await self._exchange(packed, self._reply)
+
+    async def run_script(self, script: Script, n_args: int, args: bytes) -> object:
+        """EVALSHA `script`; EVAL it if Redis lost it. `args`: n_args packed (numkeys, KEYS, ARGV)."""
+        reply = await self.call(b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (n_args + 2, script.sha),
+                                args)
+        if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+            # A restarted Redis (or SCRIPT FLUSH) forgot it; nothing ran. EVAL caches it again.
+            src = script.source
+            reply = await self.call(b"*%d\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n" % (n_args + 2,
+                                                                              len(src), src),
+                                    args)
+        return reply
+
+    async def _exchange(self, packed: tuple[bytes, ...], read: Callable[..., Awaitable[T]],
+                        *read_args: int) -> T:
         if not self.connected:
             await self.connect()
         assert self._writer is not None
         try:
             async with asyncio.timeout(self.config.command_timeout_s):
-                self._writer.write(packed)
+                self._writer.writelines(packed)
                 await self._writer.drain()
-                return await self._replies(n_replies)
+                return await read(*read_args)
         except BaseException:
             await self.close()  # the reply stream is out of step now: start afresh
             raise
+
+    async def _reply(self) -> object:
+        buf = self._buf
+        while True:
+            value, pos = parse_reply(buf, 0)
+            if value is not INCOMPLETE:
+                del buf[:pos]
+                return value
+            assert self._reader is not None
+            chunk = await self._reader.read(1 << 16)
+            if not chunk:
+                raise ConnectionError("Redis closed the connection")
+            buf += chunk
 
     async def _replies(self, n: int) -> list[str]:
         buf = self._buf
@@ -198,6 +247,38 @@ class RespConnection:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+INCOMPLETE = object()  # parse_reply: the buffer ends inside the reply
+
+
+def parse_reply(buf: bytearray, pos: int) -> tuple[object, int]:
+    """Parse the RESP2 reply at `pos`: (value, position after it), or (INCOMPLETE, pos)."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        return INCOMPLETE, pos
+    kind, line = buf[pos], bytes(buf[pos + 1:end])
+    if kind == 36:  # '$' bulk string
+        size = int(line)
+        if size < 0:
+            return None, end + 2
+        if end + 4 + size > len(buf):
+            return INCOMPLETE, pos
+        return bytes(buf[end + 2:end + 2 + size]), end + 4 + size
+    if kind == 42:  # '*' array
+        items: list[object] = []
+        nxt = end + 2
+        for _ in range(int(line)):
+            item, nxt = parse_reply(buf, nxt)
+            if item is INCOMPLETE:
+                return INCOMPLETE, pos
+            items.append(item)
+        return (items if int(line) >= 0 else None), nxt
+    if kind == 58:  # ':' integer
+        return int(line), end + 2
+    if kind == 45:  # '-' error
+        return ReplyError(line.decode("utf-8", "replace")), end + 2
+    return line, end + 2  # '+' simple string
 
 
 def pack_command(args: list[bytes]) -> bytes:

@@ -1,12 +1,16 @@
 """The relay: publishes the outbox (committed journal rows) to Redis streams in journal order.
 
-Ordering. Batches of up to `relay_batch_events` rows go out as one pipeline of
-XADDs on one connection (no MULTI: a pipeline on one connection is already
-executed by Redis in the order sent). The next batch starts only after every
-reply of the previous one came back, and a failed batch is sent again whole.
-So each stream receives its entries in `seq` order; the only anomaly is a
-re-send after a failure or a crash (XADD done, cursor not yet stored), which
-repeats entries with the same `eid` and `seq`. Consumers dedupe on `eid`.
+Ordering. Batches of up to `relay_batch_events` rows go out as one Lua script
+(`PUBLISH_SCRIPT`, by EVALSHA) that XADDs them in journal order and stops at
+the first XADD Redis refuses (a key of the wrong type, OOM, ACL): the rows
+before it are in Redis once, it and the rows after it are not, and Redis runs
+the script as one unit, so no other client sees a half batch. The relay moves
+its cursor past the rows Redis took and retries from the refused one after a
+back-off; the next batch starts only after the previous one's reply came back.
+So each stream receives its entries once each, in `seq` order, and no stream
+runs ahead of the journal while another is refused. The only anomaly is a
+re-send after a lost reply or a crash (XADDs done, cursor not yet stored),
+which repeats entries with the same `eid` and `seq`. Consumers dedupe on `eid`.
 
 Where rows come from. Right after a commit the writer hands the new rows to
 the relay in memory (no read-back). After a restart, or when the memory feed
@@ -38,6 +42,7 @@ from daemon.redis_conn import (
     Outage,
     ReplyError,
     RespConnection,
+    Script,
 )
 from daemon.store import EventRow, Store
 from daemon.writer import Writer
@@ -53,40 +58,105 @@ RELAY_LAG = Gauge("fabd_relay_lag_seconds",
 REDIS_UP = Gauge("fabd_redis_up", "1 when the relay's last Redis call succeeded")
 
 
-class XaddHeads(dict):
-    """Pre-encoded constant start of each (stream, type) XADD: key, MAXLEN ~ n, *, type, v."""
+# KEYS: the stream of each row. ARGV: MAXLEN, v, then type, seq, eid, ts, data of each row.
+# Returns {rows added} or {rows added before the refused one, Redis's error}. pcall, not
+# call: with call a refused XADD raises out of the script, the ones before it stay (Redis
+# does not roll back) and the error reply does not say how many there were.
+PUBLISH_SCRIPT = Script("""
+local maxlen, v, j = ARGV[1], ARGV[2], 3
+for i = 1, #KEYS do
+  local r = redis.pcall('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', 'type', ARGV[j], 'v', v,
+                        'seq', ARGV[j + 1], 'eid', ARGV[j + 2], 'ts', ARGV[j + 3],
+                        'data', ARGV[j + 4])
+  if type(r) == 'table' and r.err then
+    return {i - 1, r.err}
+  end
+  j = j + 5
+end
+return {#KEYS}
+""")
 
-    def __init__(self, prefix: str, maxlen: int) -> None:
+
+class Bulk(dict):
+    """Cache of RESP bulk strings: self[s] is `prefix + s` encoded once."""
+
+    def __init__(self, prefix: str = "") -> None:
         super().__init__()
         self.prefix = prefix
-        self.maxlen = maxlen
 
-    def __missing__(self, key: tuple[str, str]) -> bytes:
-        stream, typ = key
-        head = [b"XADD", f"{self.prefix}:{stream}".encode(), b"MAXLEN", b"~",
-                str(self.maxlen).encode(), b"*", b"type", typ.encode(), b"v",
-                str(SCHEMA_VERSION).encode(), b"seq"]
-        value = self[key] = b"*18\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in head)
+    def __missing__(self, s: str) -> bytes:
+        a = (self.prefix + s).encode()
+        value = self[s] = b"$%d\r\n%s\r\n" % (len(a), a)
         return value
 
 
-def xadd_heads(prefix: str, maxlen: int) -> XaddHeads:
-    """Return the cache of pre-encoded XADD heads for a stream prefix."""
-    return XaddHeads(prefix, maxlen)
+class Refused(ReplyError):
+    """Redis refused a row (or the whole batch): `accepted` rows before it are published."""
+
+    def __init__(self, accepted: int, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.accepted = accepted
+        self.key = key  # the stream Redis refused, or "" when it refused the script itself
+        self.reason = reason
 
 
-def pack_xadds(rows: list[EventRow], heads: XaddHeads) -> bytes:
-    """Encode the XADDs of journal rows in RESP2 (fields type, v, seq, eid, ts, data)."""
-    out: list[bytes] = []
-    ap = out.append
-    for _jseq, stream, seq, typ, eid, ts, data in rows:
-        q = b"%d" % seq
-        # eid and ts are ASCII: len(str) is their byte length
-        ap(heads[(stream, typ)])
-        ap(b"$%d\r\n%s\r\n$3\r\neid\r\n$%d\r\n%s\r\n$2\r\nts\r\n$%d\r\n%s\r\n"
-           b"$4\r\ndata\r\n$%d\r\n%s\r\n"
-           % (len(q), q, len(eid), eid.encode(), len(ts), ts.encode(), len(data), data))
-    return b"".join(out)
+class Publisher:
+    """XADDs a batch of rows with PUBLISH_SCRIPT; constant parts are encoded once."""
+
+    def __init__(self, prefix: str, maxlen: int) -> None:
+        self.prefix = prefix
+        self._keys = Bulk(f"{prefix}:")
+        self._types = Bulk()
+        self._head = Bulk()[str(maxlen)] + Bulk()[str(SCHEMA_VERSION)]  # ARGV[1], ARGV[2]
+
+    def pack(self, rows: list[EventRow]) -> bytes:
+        """Encode the script's numkeys, KEYS and ARGV for rows in RESP2."""
+        n = b"%d" % len(rows)
+        keys = self._keys
+        types = self._types
+        out = [b"$%d\r\n%s\r\n" % (len(n), n)]
+        out += [keys[row[1]] for row in rows]
+        out.append(self._head)
+        ap = out.append
+        for _jseq, _stream, seq, typ, eid, ts, data in rows:
+            q = b"%d" % seq
+            # eid and ts are ASCII: len(str) is their byte length
+            ap(types[typ])
+            ap(b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+               % (len(q), q, len(eid), eid.encode(), len(ts), ts.encode(), len(data), data))
+        return b"".join(out)
+
+    async def publish(self, conn: RespConnection, rows: list[EventRow]) -> None:
+        """XADD rows in order, all or up to the first refused one; raise Refused then."""
+        reply = await conn.run_script(PUBLISH_SCRIPT, 3 + 6 * len(rows), self.pack(rows))
+        if isinstance(reply, ReplyError):  # the script did not run (NOPERM, BUSY, ...)
+            raise Refused(0, "", str(reply))
+        if not isinstance(reply, list) or not reply or not isinstance(reply[0], int):
+            raise ReplyError(f"unexpected reply to the relay's script: {reply!r:.200}")
+        if len(reply) > 1:
+            k, reason = reply[0], reply[1]
+            if isinstance(reason, bytes):
+                reason = reason.decode("utf-8", "replace")
+            raise Refused(k, f"{self.prefix}:{rows[k][1]}", str(reason))
+
+
+def _log_refusal(exc: Refused, prefix: str) -> None:
+    """One ERROR naming what Redis refused and what the operator does about it."""
+    code = exc.reason.split(" ", 1)[0]
+    if code == "WRONGTYPE":
+        fix = f"{exc.key} is not a stream: rename or delete that key"
+    elif code == "OOM":
+        fix = "Redis is at maxmemory: raise it, or trim or free memory"
+    elif code in ("NOPERM", "NOAUTH", "WRONGPASS"):
+        fix = f"the relay's Redis user needs +xadd +evalsha +eval on ~{prefix}:*"
+    else:
+        fix = "check the Redis log, ACL, key types and maxmemory"
+    if exc.key:
+        log.error("relay: Redis refused the entry for %s (%s): it and every later entry wait, "
+                  "in journal order; fix: %s - retrying", exc.key, exc.reason, fix)
+    else:
+        log.error("relay: Redis refused the relay's publish script (%s): every entry waits; "
+                  "fix: %s - retrying", exc.reason, fix)
 
 
 class Relay:
@@ -106,7 +176,7 @@ class Relay:
         self._progress = asyncio.Event()  # set after each published batch
         self._warned = False
         self._client = None
-        self._heads = xadd_heads(bus.prefix, bus.stream_maxlen)
+        self._publisher = Publisher(bus.prefix, bus.stream_maxlen)
         writer.on_commit.append(self._committed)
         OUTBOX_LIMIT.set(store_config.outbox_max_events)
 
@@ -165,10 +235,21 @@ class Relay:
         return []
 
     async def publish(self, conn: RespConnection, rows: list[EventRow]) -> None:
-        """XADD rows in one pipeline (ordered, no MULTI); raise if Redis refused any of them."""
-        errors = await conn.pipeline(pack_xadds(rows, self._heads), len(rows))
-        if errors:
-            raise ReplyError(f"Redis refused {len(errors)} of {len(rows)} XADDs: {errors[0]}")
+        """XADD rows in journal order in one script; raise Refused at the first one refused."""
+        await self._publisher.publish(conn, rows)
+
+    def _published(self, rows: list[EventRow]) -> None:
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row[1]] = counts.get(row[1], 0) + 1
+        for stream, n in counts.items():
+            PUBLISHED.labels(stream).inc(n)
+        self.sent_jseq = rows[-1][0]
+        self.writer.mark_sent(self.sent_jseq)
+        self._progress.set()
+        self._progress.clear()
+        RELAY_LAG.set(self.lag_s())
+        self._check_bound()
 
     async def run(self) -> None:
         """Publish until cancelled; survive Redis outages (the outbox grows on disk meanwhile)."""
@@ -192,8 +273,16 @@ class Relay:
                     await self.publish(client, rows)
                 except (*REDIS_DOWN, ReplyError) as exc:
                     REDIS_UP.set(0)
-                    if isinstance(exc, ReplyError):
-                        if not refused:  # reachable but refusing: a config or ACL problem
+                    if isinstance(exc, Refused):
+                        outage.up(time.monotonic())  # reachable, but refusing
+                        if exc.accepted:
+                            self._published(rows[:exc.accepted])
+                            rows = rows[exc.accepted:]
+                        if not refused:
+                            refused = True
+                            _log_refusal(exc, self.bus.prefix)
+                    elif isinstance(exc, ReplyError):
+                        if not refused:
                             refused = True
                             log.error("relay: %s; fix Redis (ACL, key types) - retrying", exc)
                     else:
@@ -201,24 +290,14 @@ class Relay:
                     RELAY_LAG.set(self.lag_s())
                     self._check_bound()
                     await asyncio.sleep(backoff.next())
-                    continue  # the same rows again: same eid and seq
+                    continue  # the same rows again (from the refused one): same eid and seq
                 if refused:
                     refused = False
                     log.info("relay: Redis accepts entries again")
                 REDIS_UP.set(1)
                 outage.up(time.monotonic())
                 backoff.reset()
-                counts: dict[str, int] = {}
-                for row in rows:
-                    counts[row[1]] = counts.get(row[1], 0) + 1
-                for stream, n in counts.items():
-                    PUBLISHED.labels(stream).inc(n)
-                self.sent_jseq = rows[-1][0]
-                self.writer.mark_sent(self.sent_jseq)
-                self._progress.set()
-                self._progress.clear()
-                RELAY_LAG.set(self.lag_s())
-                self._check_bound()
+                self._published(rows)
                 rows = []
         finally:
             await client.close()

@@ -76,6 +76,68 @@ async def test_relay_waits_while_redis_refuses_entries_then_delivers(redis_url, 
     assert [e["type"] for e in read_stream(redis_url, "fab:lots")] == ["lot_created"]
 
 
+async def test_the_relay_needs_eval_and_evalsha_besides_xadd_and_says_so(own_redis, tmp_path,
+                                                                          caplog) -> None:
+    # The ACL the README documents for the relay's user. With only +xadd (all the relay
+    # needed before it published with a script) Redis refuses, and the ERROR names the fix.
+    r = redis_sync.Redis.from_url(own_redis.url)
+    r.execute_command("ACL", "SETUSER", "relay", "on", ">pw", "~fab:*", "+xadd")
+    url = f"redis://relay:pw@127.0.0.1:{own_redis.port}/0"
+    async with running_bus(url, tmp_path, erp=False) as bus:
+        define_master_data(bus)
+        bus.mes.create_lot("L1", "PO", "P-A", 25)
+        await bus.durable()
+        await eventually(lambda: "NOPERM" in caplog.text, what="loud error")
+        assert "+xadd +evalsha +eval" in caplog.text
+        assert bus.relay.depth == 1
+        r.execute_command("ACL", "SETUSER", "relay", "+evalsha", "+eval")
+        assert await bus.drain(10)
+    r.close()
+    assert [e["type"] for e in read_stream(own_redis.url, "fab:lots")] == ["lot_created"]
+
+
+async def test_redis_at_maxmemory_holds_every_entry_back_then_delivers_each_once(
+        own_redis, tmp_path, caplog) -> None:
+    # maxmemory with noeviction: Redis refuses the writes (OOM). Nothing may be appended
+    # out of order or twice while it lasts, and everything arrives once memory is there.
+    r = redis_sync.Redis.from_url(own_redis.url)
+    async with running_bus(own_redis.url, tmp_path, erp=False) as bus:
+        define_master_data(bus)
+        bus.mes.alarm("ETCH01", 1, True)
+        assert await bus.drain(5)
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", "1")
+        for i in range(20):
+            bus.mes.create_lot(f"L{i}", "PO", "P-A", 25)
+            bus.mes.alarm("ETCH01", 100 + i, True)
+        await bus.durable()
+        await eventually(lambda: "OOM" in caplog.text, what="loud error")
+        assert "maxmemory" in caplog.text
+        assert bus.relay.depth == 40
+        r.config_set("maxmemory", "0")
+        assert await bus.drain(10)
+    r.close()
+    lots = read_stream(own_redis.url, "fab:lots")
+    equipment = read_stream(own_redis.url, "fab:equipment")
+    assert [e["data"]["lot_id"] for e in lots] == [f"L{i}" for i in range(20)]
+    assert [e["data"]["alid"] for e in equipment] == [1, *range(100, 120)]
+    assert [e["seq"] for e in equipment] == list(range(1, 22))
+
+
+def test_a_reply_cut_anywhere_is_read_whole_or_not_at_all() -> None:
+    # TCP segments and TLS records cut replies anywhere: half a reply read as a whole one
+    # would count a refused batch as published.
+    from daemon.redis_conn import INCOMPLETE, ReplyError, parse_reply
+
+    reason = b"WRONGTYPE Operation against a key holding the wrong kind of value"
+    wire = b"*2\r\n:5\r\n$%d\r\n%s\r\n" % (len(reason), reason)
+    for cut in range(len(wire)):
+        assert parse_reply(bytearray(wire[:cut]), 0) == (INCOMPLETE, 0)
+    assert parse_reply(bytearray(wire + b"*1\r\n:9\r\n"), 0) == ([5, reason], len(wire))
+    error, end = parse_reply(bytearray(b"-NOSCRIPT No matching script.\r\n"), 0)
+    assert isinstance(error, ReplyError) and str(error).startswith("NOSCRIPT") and end == 31
+
+
 def test_bench_quick_reports_the_contract_lines() -> None:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-m", "bench", "bus", "--quick", "--json",
@@ -84,7 +146,8 @@ def test_bench_quick_reports_the_contract_lines() -> None:
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert {r["metric"] for r in rows} == {"durable_publish_rate",
-                                           "durable_publish_rate_vs_resp_packer"}
+                                           "durable_publish_rate_vs_resp_packer",
+                                           "relay_publish_rate"}
     for r in rows:
         assert set(r) == {"bench", "metric", "value", "unit", "baseline", "baseline_value",
                           "ratio"}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import threading
 from collections.abc import Iterator
 
 import pytest
+import redis as redis_sync
+from prometheus_client import REGISTRY
 
 from daemon import events as ev
 from equipment import events as dom
@@ -64,6 +67,7 @@ async def test_events_arrive_in_seq_order_with_every_contract_field(redis_url, t
         assert await bus.drain(10)
     lots = read_stream(redis_url, "fab:lots")
     assert all(set(e) == FIELDS for e in lots)
+    assert list(lots[0]) == ["type", "v", "seq", "eid", "ts", "data", "id"]  # Redis's order
     assert all(e["v"] == str(ev.SCHEMA_VERSION) for e in lots)
     unique = assert_in_order_once(lots)
     assert len(unique) == len(lots) == 200 * 4  # created, tracked in, tracked out, moved
@@ -174,8 +178,6 @@ async def test_a_connection_setup_that_timed_out_is_not_reused(own_redis, tmp_pa
     import os
     import signal
 
-    import redis as redis_sync
-
     url = own_redis.url.removesuffix("/0") + "/1"  # db 1: the connection setup sends SELECT
     pid = own_redis.proc.pid
     os.kill(pid, signal.SIGSTOP)
@@ -205,3 +207,84 @@ async def test_a_connection_setup_that_timed_out_is_not_reused(own_redis, tmp_pa
     # The DEL took L1 with the key; L2, refused before it, must come after it.
     lots = {e["eid"]: (e["seq"], e["data"]["lot_id"]) for e in read_stream(url, "fab:lots")}
     assert list(lots.values()) == [(2, "L2")]
+
+
+def published(stream: str) -> float:
+    return REGISTRY.get_sample_value("fabd_bus_events_published_total", {"stream": stream}) or 0.0
+
+
+@pytest.mark.parametrize("batch", [2000, 3])
+async def test_a_refused_stream_holds_back_every_later_entry_and_repeats_none(
+        redis_url, tmp_path, caplog, batch) -> None:
+    # An operator left a plain key at fab:lots: Redis refuses every lots entry. The relay
+    # must publish what comes before the first refused entry once, hold back everything
+    # after it (other streams too, or they would run ahead of the journal), and never
+    # append an entry twice however often it retries.
+    caplog.set_level(logging.INFO, logger="daemon.relay")
+    r = redis_sync.Redis.from_url(redis_url)
+    async with running_bus(redis_url, tmp_path, erp=False, relay_batch_events=batch,
+                           redis_kw={"backoff_initial_s": 0.01, "backoff_max_s": 0.02}) as bus:
+        define_master_data(bus)
+        bus.mes.alarm("ETCH01", 1, True, "door open")
+        assert await bus.drain(5)
+        equipment_before = published("equipment")
+        r.set("fab:lots", "not a stream")
+        attempts = 0
+        publish = bus.relay.publish
+
+        async def counted(conn, rows):
+            nonlocal attempts
+            attempts += 1
+            return await publish(conn, rows)
+
+        bus.relay.publish = counted
+        # One commit, interleaved: alarms 2 and 3, then a lot, then alarm 4, a lot, ...
+        bus.mes.alarm("ETCH01", 2, True)
+        bus.mes.alarm("ETCH01", 3, True)
+        for i in range(4, 10):
+            bus.mes.create_lot(f"L{i}", "PO-1", "P-A", 25)
+            bus.mes.alarm("ETCH01", i, True)
+        await bus.durable()
+        start = attempts
+        await eventually(lambda: attempts >= start + 4, what="several retries while refused")
+        equipment = read_stream(redis_url, "fab:equipment")
+        assert [e["data"]["alid"] for e in equipment] == [1, 2, 3]  # once each, nothing after
+        assert published("equipment") - equipment_before == 2
+        assert bus.relay.depth == 12
+        errors = [rec for rec in caplog.records if rec.levelname == "ERROR"]
+        assert len(errors) == 1  # one ERROR however often it retries
+        assert "fab:lots" in errors[0].getMessage() and "WRONGTYPE" in errors[0].getMessage()
+        r.delete("fab:lots")
+        assert await bus.drain(10)
+        assert bus.relay.depth == 0
+        assert REGISTRY.get_sample_value("fabd_outbox_depth_events") == 0
+        assert "Redis accepts entries again" in caplog.text
+    r.close()
+    equipment = read_stream(redis_url, "fab:equipment")
+    assert len(assert_in_order_once(equipment)) == len(equipment) == 9
+    assert [e["data"]["alid"] for e in equipment] == list(range(1, 10))
+    lots = read_stream(redis_url, "fab:lots")
+    assert len(assert_in_order_once(lots)) == len(lots) == 6
+    assert [e["data"]["lot_id"] for e in lots] == [f"L{i}" for i in range(4, 10)]
+
+
+async def test_a_lost_script_cache_neither_loses_nor_repeats_an_entry(persistent_redis,
+                                                                     tmp_path) -> None:
+    # SCRIPT FLUSH, then a Redis restart, between batches: Redis has forgotten the relay's
+    # script each time (NOSCRIPT) and the relay sends it again.
+    url = persistent_redis.url
+    async with running_bus(url, tmp_path, erp=False) as bus:
+        define_master_data(bus)
+        await flow_lots(bus, 0, 20)
+        assert await bus.drain(10)
+        r = redis_sync.Redis.from_url(url)
+        r.script_flush()
+        r.close()
+        await flow_lots(bus, 20, 20)
+        assert await bus.drain(10)
+        persistent_redis.stop()
+        persistent_redis.start()
+        await flow_lots(bus, 40, 20)
+        assert await bus.drain(10)
+    lots = read_stream(url, "fab:lots")
+    assert len(assert_in_order_once(lots)) == len(lots) == 60 * 4
