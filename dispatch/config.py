@@ -132,6 +132,9 @@ class GroupPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     #                                               to count as still deliverable (rule "deliver")
     slack_flow_factor: float | None = None        # X-factor (cycle time / raw process time) the due
     #                                               dates are quoted at (rule "slack")
+    setup_switch_lots: float | None = None        # a tool changes to a setup other tools up already
+    #                                               hold only when more lots than this per such tool
+    #                                               wait for it (0: always may; hot lots always may)
 
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -149,6 +152,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     balance_target_wait_min: float | None = None
     deliver_flow_factor: float | None = None
     slack_flow_factor: float | None = None
+    setup_switch_lots: float | None = None
     groups: dict[str, GroupPolicy] = {}
 
 
@@ -163,6 +167,7 @@ class _Preset(NamedTuple):
     balance_target_wait_min: float
     deliver_flow_factor: float
     slack_flow_factor: float
+    setup_switch_lots: float
 
 
 # Hot lots on SMT2020 HVLM finish in about 1.35 x their remaining process time: a regular lot
@@ -174,6 +179,14 @@ DELIVER_LATE = 100.0   # what a lot that cannot make its due date loses in the d
 # SMT2020 quotes due dates at about 2.1 x raw process time (Lot_3 53.8 d for 24.7 d of
 # processing, Lot_4 30.3 d for 14.5 d); set it to the X-factor your own due dates assume.
 SLACK_FLOW_FACTOR = 2.1
+
+
+# A tool that runs out of lots for its setup would change to the setup of the most urgent lot
+# waiting even when other tools already hold that setup and will run those lots without a
+# change. On SMT2020's implanters (60-80 minute setups) that greedy change took a quarter of
+# their time; allowing it only when more than 5 lots per such tool wait for the setup cut it
+# to under a tenth (bench/fabsim/README.md, "Quality").
+SETUP_SWITCH_LOTS = 5.0
 
 
 def _rw(level: int, weight: float = 1.0) -> RuleWeight:
@@ -190,7 +203,7 @@ def _hierarchical(last: str) -> _Preset:
     return _Preset(rules, lookahead_min=0.0, qt_horizon_min=0.0, qt_gate=False,
                    qt_gate_factor=1.0, batch_fill=0.0, batch_max_wait_min=0.0,
                    balance_target_wait_min=240.0, deliver_flow_factor=DELIVER_FLOW_FACTOR,
-                   slack_flow_factor=1.0)
+                   slack_flow_factor=1.0, setup_switch_lots=0.0)
 
 
 PRESETS: dict[str, _Preset] = {
@@ -209,12 +222,13 @@ PRESETS: dict[str, _Preset] = {
         # violations by a quarter; switch it on per group in front of known bottlenecks
         lookahead_min=5.0, qt_horizon_min=0.0, qt_gate=False, qt_gate_factor=1.0,
         batch_fill=0.0, batch_max_wait_min=0.0, balance_target_wait_min=240.0,
-        deliver_flow_factor=DELIVER_FLOW_FACTOR, slack_flow_factor=SLACK_FLOW_FACTOR),
+        deliver_flow_factor=DELIVER_FLOW_FACTOR, slack_flow_factor=SLACK_FLOW_FACTOR,
+        setup_switch_lots=SETUP_SWITCH_LOTS),
 }
 
 _PARAMS = ("lookahead_min", "qt_horizon_min", "qt_gate", "qt_gate_factor", "batch_fill",
            "batch_max_wait_min", "balance_target_wait_min", "deliver_flow_factor",
-           "slack_flow_factor")
+           "slack_flow_factor", "setup_switch_lots")
 
 
 class PolicyArrays(NamedTuple):
@@ -231,6 +245,7 @@ class PolicyArrays(NamedTuple):
     balance_target_wait_min: np.ndarray   # float64[G]
     deliver_flow_factor: np.ndarray       # float64[G]
     slack_flow_factor: np.ndarray         # float64[G]
+    setup_switch_lots: np.ndarray         # float64[G]
 
 
 _LOC = re.compile(r"- at `\$(.*)`")
@@ -305,7 +320,7 @@ def _validate(policy: Policy) -> list[tuple[str, str]]:
     def params(prefix: str, p: Policy | GroupPolicy) -> None:
         if p.preset is not None and p.preset not in PRESETS:
             problems.append((f"{prefix}preset", f"unknown preset; one of {sorted(PRESETS)}"))
-        for name in ("lookahead_min", "qt_horizon_min", "batch_max_wait_min"):
+        for name in ("lookahead_min", "qt_horizon_min", "batch_max_wait_min", "setup_switch_lots"):
             v = getattr(p, name)
             if v is not None and not (math.isfinite(v) and v >= 0):
                 problems.append((f"{prefix}{name}", "must be a finite number >= 0"))

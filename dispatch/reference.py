@@ -41,9 +41,13 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
     up = [0] * n_groups
     work = [0.0] * n_groups
     qt_work = [0.0] * n_groups   # busy time left + work of queue-time-window lots
+    in_setup: dict[tuple[int, int], int] = {}     # (group, setup) -> tools up in it
+    need_setup: dict[tuple[int, int], int] = {}   # (group, setup) -> lots waiting, not held
     for t, g in enumerate(a["tool_group"]):
         if a["tool_e10"][t] <= _UP_MAX and not a["tool_inhibited"][t]:
             up[g] += 1
+            if a["tool_setup"][t] >= 0:
+                in_setup[g, a["tool_setup"][t]] = in_setup.get((g, a["tool_setup"][t]), 0) + 1
             rem = a["tool_busy_until_min"][t] - now_min
             if rem > 0.0:
                 work[g] += rem
@@ -62,6 +66,8 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
         if a["lot_hold"][i]:
             continue
         g = step_group[s]
+        if a["step_setup"][s] >= 0:
+            need_setup[g, a["step_setup"][s]] = need_setup.get((g, a["step_setup"][s]), 0) + 1
         bmax = a["step_batch_max"][s]
         pt = _ptime(a["step_ptime_per"][s], a["step_ptime_min"][s], a["lot_wafers"][i], bmax)
         work[g] += pt
@@ -142,6 +148,15 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
                 return v
         return 0.0
 
+    def left_to_others(t: int, g: int, i: int) -> bool:
+        # a tool does not change to a setup other tools up hold unless more than
+        # setup_switch_lots lots per such tool wait for it; hot lots always may
+        need, cur = a["step_setup"][a["lot_step"][i]], a["tool_setup"][t]
+        k = pol.setup_switch_lots[g].item()
+        holders = in_setup.get((g, need), 0)
+        return (k > 0 and cur >= 0 and need >= 0 and need != cur and a["lot_hot"][i] == 0
+                and holders > 0 and need_setup.get((g, need), 0) <= k * holders)
+
     def minrun(t: int, s: int) -> float:
         cur = a["tool_setup"][t]
         if cur >= 0 and a["tool_setup_runs"][t] < a["setup_min_runs"][cur] and a["step_setup"][s] != cur:
@@ -158,7 +173,7 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
         rows = []
         for i in queue.get(g, []):
             s = a["lot_step"][i]
-            if step_recipe[s] not in quals:
+            if step_recipe[s] not in quals or left_to_others(t, g, i):
                 continue
             key = list(base[i])
             mr, su = minrun(t, s), -(setup_min(t, s) / 60.0)

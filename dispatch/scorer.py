@@ -20,7 +20,8 @@ All kernels are `@njit(cache=True)` and pure: arrays in, arrays out.
 
     score_tool(t, now_min, fab, pol, ws, out_lot, out_key) -> n
         Rank the candidates of tool t: lots waiting at a step of t's group, not
-        blocked, whose recipe t is qualified for. Writes the best
+        blocked, whose recipe t is qualified for, and not left to the tools
+        already in their setup (setup_left_to_others). Writes the best
         n <= len(out_lot) lot indices, best first, to out_lot (int32[K]) and
         their keys to out_key (float64[K, ws.lot_base.shape[1]]). It does not
         check whether t itself may run now (see tool_available).
@@ -62,6 +63,10 @@ All kernels are `@njit(cache=True)` and pure: arrays in, arrays out.
         with the policy row's parameters (pol.qt_gate[g], ...); BLOCK_OK = may start.
     setup_time_min(need, cur, step_setup_time_min, setup_change_min) -> minutes
     minrun_violation(need, cur, runs, setup_min_runs) -> -1.0 | 0.0
+    setup_left_to_others(need, cur, hot, holders, waiting, setup_switch_lots) -> bool
+        True: a tool in setup `cur` leaves a lot needing setup `need` to the
+        `holders` other tools up in that setup (`waiting` lots not on hold need
+        it at the group); such a lot is not the tool's candidate.
 
 Note: numba's cache does not notice when a kernel called from another
 module changes; after editing this file, clear the callers' __pycache__/*.nb*.
@@ -115,6 +120,7 @@ __all__ = [
     "prepare",
     "score_all",
     "score_tool",
+    "setup_left_to_others",
     "tool_available",
     "warm",
 ]
@@ -157,6 +163,8 @@ class Workspace(NamedTuple):
     key_tmp: np.ndarray          # float64[NL]
     group_plain: np.ndarray      # bool[G], queue sorted by base key and no candidate needs a setup
     sort_tmp: np.ndarray         # int32[L]
+    setup_tools: np.ndarray      # int32[G, NS], tools up (not inhibited) in each setup
+    setup_lots: np.ndarray       # int32[G, NS], lots waiting (not on hold) that need each setup
 
 
 class DispatchLists(NamedTuple):
@@ -175,6 +183,7 @@ def new_workspace(fab: FabArrays, pol: PolicyArrays) -> Workspace:
     L = fab.lot_state.shape[0]
     nr = int(fab.step_recipe.max(initial=-1)) + 1
     nl = n_levels(pol)
+    ns = max(fab.setup_min_runs.shape[0], 1)
     return Workspace(
         group_ptr=np.zeros(G + 1, np.int64), group_lots=np.zeros(L, np.int32),
         group_fill=np.zeros(G, np.int64), group_up=np.zeros(G, np.int32),
@@ -185,6 +194,7 @@ def new_workspace(fab: FabArrays, pol: PolicyArrays) -> Workspace:
         lot_block=np.zeros(L, np.int8), lot_feat=np.zeros((L, N_RULES)),
         lot_base=np.zeros((L, nl)), tool_rep=np.zeros(fab.tool_group.shape[0], np.int32),
         key_tmp=np.zeros(nl), group_plain=np.zeros(G, np.bool_), sort_tmp=np.zeros(L, np.int32),
+        setup_tools=np.zeros((G, ns), np.int32), setup_lots=np.zeros((G, ns), np.int32),
     )
 
 
@@ -238,6 +248,20 @@ def minrun_violation(need, cur, runs, setup_min_runs):
 
 
 @njit(cache=True)
+def setup_left_to_others(need, cur, hot, holders, waiting, setup_switch_lots):
+    """Return whether a tool in setup `cur` leaves a lot needing setup `need` to other tools.
+
+    `holders` tools up are already in setup `need` (not this one) and `waiting`
+    lots need it at the tool group. A greedy tool that ran out of lots for its
+    own setup would change to the setup of the most urgent lot even when those
+    tools will run it without a change; it may change only when more than
+    setup_switch_lots lots per holder wait (0: always). Hot lots always may.
+    """
+    return (setup_switch_lots > 0.0 and cur >= 0 and need >= 0 and need != cur and hot == 0
+            and holders > 0 and waiting <= setup_switch_lots * holders)
+
+
+@njit(cache=True)
 def qualified(qual_recipe, lo, hi, recipe):
     """Return whether `recipe` is in the sorted CSR row qual_recipe[lo:hi]."""
     while lo < hi:
@@ -265,10 +289,14 @@ def prepare(now_min, fab, pol, ws):
     ws.recipe_wafers[:] = 0
     ws.recipe_oldest_min[:] = np.inf
     ws.recipe_incoming[:] = 0
+    ws.setup_tools[:] = 0
+    ws.setup_lots[:] = 0
     for t in range(fab.tool_group.shape[0]):
         if fab.tool_e10[t] <= _E10_UP_MAX and not fab.tool_inhibited[t]:
             g = fab.tool_group[t]
             ws.group_up[g] += 1
+            if fab.tool_setup[t] >= 0:
+                ws.setup_tools[g, fab.tool_setup[t]] += 1
             rem = fab.tool_busy_until_min[t] - now_min
             if rem > 0.0:
                 ws.group_work_min[g] += rem
@@ -288,6 +316,8 @@ def prepare(now_min, fab, pol, ws):
         ws.group_fill[g] += 1
         if fab.lot_hold[i]:
             continue
+        if fab.step_setup[s] >= 0:
+            ws.setup_lots[g, fab.step_setup[s]] += 1
         pt = lot_ptime_min(fab.step_ptime_per[s], fab.step_ptime_min[s], fab.lot_wafers[i],
                            fab.step_batch_max[s])
         ws.group_work_min[g] += pt
@@ -577,12 +607,17 @@ def score_tool(t, now_min, fab, pol, ws, out_lot, out_key):
             if n == K:
                 break
         return n
+    switch_lots = pol.setup_switch_lots[g]
     for j in range(ws.group_ptr[g], ws.group_ptr[g + 1]):
         i = group_lots[j]
         if lot_block[i] != BLOCK_OK:
             continue
         s = lot_step[i]
         if not qualified(qual_recipe, q_lo, q_hi, step_recipe[s]):
+            continue
+        need = step_setup[s]
+        if need >= 0 and setup_left_to_others(need, cur, fab.lot_hot[i], ws.setup_tools[g, need],
+                                              ws.setup_lots[g, need], switch_lots):
             continue
         for lv in range(NL):
             key[lv] = lot_base[i, lv]
@@ -715,10 +750,13 @@ def _rank_full(t, fab, pol, ws, out_lot, out_key):
         s = fab.lot_step[i]
         if not qualified(fab.qual_recipe, q_lo, q_hi, fab.step_recipe[s]):
             continue
+        need = fab.step_setup[s]
+        if need >= 0 and setup_left_to_others(need, cur, fab.lot_hot[i], ws.setup_tools[g, need],
+                                              ws.setup_lots[g, need], pol.setup_switch_lots[g]):
+            continue
         out_lot[n] = i
         for lv in range(NL):
             out_key[n, lv] = ws.lot_base[i, lv]
-        need = fab.step_setup[s]
         add_tool_terms(level, weight, minrun_violation(need, cur, runs, fab.setup_min_runs),
                        setup_time_min(need, cur, fab.step_setup_time_min[s], fab.setup_change_min),
                        out_key[n])

@@ -2,7 +2,7 @@
 
 Pure: arrays in, arrays out, no I/O. Times are minutes. Every dispatch
 decision calls the daemon's scorer kernels (`dispatch.scorer.candidate_key`,
-`key_better`, `block_code`) for each (idle tool, waiting lot) pair, with the
+`key_better`, `block_code`, `setup_left_to_others`) for each (idle tool, waiting lot) pair, with the
 policy compiled per family by `bench.fabsim.policy`.
 
 Event kinds: a tool finishes its job (MDONE), a lot finishes its step (LDONE),
@@ -33,7 +33,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from dispatch.scorer import BLOCK_BATCH_WAIT, BLOCK_OK, block_code, candidate_key, key_better
+from dispatch.scorer import (
+    BLOCK_BATCH_WAIT,
+    BLOCK_OK,
+    block_code,
+    candidate_key,
+    key_better,
+    setup_left_to_others,
+)
 
 EV_MDONE = 0
 EV_LDONE = 1
@@ -170,6 +177,7 @@ def simulate(
     # policy (dispatch.config.PolicyArrays, one row per family)
     pol_level, pol_weight, pol_qt_horizon, pol_qt_gate, pol_qt_gate_factor, pol_batch_fill,
     pol_batch_max_wait, pol_balance_target, pol_deliver_flow_factor, pol_slack_flow_factor,
+    pol_setup_switch_lots,
     # run
     horizon, compat, seed, pieces_per_lot, progress, trace_steps,
 ):
@@ -283,6 +291,7 @@ def simulate(
         if st_ded_use[s] >= 0:
             fam_has_ded[st_family[s]] = True
     members = np.empty(qcap, np.int32)
+    setup_waiting = np.zeros(max(1, setup_min_run.shape[0]), np.int32)   # lots in the queue, per setup
     chosen = np.empty(max_b, np.int32)
 
     n_days = int(horizon // 1440.0) + 2
@@ -520,11 +529,15 @@ def simulate(
                     for mm in range(s0, s1):
                         tool_usable[mm] = False
                     break
-                # batch bookkeeping: lots (and the oldest arrival) per batch key in the queue
+                # batch bookkeeping: lots (and the oldest arrival) per batch key in the queue;
+                # lots per setup they need
                 nt = 0
+                setup_waiting[:] = 0
                 for i in range(n):
                     lot = q[f, i]
                     s = lot_step[lot]
+                    if st_setup[s] >= 0:
+                        setup_waiting[st_setup[s]] += 1
                     if st_bmax[s] > 1:
                         g = st_bkey[s]
                         if g_count[g] == 0:
@@ -549,8 +562,22 @@ def simulate(
                     minrun = 0.0
                     if tool_minrun_left[m] >= 0 and tool_minrun_setup[m] != need:
                         minrun = -1.0
+                    hot = 0
+                    if lot_priority[lot] >= 30:
+                        hot = 2
+                    elif lot_priority[lot] >= 20:
+                        hot = 1
                     su = 0.0
                     if need >= 0 and tool_setup[m] != need:
+                        if pol_setup_switch_lots[f] > 0.0:
+                            holders = 0
+                            for mm in range(s0, s1):
+                                if tool_setup[mm] == need and not tool_is_down[mm]:
+                                    holders += 1
+                            if setup_left_to_others(need, tool_setup[m], hot, holders,
+                                                    setup_waiting[need], pol_setup_switch_lots[f]):
+                                blocked[i] = True
+                                continue
                         if st_setup_time[s] >= 0.0:
                             su = st_setup_time[s]
                         else:
@@ -585,11 +612,6 @@ def simulate(
                         qt_on = lot_cqt[lot] != 0
                     else:
                         qt_on = lot_cqt_to[lot] >= 0
-                    hot = 0
-                    if lot_priority[lot] >= 30:
-                        hot = 2
-                    elif lot_priority[lot] >= 20:
-                        hot = 1
                     candidate_key(t, lev, wt, pol_qt_horizon[f], pol_balance_target[f],
                                   pol_deliver_flow_factor[f], pol_slack_flow_factor[f], hot,
                                   lot_priority[lot], lot_due[lot], lot_free_since[lot], qt_on,

@@ -141,7 +141,7 @@ def run(ds: smt2020.Dataset, cfg: SimConfig, *, model_cache: dict | None = None,
         fab.lot_due_min,
         pol.level, pol.weight, pol.qt_horizon_min, pol.qt_gate, pol.qt_gate_factor, pol.batch_fill,
         pol.batch_max_wait_min, pol.balance_target_wait_min, pol.deliver_flow_factor,
-        pol.slack_flow_factor,
+        pol.slack_flow_factor, pol.setup_switch_lots,
         horizon, 1 if cfg.compat else 0, int(cfg.seed), int(fab.pieces_per_lot), prog, trace,
     )
     t0 = time.perf_counter()

@@ -153,6 +153,42 @@ def test_what_if_removes_the_named_capacity_loss_and_only_that(tiny):
         fabrun.run(tiny, fabrun.SimConfig(days=1, what_if=("no-queues",)))
 
 
+def _two_setup_fab() -> smt2020.Dataset:
+    """Four implanters, two setups (60 minutes to change), 25-minute lots: product a every
+    9 minutes (about 2.8 tools' work), product b every 40 (about 0.6)."""
+    routes = {r: [smt2020.RouteStep(route=r, step=1, desc=f"{r}1", family="I", pdist="constant",
+                                    ptime_min=1.0, per="per_piece", setup=f"S{r}")]
+              for r in ("a", "b")}
+    return smt2020.Dataset(
+        name="implant", epoch="2018-01-01T00:00:00",
+        families={"I": smt2020.ToolFamily(name="I", count=4, area="X", setup_group="G")},
+        parts={f"p{r}": smt2020.Part(name=f"p{r}", route=r) for r in routes}, routes=routes,
+        setup_times={("", "Sa"): 60.0, ("", "Sb"): 60.0}, min_runs={"Sa": 0, "Sb": 0},
+        setup_groups={"G": ["Sa", "Sb"]}, pm_calendars={}, down_calendars={}, attachments=[],
+        orders=[smt2020.Order(lot_type=f"L{r}", part=f"p{r}", priority=10, pieces=25, start_min=k,
+                              interval_min=every, count=100000, due_offset_min=600.0)
+                for r, k, every in (("a", 0.0, 9.0), ("b", 7.0, 40.0))],
+        wip=[], transport=smt2020.Transport())
+
+
+def test_tools_leave_a_setup_other_tools_hold_to_them():
+    """Greedy setup changes (a tool out of lots for its setup takes the other setup's lots
+    although tools in that setup will run them) cost the implanters capacity; the fabd
+    policy changes only when more than setup_switch_lots lots per such tool wait."""
+    from dispatch.config import Policy
+
+    ds = _two_setup_fab()
+    greedy = fabrun.run(ds, fabrun.SimConfig(days=30, policy=Policy(preset="fabd",
+                                                                     setup_switch_lots=0.0)))
+    fabd = fabrun.run(ds, fabrun.SimConfig(days=30, policy="fabd"))
+    assert greedy.setup_share_by_family["I"] > 0.1          # a tenth of the time in setups
+    assert fabd.setup_share_by_family["I"] < 0.02
+    for lot_type in ("La", "Lb"):                           # and every lot finishes sooner
+        assert (fabd.by_lot_type[lot_type].cycle_time_days
+                < 0.8 * greedy.by_lot_type[lot_type].cycle_time_days)
+    assert fabd.lots_finished >= greedy.lots_finished
+
+
 @needs_hvlm
 def test_what_if_no_dedication_lets_lots_use_any_tool_of_the_family(hvlm):
     from bench.fabsim import model

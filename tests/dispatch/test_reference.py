@@ -23,6 +23,7 @@ def random_policy(rnd: random.Random) -> dict:
         "qt_gate": rnd.random() < 0.5, "deliver_flow_factor": rnd.choice([0.5, 1.6, 3.0]),
         "slack_flow_factor": rnd.choice([1.0, 2.1]), "batch_fill": rnd.choice([0.0, 0.75, 1.0]),
         "batch_max_wait_min": rnd.choice([0.0, 60.0]), "lookahead_min": rnd.choice([0.0, 5.0]),
+        "setup_switch_lots": rnd.choice([0.0, 1.0, 5.0]),
         "groups": {"G1": {"preset": rnd.choice(sorted(PRESETS))}} if rnd.random() < 0.3 else {},
     }
 

@@ -137,6 +137,33 @@ def test_setup_avoidance_prefers_lots_matching_the_tool_setup():
     assert rows["needs-B"].features["setup"] == 0.0
 
 
+def test_a_tool_leaves_lots_of_a_setup_another_tool_holds_to_that_tool():
+    """G1 (in SA) ran out of SA lots; G2 is in SB. G1 would change to SB for the waiting
+    SB lots although G2 runs them without a change; it does only when more than
+    setup_switch_lots SB lots per SB tool wait, or for a hot lot."""
+    m = line(setups=True)
+    m.set_tool_setup("G1", "SA")
+    m.set_tool_setup("G2", "SB")
+    m._tools["tool_setup_runs"][m.tool("G1")] = 5     # minimum run done
+    for k in range(5):
+        m.add_lot(f"b{k}", "PB", arrival_min=-60.0 + k)
+    fabd = {"preset": "fabd"}
+    assert rank(m, fabd, tool="G1") == []
+    assert rank(m, fabd, tool="G2") == ["b0", "b1", "b2", "b3", "b4"]
+    assert rank(m, {"preset": "fabd", "setup_switch_lots": 0.0}, tool="G1")[:1] == ["b0"]
+    assert rank(m, {"preset": "cr"}, tool="G1")[:1] == ["b0"]    # PySCFabSim's rules change
+    m.add_lot("b5", "PB", arrival_min=0.0)                       # 6 lots > 5 per SB tool
+    assert rank(m, fabd, tool="G1")[:1] == ["b0"]
+    m.set_hold("b5", True)
+    assert rank(m, fabd, tool="G1") == []                        # held lots do not count
+    m.set_hold("b4", True)
+    m.add_lot("hot", "PB", hot=1, priority=20, arrival_min=0.0)   # 5 SB lots again, one hot
+    assert rank(m, fabd, tool="G1") == ["hot"]
+    m.set_hold("hot", True)
+    m.set_tool_state("G2", E10State.UNSCHEDULED_DOWN)             # no SB tool up: G1 changes
+    assert rank(m, fabd, tool="G1")[:1] == ["b0"]
+
+
 def test_minimum_run_keeps_a_setup_until_its_run_is_done():
     m = line(setups=True)
     m.set_tool_setup("G1", "SA")
