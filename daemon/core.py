@@ -91,6 +91,12 @@ class CoreSink:
                 metrics.COMPLETIONS.labels(product).inc()
                 metrics.CYCLE_TIME_LOT.labels(product).observe(max(0.0, e.ts - created))
             core.tool_freed(e.tool_id)
+        for e in events:
+            if isinstance(e, dom.ToolConnected):
+                starts = core.reconcile_connected(e)
+                if starts:
+                    await self.submit(starts)
+                await core.bus.durable()
 
     def points(self, points: list[dom.ProcessPoint]) -> None:
         self.core.bus.sink.points(points)
@@ -140,6 +146,7 @@ class FabCore:
         self._reserved_lots: set[str] = set()
         self._last_lists: dict[str, tuple[str, ...]] = {}
         self._state_since: dict[str, tuple[str, float]] = {}  # tool -> (E10 state, since)
+        self._unchecked: set[str] = set()  # tools logged as not saying what they run
         self.counters: dict[str, int] = defaultdict(int)
         self._spc_ticks = 0
 
@@ -317,6 +324,42 @@ class FabCore:
 
     def tool_freed(self, tool_id: str) -> None:
         self._reserved_tools.pop(tool_id, None)
+
+    def reconcile_connected(self, e: dom.ToolConnected) -> list[dom.DomainEvent]:
+        """Compare what a (re)connected tool runs with the record; return the starts it found.
+
+        The session reports it after the spool replay, so a completion the tool kept has been
+        applied by now. A lot the record has on the tool that the tool no longer runs ended
+        unreported (lost while the link was down: the tool's spool off, overflowed or purged):
+        the tool is freed and the lot held at its step. A lot the tool runs that the record
+        does not have there is a start fabd did not see, returned to be applied and judged
+        like any other. A tool that does not say what it runs is left alone.
+        """
+        mes = self.bus.mes
+        tool = mes.tools.get(e.tool_id)
+        if tool is None:
+            return []
+        if e.running_lot is None:
+            if tool.lot_id and e.tool_id not in self._unchecked:
+                self._unchecked.add(e.tool_id)
+                log.info("tool %s does not say what it runs at connect: the record (lot %s "
+                         "there) cannot be checked", e.tool_id, tool.lot_id)
+            return []
+        running = list(dict.fromkeys(x.strip() for x in e.running_lot.split(",") if x.strip()))
+        if tool.lot_id and tool.lot_id not in running:
+            reason = (f"completion not reported by {e.tool_id} (link lost while processing); "
+                      "verify the step and release or rework")
+            for lot in mes.active_lots():
+                if (lot.state == PROCESSING and lot.tool_id == e.tool_id
+                        and lot.lot_id not in running):
+                    log.warning("tool %s no longer runs lot %s and never reported its end: "
+                                "tool freed, lot held", e.tool_id, lot.lot_id)
+                    mes.completion_lost(lot.lot_id, e.tool_id, reason)
+            self.tool_freed(e.tool_id)
+        return [dom.ProcessStarted(tool_id=e.tool_id, ts=e.ts, lot_id=lot_id,
+                                   recipe_id=e.running_recipe)
+                for lot_id in running if (lot := mes.lots.get(lot_id)) is None
+                or lot.state != PROCESSING or lot.tool_id != e.tool_id]
 
     async def _redis_reachable(self) -> bool:
         """PING Redis: the relay only talks to Redis when it has events to send, so its last

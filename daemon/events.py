@@ -102,6 +102,15 @@ class LotReleased(_LotEvent, frozen=True, kw_only=True):
     still_held: bool = False  # other holds remain
 
 
+class LotCompletionLost(_LotEvent, frozen=True, kw_only=True):
+    """The tool no longer runs the lot and never reported its end (lost while the link was
+    down): fabd took it off the tool, which is free again. The lot stays at `step_id`, held
+    (a `lot_held` follows): whether the step was done is for an engineer to say."""
+
+    TYPE: ClassVar[str] = "lot_completion_lost"
+    tool_id: str
+
+
 class LotCompleted(_LotEvent, frozen=True, kw_only=True):
     """The lot finished its last step and left the WIP (step_id: that last step)."""
 
@@ -294,8 +303,8 @@ class WipSnapshot(OutEvent, frozen=True, kw_only=True):
 
 
 OUT_EVENTS: tuple[type[OutEvent], ...] = (
-    LotCreated, LotTrackedIn, LotTrackedOut, LotMoved, LotReworked, LotHeld, LotReleased,
-    LotCompleted, LotScrapped, TrackInRefused,
+    LotCreated, LotTrackedIn, LotTrackedOut, LotCompletionLost, LotMoved, LotReworked, LotHeld,
+    LotReleased, LotCompleted, LotScrapped, TrackInRefused,
     ToolStateChanged, ToolControlStateChanged, ToolConnected, ToolDisconnected, AlarmSet,
     AlarmCleared, RecipeVerified, RecipeMismatch, ToolInhibitChanged, DispatchList,
     ProcessUnexpected,

@@ -59,7 +59,8 @@ class Hold(msgspec.Struct, kw_only=True):
     reason: str
     by: str
     ts: float
-    kind: str = ""  # "queue_time": enforcement held the lot for an exceeded queue-time window
+    kind: str = ""  # "queue_time": enforcement held the lot for an exceeded queue-time window;
+    #                 "completion_lost": its tool no longer ran it and never reported its end
 
 
 class ReturnPoint(msgspec.Struct, kw_only=True):
@@ -494,6 +495,26 @@ class MesState:
         if lot.holds and lot.state == QUEUED:
             lot.state = HELD
         self._touch("lot", lot_id, lot)
+
+    def completion_lost(self, lot_id: str, tool_id: str, reason: str) -> None:
+        """Take a lot off a tool that no longer runs it and never reported its end.
+
+        Nobody knows whether the step was done: the tool is free, the lot stays at its step,
+        held for an engineer (release runs the step again).
+        """
+        lot = self._lot(lot_id)
+        if lot.state != PROCESSING or lot.tool_id != tool_id:
+            raise IllegalTransition(f"lot {lot_id} is not processing on {tool_id}: it is "
+                                    f"{lot.state} on {lot.tool_id or '-'}")
+        self._free_tool(lot)
+        lot.state = QUEUED
+        self._touch("lot", lot_id, lot)
+        self.emit(ev.LotCompletionLost(lot_id=lot_id, product_id=lot.product_id,
+                                       step_id=lot.step_id, wafers=lot.wafers, tool_id=tool_id))
+        if any(h.reason == reason for h in lot.holds):   # lost there before, still held for it
+            lot.state = HELD
+        else:
+            self.hold(lot_id, reason, "mes", "completion_lost")
 
     def _advance(self, lot: Lot, route: Route, now: float) -> None:
         from_step = lot.step_id

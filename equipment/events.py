@@ -45,6 +45,10 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=Tr
 class ToolConnected(_Event, frozen=True, kw_only=True):
     protocol: str  # "hsms" | "opcua" | "mqtt"
     peer: str = ""
+    # What the tool runs now, read at connect after its spooled events were replayed: the
+    # lot id (a batch's comma-separated), "" for none; None when the tool does not say.
+    running_lot: str | None = None
+    running_recipe: str = ""
 
 
 class ToolDisconnected(_Event, frozen=True, kw_only=True):

@@ -83,6 +83,7 @@ class GemDriverProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     vid_current_lot: int = 0
     vid_spool_count: int = 0  # SV saying how many messages the tool spooled; 0 = always ask
     lot_result_ok: list[int] = msgspec.field(default_factory=lambda: [0])  # "conforming"
+    process_idle_values: list[int] = []  # process-state values meaning "runs nothing"
     parameters: list[ParameterDef] = []  # collected with ProcessCompleted, charted by SPC
     trace: list[ParameterDef] = []  # sampled with S2F23/S6F1 (trace_period_s > 0)
 
@@ -159,6 +160,7 @@ FABD_SIM = GemDriverProfile(
     vid_process_state=1002,
     vid_pp_exec_name=1004,
     vid_current_lot=1006,
+    process_idle_values=[0],
     parameters=[ParameterDef(vid=2010, name="Temperature_C"),
                 ParameterDef(vid=2011, name="Pressure_Pa"),
                 ParameterDef(vid=2012, name="RFPower_W"),

@@ -5,8 +5,10 @@ Run `GemHostSession.run()` as a named task (`hsms[<tool_id>]`). It connects
 the E30 start-up: S1F13 (retried every CommDelay until COMMACK 0), S1F17, S2F31,
 S2F37 disable all, S2F33 delete all, S2F33 define, S2F35 link, S2F37 enable,
 S5F3 per alarm, S7F19, S2F23 trace, S6F23 spooled data (let it arrive), then the
-S1F3 status read, whose values are the last word on control and E10 state. A
-tool that was power-cycled is therefore back in sync without anyone touching it.
+S1F3 status read, whose values are the last word on control and E10 state, and
+whose current lot / process state ToolConnected carries (`running_lot`) for the
+daemon to check its record against. A tool that was power-cycled is therefore back
+in sync without anyone touching it.
 Steps a tool may not support (clock, alarms, recipes, trace, spool) are skipped
 when it answers S9Fx.
 
@@ -145,7 +147,9 @@ class GemHostSession:
         self._inbox: asyncio.Queue[tuple[HsmsSession, Message] | list[DomainEvent]] | None = None
         self._startup_task: asyncio.Task | None = None
         self._dataid = 0
-        self._last_primary_at = 0.0
+        self._last_primary_at = 0.0  # loop time a primary last arrived
+        self._handling = False  # the worker is on an item (its answer not sent yet)
+        self._handled_at = 0.0  # loop time the worker last finished an item
         self._was_up = False
         self._lot_trace: dict[str, _LotTrace] = {}
         self._trace_names = [p.name for p in self.profile.trace]
@@ -300,6 +304,7 @@ class GemHostSession:
             if tiaack:
                 log.warning("tool %s: trace refused (TIAACK %d)", self.tool_id, tiaack)
         spooled = False
+        asked_at = 0.0
         if self.config.request_spooled:
             wanted = True
             if p.vid_spool_count:
@@ -307,14 +312,23 @@ class GemHostSession:
                     p.vid_spool_count)
                 wanted = bool(m.integer_or_zero(count))
             if wanted:
+                asked_at = asyncio.get_running_loop().time()
                 spooled = await self._optional(6, 23, U1(0), "RSDA") == 0
+        settled = True
         if spooled:
             # Spooled messages are older than the status we are about to read: let them
             # arrive first, so the daemon ends on the current state, not a spooled one.
-            await self._settle()
+            settled = await self._settle(asked_at)
+            if not settled:
+                log.info("tool %s: spooled data still arriving after %.1f s; what the tool "
+                         "runs is not compared with the record at this connect", self.tool_id,
+                         4 * self.config.spool_settle_s)
         # 6. Read the current state (after the spool, see above).
         status = await self._read_status(p.status_svids, startup=True) if p.status_svids else {}
         events = self._status_events(status)
+        # The daemon compares it with its record: only once the spool is in (a completion the
+        # tool kept must be applied, not taken for one that was lost).
+        running = self._running_lot(status) if settled else None
         connects = self._state.connects_total + 1
         self._set(communicating=True, recipes=recipes, connects_total=connects,
                   spooled_requested=spooled)
@@ -328,23 +342,44 @@ class GemHostSession:
         self._was_up = True
         peer = f"{self.config.hsms.host}:{self.config.hsms.port}"
         self._submit_soon([ToolConnected(tool_id=self.tool_id, ts=time.time(), protocol="hsms",
-                                         peer=peer), *events])
+                                         peer=peer, running_lot=running,
+                                         running_recipe=self._state.recipe if running else ""),
+                           *events])
 
-    async def _settle(self) -> None:
-        """Wait until no primary arrived for spool_settle_s (at most 4 x that).
+    async def _settle(self, asked_at: float) -> bool:
+        """Wait until the spool the tool announced (RSDA 0) is in; False if it did not settle.
 
-        A busy tool never goes quiet; the cap keeps its start-up short (the spool then
-        interleaves with live events, which carry their own order).
+        In: a primary arrived since `asked_at`, then for spool_settle_s nothing arrived and
+        nothing was being answered (the tool sends its next spooled message once we
+        acknowledged the last). A busy tool never goes quiet; the cap of 4 x spool_settle_s
+        keeps its start-up short (the spool then interleaves with live events, which carry
+        their own order).
         """
         settle = self.config.spool_settle_s
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + 4 * settle
-        while loop.time() < deadline:
-            quiet = loop.time() - max(self._last_primary_at, start)
-            if quiet >= settle and (self._inbox is None or self._inbox.empty()):
-                return
+        while True:
+            quiet = loop.time() - max(self._last_primary_at, self._handled_at, start)
+            if (self._last_primary_at >= asked_at and quiet >= settle and not self._handling
+                    and (self._inbox is None or self._inbox.empty())):
+                return True
+            if loop.time() >= deadline:
+                return False
             await asyncio.sleep(max(0.01, settle - quiet))
+
+    def _running_lot(self, status: dict[int, Any]) -> str | None:
+        """The lot the status read says runs now: its id, "" for none, None if it does not say."""
+        p = self.profile
+        state = status.get(p.vid_process_state) if p.vid_process_state else None
+        known = isinstance(state, int) and bool(p.process_idle_values)
+        if known and state in p.process_idle_values:
+            return ""
+        if not p.vid_current_lot or p.vid_current_lot not in status:
+            return None
+        lot = str(status[p.vid_current_lot] or "")
+        # busy with no lot id: something runs, which is unknown (a setup, a dummy run)
+        return None if known and not lot else lot
 
     def _status_events(self, status: dict[int, Any]) -> list[DomainEvent]:
         """Turn the start-up status read into state and reconciling events."""
@@ -517,32 +552,41 @@ class GemHostSession:
 
     async def _primary_loop(self) -> None:
         assert self._inbox is not None
+        loop = asyncio.get_running_loop()
         while True:
             item = await self._inbox.get()
-            if isinstance(item, list):
-                try:
-                    await self._sink.submit(item)
-                except Exception:
-                    log.exception("tool %s: sink refused %d connection events", self.tool_id,
-                                  len(item))
-                continue
-            session, msg = item
+            self._handling = True
             try:
-                await self._handle(session, msg)
-            except GemProtocolError as exc:
-                metrics.MALFORMED.labels(self.tool_id, "hsms").inc()
-                log.warning("tool %s: malformed %s (%s); answered S9F7", self.tool_id, msg.sf,
-                            exc)
-                self._s9(session, 7, msg)
-            except (HsmsError, GemNotCommunicatingError) as exc:
-                # Lost while answering: the tool keeps what we did not acknowledge.
-                log.debug("tool %s: %s not answered: %s", self.tool_id, msg.sf, exc)
-            except GemError as exc:
-                log.warning("tool %s: %s not handled: %s", self.tool_id, msg.sf, exc)
+                await self._serve(item)
+            finally:
+                self._handling = False
+                self._handled_at = loop.time()
+
+    async def _serve(self, item: tuple[HsmsSession, Message] | list[DomainEvent]) -> None:
+        if isinstance(item, list):
+            try:
+                await self._sink.submit(item)
             except Exception:
-                # The sink failed (store down?): no ack, so the tool keeps and re-sends it.
-                log.exception("tool %s: %s not handled; left unacknowledged", self.tool_id,
-                              msg.sf)
+                log.exception("tool %s: sink refused %d connection events", self.tool_id,
+                              len(item))
+            return
+        session, msg = item
+        try:
+            await self._handle(session, msg)
+        except GemProtocolError as exc:
+            metrics.MALFORMED.labels(self.tool_id, "hsms").inc()
+            log.warning("tool %s: malformed %s (%s); answered S9F7", self.tool_id, msg.sf,
+                        exc)
+            self._s9(session, 7, msg)
+        except (HsmsError, GemNotCommunicatingError) as exc:
+            # Lost while answering: the tool keeps what we did not acknowledge.
+            log.debug("tool %s: %s not answered: %s", self.tool_id, msg.sf, exc)
+        except GemError as exc:
+            log.warning("tool %s: %s not handled: %s", self.tool_id, msg.sf, exc)
+        except Exception:
+            # The sink failed (store down?): no ack, so the tool keeps and re-sends it.
+            log.exception("tool %s: %s not handled; left unacknowledged", self.tool_id,
+                          msg.sf)
 
     async def _handle(self, session: HsmsSession, msg: Message) -> None:
         s, f = msg.stream, msg.function

@@ -21,7 +21,7 @@ def test_schema_lists_every_event_and_command_with_their_fields() -> None:
         "lot_released", "lot_reworked", "lot_completed", "lot_scrapped", "tool_state_changed",
         "tool_connected", "tool_disconnected", "alarm_set", "alarm_cleared", "recipe_verified",
         "recipe_mismatch", "spc_violation", "spc_limits_changed", "process_data_summary",
-        "track_in_refused", "dispatch_list", "wip_snapshot"}
+        "track_in_refused", "dispatch_list", "wip_snapshot", "lot_completion_lost"}
     assert set(schema["commands"]) == {
         "define_route", "define_product", "define_tool", "create_lot", "hold_lot", "release_lot",
         "scrap_lot", "release_tool", "approve_recipe", "qualify_tool", "disqualify_tool"}
@@ -74,6 +74,9 @@ async def test_every_published_entry_validates_against_the_schema(redis_url, tmp
         mes.spc_violation("ETCH01/-/S1/rf_W", "ETCH01", "rf_W", "nelson1", 3.0, "L0000",
                           "notify", test=1, points=[ev.SpcPoint(value=3.0, ts=1.0)])
         mes.spc_limits_changed("ETCH01/-/S1/rf_W", 1.0, 0.0, 2.0, "phase I")
+        mes.create_lot("LOST", "PO", "P-A", 25)
+        mes.track_in("LOST", "LITHO01", "R0")
+        mes.completion_lost("LOST", "LITHO01", "completion not reported by LITHO01")
         mes.tool_disconnected("ETCH01", "hsms", "gone")
         bus.snapshots.snapshot_now()
         await bus.durable()
@@ -97,4 +100,4 @@ async def test_every_published_entry_validates_against_the_schema(redis_url, tmp
     finally:
         raw.close()
     assert {"lot_reworked", "lot_scrapped", "lot_completed", "lot_released", "recipe_mismatch",
-            "spc_violation", "wip_snapshot", "tool_state_changed"} <= seen
+            "spc_violation", "wip_snapshot", "tool_state_changed", "lot_completion_lost"} <= seen

@@ -445,6 +445,103 @@ async def test_events_spooled_while_no_host_was_connected_arrive_after_reconnect
         await eventually(lambda: session.state.e10 is E10State.STANDBY, what="standby again")
 
 
+async def test_connect_reports_the_lot_the_tool_runs_for_the_daemon_to_check(
+        sim: GemToolSim) -> None:
+    sink = RecordingSink()
+    async with running(sim, sink) as session:
+        await eventually(lambda: sink.of(ToolConnected), what="ToolConnected")
+        assert sink.of(ToolConnected)[-1].running_lot == ""  # idle
+        sim.process_time_s = 60.0
+        lot = await _run_lot(session)
+        await eventually(lambda: any(e.lot_id == lot for e in sink.of(ProcessStarted)),
+                         what="ProcessStarted")
+        first = session.state.connects_total
+        await sim.drop_connection()
+        await session.wait_for(lambda s: s.communicating and s.connects_total > first, 60)
+        await eventually(lambda: len(sink.of(ToolConnected)) >= 2, what="ToolConnected again")
+        again = sink.of(ToolConnected)[-1]
+        assert (again.running_lot, again.running_recipe) == (lot, "ETCH-A")
+        assert (await session.command(RemoteCommand.ABORT, {})).code == 0  # idle for the next
+        await eventually(lambda: _completed(sink, lot), what="the lot aborted")
+
+
+class SlowE10Sink(RecordingSink):
+    """A sink slow to make one E10 change durable (a slow disk, a busy store)."""
+
+    async def submit(self, events: list) -> None:
+        if any(isinstance(e, E10StateChanged) and e.reason == "while away" for e in events):
+            await asyncio.sleep(1.2)
+        await super().submit(events)
+
+    def order(self) -> tuple[int, int, int]:
+        """Where the slow E10 change, the completion and ToolConnected arrived."""
+        kinds = [e.reason if isinstance(e, E10StateChanged) else type(e) for e in self.events]
+        return (kinds.index("while away"), kinds.index(ProcessCompleted),
+                kinds.index(ToolConnected))
+
+
+async def _lot_done_while_away(sim: GemToolSim) -> None:
+    """A lot the tool finished while no host listened, an E10 change spooled ahead of its end."""
+    sim.process_time_s = 4.0
+    starts = sim.acked.count("S6F11 CEID 3001")
+    async with running(sim) as session:
+        lot = await _run_lot(session)
+        await eventually(lambda: sim.acked.count("S6F11 CEID 3001") > starts,
+                         what="start acknowledged")
+    await eventually(lambda: not sim.communicating, what="the tool sees the host gone")
+    await sim.set_e10("engineering", "while away")
+    await eventually(lambda: [d for d in sim.lots_done if d[0] == lot], what="lot done")
+
+
+async def test_what_runs_is_reported_after_the_whole_spool_even_when_the_sink_is_slow(
+        sim: GemToolSim) -> None:
+    """The tool sends its next spooled message once the last was acknowledged: a quiet
+    time counted from the last arrival ended while fabd was still storing one, and the
+    status read ("idle") overtook a spooled completion: fabd would hold a lot that did
+    finish."""
+    await _lot_done_while_away(sim)
+    sink = SlowE10Sink()
+    async with running(sim, sink, spool_settle_s=1.0):
+        await eventually(lambda: sink.of(ToolConnected) and sink.of(ProcessCompleted),
+                         what="ToolConnected and the spooled completion")
+        slow, completed, connected = sink.order()
+        assert slow < completed < connected
+        assert sink.of(ToolConnected)[0].running_lot == ""
+
+
+async def test_what_runs_is_not_reported_when_the_spool_does_not_settle(
+        sim: GemToolSim) -> None:
+    await _lot_done_while_away(sim)
+    sink = SlowE10Sink()
+    async with running(sim, sink, spool_settle_s=0.1):  # gives up after 0.4 s
+        await eventually(lambda: sink.of(ToolConnected) and sink.of(ProcessCompleted),
+                         what="ToolConnected and the spooled completion")
+        assert sink.order()[0] < sink.order()[1]
+        assert sink.of(ToolConnected)[0].running_lot is None  # not compared: no guess
+
+
+def test_what_runs_is_read_from_the_status_without_guessing(sim: GemToolSim) -> None:
+    import msgspec
+
+    from equipment.gem.profile import FABD_SIM
+
+    def running_lot(status: dict, **profile: object) -> str | None:
+        session = GemHostSession(_config(sim), RecordingSink(),
+                                 msgspec.structs.replace(FABD_SIM, **profile))
+        return session._running_lot(status)
+
+    assert running_lot({1002: 2, 1006: "L1"}) == "L1"
+    assert running_lot({1002: 0, 1006: "L1"}) == ""       # idle, the last lot id kept
+    assert running_lot({1002: 0, 1006: ""}) == ""
+    assert running_lot({1002: 1, 1006: ""}) is None       # busy with which lot?
+    assert running_lot({1002: 2}, vid_current_lot=0) is None
+    assert running_lot({1002: 0}, vid_current_lot=0) == ""
+    assert running_lot({1006: "L1"}, vid_process_state=0) == "L1"
+    assert running_lot({1006: ""}, vid_process_state=0) == ""
+    assert running_lot({1002: 0, 1006: "L1"}, process_idle_values=[]) == "L1"
+    assert running_lot({}, vid_process_state=0, vid_current_lot=0) is None
+
+
 async def test_establish_communications_is_retried_until_the_tool_accepts(
         sim: GemToolSim) -> None:
     sim.refuse_communication(2)
