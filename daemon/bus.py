@@ -125,7 +125,7 @@ class MesEventSink:
     def _completed(self, e: dom.ProcessCompleted) -> None:
         lot = self.mes.lots.get(e.lot_id)
         params = self._stats.pop((e.tool_id, e.lot_id), {})
-        if lot is None or lot.state != PROCESSING or lot.tool_id != e.tool_id:
+        if lot is None or not self.mes.completes(e.lot_id, e.tool_id):
             why = "unknown lot" if lot is None else f"lot is {lot.state} on {lot.tool_id or '-'}"
             self.mes.process_unexpected(e.tool_id, e.lot_id, "completed", why, e.ts)
             return

@@ -78,7 +78,7 @@ class CoreSink:
         for e in events:
             if isinstance(e, dom.ProcessCompleted):
                 lot = mes.lots.get(e.lot_id)
-                if lot is not None and lot.state == PROCESSING:
+                if lot is not None and mes.completes(e.lot_id, e.tool_id):
                     before.append((e, lot.step_id, lot.arrived_ts, lot.product_id,
                                    lot.created_ts))
         await core.bus.sink.submit(events)

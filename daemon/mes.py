@@ -61,6 +61,9 @@ class Hold(msgspec.Struct, kw_only=True):
     ts: float
     kind: str = ""  # "queue_time": enforcement held the lot for an exceeded queue-time window;
     #                 "completion_lost": its tool no longer ran it and never reported its end
+    # completion_lost: the tool whose late completion settles the hold; cleared when the lot
+    # is tracked in again (an end of the lost run then no longer says where the lot is)
+    tool_id: str = ""
 
 
 class ReturnPoint(msgspec.Struct, kw_only=True):
@@ -403,13 +406,13 @@ class MesState:
                                 route_id=route.route_id, priority=priority, due=due), now)
         return lot
 
-    def hold(self, lot_id: str, reason: str, by: str, kind: str = "") -> None:
+    def hold(self, lot_id: str, reason: str, by: str, kind: str = "", tool_id: str = "") -> None:
         """Put a hold on a lot (a processing lot finishes its step and then stays held)."""
         lot = self._active_lot(lot_id)
         if any(h.reason == reason for h in lot.holds):
             raise IllegalTransition(f"lot {lot_id} is already held for {reason}")
         now = self.clock()
-        lot.holds.append(Hold(reason=reason, by=by, ts=now, kind=kind))
+        lot.holds.append(Hold(reason=reason, by=by, ts=now, kind=kind, tool_id=tool_id))
         if lot.state == QUEUED:
             lot.state = HELD
         self._touch("lot", lot_id, lot)
@@ -463,6 +466,9 @@ class MesState:
         if lot.state != QUEUED and not (held_ok and lot.state == HELD):
             raise IllegalTransition(f"lot {lot_id} cannot track in: it is {lot.state}")
         tool = self.tools.get(tool_id) or self.define_tool(tool_id, "")
+        for h in lot.holds:
+            if h.kind == "completion_lost":
+                h.tool_id = ""
         lot.state = PROCESSING
         lot.tool_id = tool_id
         tool.lot_id = lot_id
@@ -471,16 +477,44 @@ class MesState:
         self.emit(ev.LotTrackedIn(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
                                   wafers=lot.wafers, tool_id=tool_id, recipe_id=recipe_id), ts)
 
+    def completes(self, lot_id: str, tool_id: str) -> bool:
+        """Whether a completion reported by the tool ends the lot's step (else: unexpected).
+
+        It does when the lot processes there, and when its end was taken for lost there (hold
+        kind completion_lost naming the tool) and it has not run since: the end came late (the
+        tool's "idle" at the reconnect overtook it, or the tool sent it again).
+        """
+        lot = self.lots.get(lot_id)
+        if lot is None:
+            return False
+        if lot.state == PROCESSING:
+            return lot.tool_id == tool_id
+        return self._lost_on(lot, tool_id) is not None
+
+    def _lost_on(self, lot: Lot, tool_id: str) -> Hold | None:
+        """The completion_lost hold a late completion from the tool settles, if any."""
+        if lot.state != HELD:
+            return None
+        return next((h for h in lot.holds
+                     if h.kind == "completion_lost" and h.tool_id == tool_id), None)
+
     def track_out(self, lot_id: str, tool_id: str, ok: bool = True,
                   ts: float | None = None) -> None:
-        """Record the end of processing; move the lot on (next step, rework, return, complete)."""
+        """Record the end of processing; move the lot on (next step, rework, return, complete).
+
+        A late end of a run taken for lost (see `completes`) also lifts that hold.
+        """
         lot = self._lot(lot_id)
-        if lot.state != PROCESSING:
+        lost = self._lost_on(lot, tool_id)
+        if lot.state != PROCESSING and lost is None:
             raise IllegalTransition(f"lot {lot_id} cannot track out: it is {lot.state}")
         now = self.clock() if ts is None else ts
         self._free_tool(lot)
         self.emit(ev.LotTrackedOut(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
                                    wafers=lot.wafers, tool_id=tool_id, ok=ok), now)
+        if lost is not None:   # released at the step it was held at, before the lot moves on
+            self.release(lot_id, f"completion arrived from {tool_id}: the step was done",
+                         "mes", lost.reason)
         route = self.routes[lot.route_id]
         step = route.steps[lot.step_index]
         lot.state = QUEUED
@@ -511,10 +545,12 @@ class MesState:
         self._touch("lot", lot_id, lot)
         self.emit(ev.LotCompletionLost(lot_id=lot_id, product_id=lot.product_id,
                                        step_id=lot.step_id, wafers=lot.wafers, tool_id=tool_id))
-        if any(h.reason == reason for h in lot.holds):   # lost there before, still held for it
+        again = next((h for h in lot.holds if h.reason == reason), None)
+        if again is not None:   # lost there before, still held for it
+            again.tool_id = tool_id
             lot.state = HELD
         else:
-            self.hold(lot_id, reason, "mes", "completion_lost")
+            self.hold(lot_id, reason, "mes", "completion_lost", tool_id)
 
     def _advance(self, lot: Lot, route: Route, now: float) -> None:
         from_step = lot.step_id

@@ -686,6 +686,21 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
             self._lot_id = ""
         self.set_e10("standby", "lot completed")
 
+    def resend_completion(self, lot_id: str) -> bool:
+        """Emit CE ProcessCompleted again for a lot finished before, with what it ended with."""
+        done = [d for d in self._sim._lots_done if d[0] == lot_id]
+        if not done:
+            raise ValueError(f"lot {lot_id!r} was not run here")
+        _, recipe, result, params = done[-1]
+        with self._lock:   # the report is built from these now, then they are put back
+            saved = (self._lot_id, self._pp_exec_name, self._lot_result, self._params)
+            self._lot_id, self._pp_exec_name, self._lot_result = lot_id, recipe, result
+            self._params = dict(params)
+            try:
+                return self.emit_event(FabdSim.CE_PROCESS_COMPLETED)
+            finally:
+                self._lot_id, self._pp_exec_name, self._lot_result, self._params = saved
+
     # ---- process programs -----------------------------------------------------------------
 
     def _on_s07f03(self, handler: Any, message: Any) -> Any:
@@ -1021,6 +1036,10 @@ class GemToolSim:
         }
         await asyncio.to_thread(actions[state])
         await asyncio.to_thread(handler.check_control_state)
+
+    async def resend_completion(self, lot_id: str) -> bool:
+        """Send a finished lot's CE ProcessCompleted again (a tool re-reporting an end)."""
+        return await asyncio.to_thread(self.handler.resend_completion, lot_id)
 
     async def emit_event(self, ceid: int) -> bool:
         """Trigger a collection event now; False when the host did not enable it."""

@@ -189,7 +189,8 @@ async def test_a_completion_lost_while_the_link_was_down_frees_the_tool_and_hold
         connects = await drop_link(fab, link)
         await eventually(lambda: [d for d in sim.lots_done if d[0] == "L1"],
                          what="the tool finished L1 while nobody listened")
-        assert "S6F11 CEID 3002" in sim.lost            # spooling off: the completion is gone
+        # spooling off: the completion is gone (its send loop drops it after lots_done)
+        await eventually(lambda: "S6F11 CEID 3002" in sim.lost, what="the completion lost")
         assert fab.running_on("L1") == TOOL              # ... so the record still has it there
         await restore_link(fab, link, connects)
 
@@ -277,3 +278,69 @@ async def test_a_tool_that_does_not_say_what_it_runs_is_not_reconciled_and_is_lo
         assert len(lines) == 1 and lines[0].levelno == logging.INFO
         assert TOOL in lines[0].getMessage() and "L1" in lines[0].getMessage()
         assert fab.lot("L1").state == PROCESSING
+
+
+async def lost_and_held(fab: Fab, link: Link, lot_id: str) -> None:
+    """Run a lot, lose its completion while the link is down, reconnect: the lot is held."""
+    sim = fab.sims[TOOL]
+    await start_lot(fab, lot_id)
+    connects = await drop_link(fab, link)
+    await eventually(lambda: [d for d in sim.lots_done if d[0] == lot_id],
+                     what=f"the tool finished {lot_id} while nobody listened")
+    await restore_link(fab, link, connects)
+    assert fab.lot(lot_id).state == HELD and fab.lot(lot_id).holds[0].kind == "completion_lost"
+
+
+def unexpected(redis_url: str, lot_id: str) -> list[dict]:
+    return [e["data"] for e in read_stream(redis_url, "fab:equipment")
+            if e["type"] == "process_unexpected" and e["data"]["lot_id"] == lot_id]
+
+
+async def test_a_completion_that_arrives_after_the_hold_completes_the_step_and_lifts_it(
+        redis_url, tmp_path) -> None:
+    # The tool's status read ("idle") can overtake its completion at the reconnect, or the
+    # tool sends the end again later: the step did complete, nobody has to verify it.
+    async with fab_with_link(redis_url, tmp_path, spool=False, process_time_s=2.0) as (fab,
+                                                                                      link):
+        sim = fab.sims[TOOL]
+        await lost_and_held(fab, link, "L1")
+        assert await sim.resend_completion("L1")
+        await eventually(lambda: fab.lot("L1").state == COMPLETED, what="L1 completed")
+        assert not fab.lot("L1").holds and fab.mes.tools[TOOL].lot_id == ""
+
+        lots = of_lot(await fab.lots_stream(), "L1")
+        kinds = [e["type"] for e in lots]
+        at = kinds.index("lot_completion_lost")
+        assert kinds[at:] == ["lot_completion_lost", "lot_held", "lot_tracked_out",
+                              "lot_released", "lot_completed"]
+        out = next(e["data"] for e in lots if e["type"] == "lot_tracked_out")
+        assert out["tool_id"] == TOOL and out["ok"] and out["step_id"] == "S1-E1"
+        released = next(e["data"] for e in lots if e["type"] == "lot_released")
+        assert f"completion arrived from {TOOL}" in released["reason"]
+        assert released["by"] == "mes" and not released["still_held"]
+        summaries = [e["data"] for e in read_stream(redis_url, "fab:quality")
+                     if e["type"] == "process_data_summary" and e["data"]["lot_id"] == "L1"]
+        assert [s["step_id"] for s in summaries] == ["S1-E1"]
+        assert unexpected(redis_url, "L1") == []
+
+
+async def test_a_completion_for_a_lot_released_and_run_again_meanwhile_is_unexpected(
+        redis_url, tmp_path) -> None:
+    async with fab_with_link(redis_url, tmp_path, spool=False, process_time_s=2.0) as (fab,
+                                                                                      link):
+        sim = fab.sims[TOOL]
+        await lost_and_held(fab, link, "L1")
+        fab.mes.release("L1", "not processed: run the step", "eng")   # the engineer's call
+
+        def done() -> bool:
+            fab.tick()
+            return fab.lot("L1").state == COMPLETED
+
+        await eventually(done, what="L1 run again and completed")
+        assert await sim.resend_completion("L1")   # the end of the run fabd had lost
+        await eventually(lambda: unexpected(redis_url, "L1"), what="process_unexpected")
+        [late] = unexpected(redis_url, "L1")
+        assert late["what"] == "completed" and late["tool_id"] == TOOL
+        kinds = [e["type"] for e in of_lot(await fab.lots_stream(), "L1")]
+        assert kinds.count("lot_tracked_out") == 1 and kinds.count("lot_completed") == 1
+        assert kinds.count("lot_released") == 1
