@@ -967,7 +967,8 @@ class Dispatcher:
             # groups may arrive with master data after the policy: not an error here
             self._pol = compile_policy(self.policy, self.model, strict=False)
             self._ws = None
-        shape = (fab.lot_state.shape[0], fab.tool_group.shape[0], fab.step_recipe.shape[0])
+        shape = (fab.lot_state.shape[0], fab.tool_group.shape[0], fab.step_recipe.shape[0],
+                 fab.setup_min_runs.shape[0])
         if self._ws is None or shape != self._shape:
             self._ws = new_workspace(fab, self._pol)
             T, K, NL = shape[1], self.policy.max_list, self._ws.lot_base.shape[1]

@@ -164,6 +164,21 @@ def test_a_tool_leaves_lots_of_a_setup_another_tool_holds_to_that_tool():
     assert rank(m, fabd, tool="G1")[:1] == ["b0"]
 
 
+def test_a_setup_added_with_master_data_after_scoring_is_counted():
+    """The per-setup counts are sized by the model's setups: one added later (master data)
+    must resize them, not be written past their end by the kernel."""
+    m = line(setups=True)
+    m.add_lot("a", "PA")
+    d = Dispatcher(m, load_policy({"preset": "fabd"}))
+    d.score(0.0)
+    m.add_setup("SC")          # no new lot, tool or step: only the setups grow
+    m.set_tool_setup("G2", "SC")
+    d.score(0.0)
+    assert d._ws.setup_tools.shape[1] == 3
+    assert d._ws.setup_tools[m.group_index["G"], m.setup_index["SC"]] == 1
+    assert [c.lot_id for c in d.explain("G2")] == ["a"]
+
+
 def test_minimum_run_keeps_a_setup_until_its_run_is_done():
     m = line(setups=True)
     m.set_tool_setup("G1", "SA")
