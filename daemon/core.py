@@ -102,6 +102,11 @@ class CoreSink:
         self.core.bus.sink.points(points)
 
 
+def batch_lot_ids(lot_id: str) -> list[str]:
+    """The lot ids in a tool's lot id value: a batch tool sends them comma-separated."""
+    return [x.strip() for x in lot_id.split(",") if x.strip()]
+
+
 def expand_batches(events: list[dom.DomainEvent]) -> list[dom.DomainEvent]:
     """A batch tool reports one process start/end for the batch, its lot ids comma-separated."""
     if not any(isinstance(e, dom.ProcessStarted | dom.ProcessCompleted) and "," in e.lot_id
@@ -110,8 +115,8 @@ def expand_batches(events: list[dom.DomainEvent]) -> list[dom.DomainEvent]:
     out: list[dom.DomainEvent] = []
     for e in events:
         if isinstance(e, dom.ProcessStarted | dom.ProcessCompleted) and "," in e.lot_id:
-            out.extend(msgspec.structs.replace(e, lot_id=lot_id.strip())
-                       for lot_id in e.lot_id.split(",") if lot_id.strip())
+            out.extend(msgspec.structs.replace(e, lot_id=lot_id)
+                       for lot_id in batch_lot_ids(e.lot_id))
         else:
             out.append(e)
     return out
@@ -345,7 +350,7 @@ class FabCore:
                 log.info("tool %s does not say what it runs at connect: the record (lot %s "
                          "there) cannot be checked", e.tool_id, tool.lot_id)
             return []
-        running = list(dict.fromkeys(x.strip() for x in e.running_lot.split(",") if x.strip()))
+        running = list(dict.fromkeys(batch_lot_ids(e.running_lot)))
         if tool.lot_id and tool.lot_id not in running:
             reason = (f"completion not reported by {e.tool_id} (link lost while processing); "
                       "verify the step and release or rework")

@@ -292,6 +292,7 @@ def simulate(
             fam_has_ded[st_family[s]] = True
     members = np.empty(qcap, np.int32)
     setup_waiting = np.zeros(max(1, setup_min_run.shape[0]), np.int32)   # lots in the queue, per setup
+    setup_holders = np.zeros(max(1, setup_min_run.shape[0]), np.int32)   # family tools up in it
     chosen = np.empty(max_b, np.int32)
 
     n_days = int(horizon // 1440.0) + 2
@@ -529,14 +530,20 @@ def simulate(
                     for mm in range(s0, s1):
                         tool_usable[mm] = False
                     break
-                # batch bookkeeping: lots (and the oldest arrival) per batch key in the queue;
-                # lots per setup they need
+                # the setup rule's counts: family tools up in each setup, lots needing it
+                switch_lots = pol_setup_switch_lots[f]
+                if switch_lots > 0.0:
+                    setup_waiting[:] = 0
+                    setup_holders[:] = 0
+                    for mm in range(s0, s1):
+                        if tool_setup[mm] >= 0 and not tool_is_down[mm]:
+                            setup_holders[tool_setup[mm]] += 1
+                # batch bookkeeping: lots (and the oldest arrival) per batch key in the queue
                 nt = 0
-                setup_waiting[:] = 0
                 for i in range(n):
                     lot = q[f, i]
                     s = lot_step[lot]
-                    if st_setup[s] >= 0:
+                    if switch_lots > 0.0 and st_setup[s] >= 0:
                         setup_waiting[st_setup[s]] += 1
                     if st_bmax[s] > 1:
                         g = st_bkey[s]
@@ -569,15 +576,10 @@ def simulate(
                         hot = 1
                     su = 0.0
                     if need >= 0 and tool_setup[m] != need:
-                        if pol_setup_switch_lots[f] > 0.0:
-                            holders = 0
-                            for mm in range(s0, s1):
-                                if tool_setup[mm] == need and not tool_is_down[mm]:
-                                    holders += 1
-                            if setup_left_to_others(need, tool_setup[m], hot, holders,
-                                                    setup_waiting[need], pol_setup_switch_lots[f]):
-                                blocked[i] = True
-                                continue
+                        if setup_left_to_others(need, tool_setup[m], hot, setup_holders[need],
+                                                setup_waiting[need], switch_lots):
+                            blocked[i] = True
+                            continue
                         if st_setup_time[s] >= 0.0:
                             su = st_setup_time[s]
                         else:

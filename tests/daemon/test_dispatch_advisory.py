@@ -18,7 +18,7 @@ from daemon.config import FabdConfig, ServiceConfig
 from daemon.core import FabCore
 from daemon.mes import PROCESSING
 from equipment import events as dom
-from tests.daemon.bus_support import STEPS, configs, define_master_data, read_stream
+from tests.daemon.bus_support import STEPS, configs, define_master_data, read_stream, stop_tasks
 
 
 @contextlib.asynccontextmanager
@@ -34,10 +34,7 @@ async def running_core(redis_url: str, state_dir) -> AsyncIterator[FabCore]:  # 
     try:
         yield core
     finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(tasks)
         await core.bus.close()
 
 

@@ -24,7 +24,7 @@ from equipment.gem.config import GemToolConfig
 from equipment.gem.session import GemHostSession
 from equipment.hsms.config import HsmsConfig
 from equipment.sim.gem_tool import GemToolSim, GemToolSimConfig
-from tests.daemon.bus_support import configs, read_stream
+from tests.daemon.bus_support import configs, read_stream, stop_tasks
 from tests.support import eventually as _eventually
 
 
@@ -137,11 +137,7 @@ async def running_fab(redis_url: str, tmp_path: Path, tools: dict[str, str],
                          what="every tool connected")
         yield Fab(core, sims, redis_url)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(tasks, failed_ok=True)
         await bus.close()
         for sim in sims.values():
             await sim.stop()

@@ -8,12 +8,11 @@ said "connected" for tools that may never come back; dispatch trusted it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from daemon import events as ev
 from daemon.config import FabdConfig, ServiceConfig
 from daemon.core import FabCore
-from tests.daemon.bus_support import configs, read_stream
+from tests.daemon.bus_support import configs, read_stream, stop_tasks
 
 
 def config(redis_url: str, state_dir) -> FabdConfig:  # type: ignore[no-untyped-def]
@@ -50,10 +49,7 @@ async def test_a_tool_connected_before_a_restart_gets_no_dispatch_list_until_it_
         core.step_dispatch()
         assert await core.bus.drain(10.0)
     finally:
-        for task in (relay, writer):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([relay, writer])
         await core.bus.close()
     equipment = read_stream(redis_url, "fab:equipment")
     assert not [e for e in equipment if e["type"] == "dispatch_list"]

@@ -29,7 +29,7 @@ from equipment.gem.config import GemToolConfig
 from equipment.gem.session import GemHostSession
 from equipment.hsms.config import HsmsConfig
 from equipment.sim.gem_tool import GemToolSim, GemToolSimConfig, ProcessState
-from tests.daemon.bus_support import configs, read_stream
+from tests.daemon.bus_support import configs, read_stream, stop_tasks
 from tests.daemon.test_dispatch_auto import Fab, body, eventually, route, sha
 
 TOOL = "ETCH01"
@@ -133,11 +133,7 @@ async def fab_with_link(redis_url: str, tmp_path: Path, *, spool: bool,
         await eventually(lambda: mes.tools[TOOL].connected, what="the tool connected")
         yield Fab(core, {TOOL: sim}, redis_url), link
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(tasks, failed_ok=True)
         await bus.close()
         await link.stop()
         await sim.stop()
@@ -176,6 +172,15 @@ async def restore_link(fab: Fab, link: Link, connects: int) -> None:
     await fab.core.bus.durable()
 
 
+async def finished_while_away(fab: Fab, link: Link, lot_id: str) -> int:
+    """Start a lot, cut the link, wait for the tool to finish it; return the connect count."""
+    await start_lot(fab, lot_id)
+    connects = await drop_link(fab, link)
+    await eventually(lambda: [d for d in fab.sims[TOOL].lots_done if d[0] == lot_id],
+                     what=f"the tool finished {lot_id} while nobody listened")
+    return connects
+
+
 def of_lot(entries: list[dict], lot_id: str) -> list[dict]:
     return [e for e in entries if e["data"].get("lot_id") == lot_id]
 
@@ -185,10 +190,7 @@ async def test_a_completion_lost_while_the_link_was_down_frees_the_tool_and_hold
     async with fab_with_link(redis_url, tmp_path, spool=False, process_time_s=2.0) as (fab,
                                                                                       link):
         sim = fab.sims[TOOL]
-        await start_lot(fab, "L1")
-        connects = await drop_link(fab, link)
-        await eventually(lambda: [d for d in sim.lots_done if d[0] == "L1"],
-                         what="the tool finished L1 while nobody listened")
+        connects = await finished_while_away(fab, link, "L1")
         # spooling off: the completion is gone (its send loop drops it after lots_done)
         await eventually(lambda: "S6F11 CEID 3002" in sim.lost, what="the completion lost")
         assert fab.running_on("L1") == TOOL              # ... so the record still has it there
@@ -229,10 +231,7 @@ async def test_a_spooled_completion_is_applied_after_the_reconnect_and_nothing_i
     async with fab_with_link(redis_url, tmp_path, spool=True, process_time_s=2.0) as (fab,
                                                                                      link):
         sim = fab.sims[TOOL]
-        await start_lot(fab, "L1")
-        connects = await drop_link(fab, link)
-        await eventually(lambda: [d for d in sim.lots_done if d[0] == "L1"],
-                         what="the tool finished L1 while nobody listened")
+        connects = await finished_while_away(fab, link, "L1")
         await eventually(lambda: sim.spooled >= 1, what="the completion spooled")
         await restore_link(fab, link, connects)
 
@@ -282,11 +281,7 @@ async def test_a_tool_that_does_not_say_what_it_runs_is_not_reconciled_and_is_lo
 
 async def lost_and_held(fab: Fab, link: Link, lot_id: str) -> None:
     """Run a lot, lose its completion while the link is down, reconnect: the lot is held."""
-    sim = fab.sims[TOOL]
-    await start_lot(fab, lot_id)
-    connects = await drop_link(fab, link)
-    await eventually(lambda: [d for d in sim.lots_done if d[0] == lot_id],
-                     what=f"the tool finished {lot_id} while nobody listened")
+    connects = await finished_while_away(fab, link, lot_id)
     await restore_link(fab, link, connects)
     assert fab.lot(lot_id).state == HELD and fab.lot(lot_id).holds[0].kind == "completion_lost"
 

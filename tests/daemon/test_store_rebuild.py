@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 
 import msgspec
@@ -11,7 +10,13 @@ import msgspec
 from daemon.bus import Bus
 from daemon.store import read_journal
 from equipment import events as dom
-from tests.daemon.bus_support import configs, define_master_data, read_stream, running_bus
+from tests.daemon.bus_support import (
+    configs,
+    define_master_data,
+    read_stream,
+    running_bus,
+    stop_tasks,
+)
 
 
 def rows(path, sql: str, *args) -> list:
@@ -72,10 +77,7 @@ async def test_state_and_sequences_survive_a_restart(redis_url, tmp_path) -> Non
         relay = asyncio.create_task(bus.relay_loop())
         writer = asyncio.create_task(bus.writer_loop())
         assert await bus.drain(5)
-        for task in (relay, writer):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([relay, writer])
     finally:
         await bus.close()
     lots = read_stream(redis_url, "fab:lots")

@@ -45,12 +45,17 @@ async def running_bus(url: str, state_dir: Path, *, erp: bool = True,
     try:
         yield bus
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await stop_tasks(tasks)
         await bus.close()
+
+
+async def stop_tasks(tasks: list[asyncio.Task], *, failed_ok: bool = False) -> None:
+    """Cancel the tasks and wait for them (`failed_ok`: one that crashed is not re-raised)."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, *((Exception,) if failed_ok else ())):
+            await t
 
 
 def define_master_data(bus: Bus) -> None:
