@@ -123,7 +123,7 @@ def _heterogeneous(model: FabModel, seed: int = 1, drop: float = 0.1) -> FabMode
 def main(argv: list[str] | None = None) -> int:
     args = standard_args(NAME, argv, lambda p: (
         p.add_argument("--data", default=DEFAULT_DATA, help="SMT2020 dataset folder (HVLM)"),
-        p.add_argument("--policy", default="fabd", choices=["fabd", "fifo", "cr"]),
+        p.add_argument("--policy", default="fabd", choices=["fabd", "fifo", "cr", "deliver"]),
         p.add_argument("--scale", type=int, default=10, help="size of the scaled fab"),
     ))
     js = args.json

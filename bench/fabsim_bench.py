@@ -14,7 +14,7 @@ TARGET_S_PER_YEAR = 60.0   # the issue's budget for one simulated year on one co
 
 def _extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
-    p.add_argument("--policy", default="fifo", help="fifo | cr | fabd")
+    p.add_argument("--policy", default="fifo", help="fifo | cr | fabd | deliver")
     p.add_argument("--compat", action="store_true", help="PySCFabSim-compatible mode")
 
 

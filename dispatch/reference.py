@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from dispatch.config import DELIVER_LATE, RULES, PolicyArrays, n_levels
+from dispatch.config import RULES, PolicyArrays, n_levels
 from dispatch.model import NO_DUE_MIN, FabArrays
 
 __all__ = ["reference_assign", "reference_lists"]
@@ -104,8 +104,7 @@ def reference_lists(now_min: float, fab: FabArrays, pol: PolicyArrays, max_list:
             f[_IDX["slack"]] = 0.0
         else:
             f[_IDX["slack"]] = -((to_due - pol.slack_flow_factor[g].item() * rpt) / 1440.0)
-        k = pol.deliver_flow_factor[g].item()
-        f[_IDX["deliver"]] = k - ratio if ratio >= k else ratio - k - DELIVER_LATE
+        f[_IDX["deliver"]] = 0.0 if ratio >= pol.deliver_flow_factor[g].item() else -1.0
         bmax = a["step_batch_max"][s]
         w = recipe_wafers.get(step_recipe[s], 0)
         f[_IDX["batch"]] = min(w, bmax) / bmax if bmax > 0 else 0.0

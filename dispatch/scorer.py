@@ -92,7 +92,6 @@ import numpy as np
 from numba import njit
 
 from dispatch.config import (
-    DELIVER_LATE,
     RULES,
     Policy,
     PolicyArrays,
@@ -468,10 +467,7 @@ def lot_features(now_min, qt_horizon_min, balance_target_wait_min, deliver_flow_
         out_feat[R_SLACK] = 0.0    # no due date: on its pace (FIFO among such lots)
     else:
         out_feat[R_SLACK] = -((to_due - slack_flow_factor * rpt) / 1440.0)
-    if ratio >= deliver_flow_factor:
-        out_feat[R_DELIVER] = deliver_flow_factor - ratio
-    else:
-        out_feat[R_DELIVER] = ratio - deliver_flow_factor - DELIVER_LATE
+    out_feat[R_DELIVER] = 0.0 if ratio >= deliver_flow_factor else -1.0
     if batch_max_wafers > 0:
         out_feat[R_BATCH] = min(batch_wafers, batch_max_wafers) / batch_max_wafers
     else:

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lots released before this day do not count in cycle time and on-time "
                         "(0: every lot finished counts, initial WIP included)")
     parser.add_argument("--policy", default="fabd",
-                        help="dispatch policy: fifo | cr | fabd (presets) or a policy TOML file")
+                        help="dispatch policy: fifo | cr | fabd | deliver (presets) or a policy TOML file")
     parser.add_argument("--compat", choices=["pyscfabsim"], default=None,
                         help="reproduce PySCFabSim's simplifications")
     parser.add_argument("--seeds", type=int, default=1, help="runs with seeds seed..seed+K-1, averaged")

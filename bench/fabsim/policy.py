@@ -3,7 +3,8 @@
 Every dispatch decision in the simulation calls `dispatch.scorer.candidate_key`
 and `dispatch.scorer.block_code` (the kernels the daemon's scorer runs) with
 the `PolicyArrays` built here from `dispatch.config` presets ("fifo", "cr":
-PySCFabSim's hierarchical dispatchers; "fabd": the default policy) or from a
+PySCFabSim's hierarchical dispatchers; "fabd": the default policy; "deliver":
+fabd with due-date triage) or from a
 policy file, so the simulation never carries its own copy of a policy.
 """
 
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dispatch.config import Policy, PolicyArrays, compile_policy, load_policy
+from dispatch.config import PRESETS, Policy, PolicyArrays, compile_policy, load_policy
 
-PRESET_NAMES = ("fifo", "cr", "fabd")
+PRESET_NAMES = tuple(PRESETS)
 
 
 class _Groups:

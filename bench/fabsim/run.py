@@ -19,7 +19,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     days: float = 730.0                  # simulated horizon
     warmup_days: float = 0.0             # lots released before this day do not count in CT/on-time
-    policy: str = "fifo"                 # fifo | cr | fabd (dispatch.config presets) or a policy file
+    policy: str = "fifo"                 # fifo | cr | fabd | deliver (dispatch.config presets) or a file
     compat: bool = False                 # reproduce PySCFabSim's simplifications
     seed: int = 0
     what_if: tuple[str, ...] = ()        # capacity scenarios (WHAT_IF), applied to the fab model

@@ -189,6 +189,34 @@ def test_tools_leave_a_setup_other_tools_hold_to_them():
     assert fabd.lots_finished >= greedy.lots_finished
 
 
+def _overloaded_fab() -> smt2020.Dataset:
+    """Two tools, three 10-minute steps a lot (capacity a lot every 15 minutes), a lot every
+    14 minutes, due 63 minutes after release (2.1 x its process time): no policy can make
+    every due date."""
+    steps = [smt2020.RouteStep(route="r", step=k, desc=f"s{k}", family="A", pdist="constant",
+                               ptime_min=10.0) for k in (1, 2, 3)]
+    return smt2020.Dataset(
+        name="over", epoch="2018-01-01T00:00:00",
+        families={"A": smt2020.ToolFamily(name="A", count=2, area="X")},
+        parts={"p": smt2020.Part(name="p", route="r")}, routes={"r": steps},
+        setup_times={}, min_runs={}, setup_groups={}, pm_calendars={}, down_calendars={},
+        attachments=[],
+        orders=[smt2020.Order(lot_type="L", part="p", priority=10, pieces=25, start_min=0.0,
+                              interval_min=14.0, count=100000, due_offset_min=63.0)],
+        wip=[], transport=smt2020.Transport())
+
+
+def test_deliver_preset_keeps_lots_on_time_where_the_fab_cannot_make_every_due_date():
+    """fabd's fluctuation smoothing spreads the overload over every lot, so nearly all are
+    late together; the deliver preset serves the lots that can still make it first."""
+    ds = _overloaded_fab()
+    fabd = fabrun.run(ds, fabrun.SimConfig(days=10, policy="fabd"))
+    deliver = fabrun.run(ds, fabrun.SimConfig(days=10, policy="deliver"))
+    assert fabd.by_lot_type["L"].on_time_share < 0.1
+    assert deliver.by_lot_type["L"].on_time_share > 0.3
+    assert deliver.lots_finished >= 0.99 * fabd.lots_finished
+
+
 @needs_hvlm
 def test_what_if_no_dedication_lets_lots_use_any_tool_of_the_family(hvlm):
     from bench.fabsim import model

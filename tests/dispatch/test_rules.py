@@ -91,12 +91,17 @@ def test_deliver_serves_lots_that_can_still_make_their_due_date_first():
     # time to due as a multiple of the remaining process time (deliver_flow_factor 1.6)
     for name, ratio in (("relaxed", 3.0), ("urgent", 1.7), ("late", 1.2), ("very-late", -2.0)):
         m.add_lot(name, "PA", due_min=ratio * rpt)
-    assert rank(m, only(deliver=0)) == ["urgent", "relaxed", "late", "very-late"]
-    # the critical ratio serves the latest lot first
+    # two classes, each ranked by the next level: slack serves the lot furthest behind first
+    by_slack = {**only(deliver=0, slack=1), "deliver_flow_factor": 1.6}
+    assert rank(m, by_slack) == ["urgent", "relaxed", "very-late", "late"]
+    # slack alone serves the latest lots first, and the critical ratio does the same
+    assert rank(m, only(slack=0)) == ["very-late", "late", "urgent", "relaxed"]
     assert rank(m, only(cr=0)) == ["very-late", "late", "urgent", "relaxed"]
-    # a lower flow factor counts "late" as still deliverable, and the most urgent goes first
-    assert rank(m, {**only(deliver=0), "deliver_flow_factor": 1.0}) == [
+    # a lower flow factor counts "late" as still deliverable
+    assert rank(m, {**by_slack, "deliver_flow_factor": 1.0}) == [
         "late", "urgent", "relaxed", "very-late"]
+    # the deliver preset wants the pace of the due date (2.05): only "relaxed" keeps to it
+    assert rank(m, {"preset": "deliver"}) == ["relaxed", "very-late", "late", "urgent"]
 
 
 def test_slack_serves_the_lot_furthest_behind_its_pace():
