@@ -353,7 +353,7 @@ class FabCore:
         running = list(dict.fromkeys(batch_lot_ids(e.running_lot)))
         if tool.lot_id and tool.lot_id not in running:
             reason = (f"completion not reported by {e.tool_id} (link lost while processing); "
-                      "verify the step and release or rework")
+                      "verify the step, then complete_step (it ran) or release (run it again)")
             for lot in mes.active_lots():
                 if (lot.state == PROCESSING and lot.tool_id == e.tool_id
                         and lot.lot_id not in running):

@@ -396,6 +396,20 @@ class ScrapLot(_Command, frozen=True, kw_only=True, tag="scrap_lot"):
     by: Id
 
 
+class CompleteStep(_Command, frozen=True, kw_only=True, tag="complete_step"):
+    """Disposition of a lot whose completion was lost (held, hold kind completion_lost):
+    the engineer verified on the tool that the step ran, and the lot goes on as if the
+    tool had reported its end. ok: the lot moves on; not ok: it is non-conforming (the
+    step's rework route, else held "nonconforming"). To run the step again instead,
+    release the lot (release_lot).
+    """
+
+    lot_id: Id
+    reason: Id
+    by: Id
+    ok: bool = True
+
+
 class ReleaseTool(_Command, frozen=True, kw_only=True, tag="release_tool"):
     """Disposition of a tool inhibit (an SPC reaction plan): the tool may run again.
 
@@ -430,10 +444,11 @@ class DisqualifyTool(_Command, frozen=True, kw_only=True, tag="disqualify_tool")
 
 
 Command = (DefineRoute | DefineProduct | DefineTool | CreateLot | HoldLot | ReleaseLot
-           | ScrapLot | ReleaseTool | ApproveRecipe | QualifyTool | DisqualifyTool)
+           | CompleteStep | ScrapLot | ReleaseTool | ApproveRecipe | QualifyTool
+           | DisqualifyTool)
 COMMANDS: tuple[type, ...] = (DefineRoute, DefineProduct, DefineTool, CreateLot, HoldLot,
-                              ReleaseLot, ScrapLot, ReleaseTool, ApproveRecipe, QualifyTool,
-                              DisqualifyTool)
+                              ReleaseLot, CompleteStep, ScrapLot, ReleaseTool, ApproveRecipe,
+                              QualifyTool, DisqualifyTool)
 
 _command_decoder = msgspec.json.Decoder(Command)
 

@@ -302,6 +302,8 @@ class MesState:
                 self.hold(cmd.lot_id, cmd.reason, cmd.by)
             case ev.ReleaseLot():
                 self.release(cmd.lot_id, cmd.reason, cmd.by, cmd.hold_reason)
+            case ev.CompleteStep():
+                self.complete_step(cmd.lot_id, cmd.reason, cmd.by, cmd.ok)
             case ev.ScrapLot():
                 self.scrap(cmd.lot_id, cmd.reason, cmd.by)
             case ev.ReleaseTool():
@@ -491,12 +493,12 @@ class MesState:
             return lot.tool_id == tool_id
         return self._lost_on(lot, tool_id) is not None
 
-    def _lost_on(self, lot: Lot, tool_id: str) -> Hold | None:
-        """The completion_lost hold a late completion from the tool settles, if any."""
+    def _lost_on(self, lot: Lot, tool_id: str | None) -> Hold | None:
+        """The completion_lost hold a late completion from the tool (None: any tool) settles."""
         if lot.state != HELD:
             return None
-        return next((h for h in lot.holds
-                     if h.kind == "completion_lost" and h.tool_id == tool_id), None)
+        return next((h for h in lot.holds if h.kind == "completion_lost" and h.tool_id
+                     and (tool_id is None or h.tool_id == tool_id)), None)
 
     def track_out(self, lot_id: str, tool_id: str, ok: bool = True,
                   ts: float | None = None) -> None:
@@ -508,13 +510,35 @@ class MesState:
         lost = self._lost_on(lot, tool_id)
         if lot.state != PROCESSING and lost is None:
             raise IllegalTransition(f"lot {lot_id} cannot track out: it is {lot.state}")
-        now = self.clock() if ts is None else ts
+        settle = None if lost is None else (
+            lost.reason, f"completion arrived from {tool_id}: the step was done", "mes")
+        self._end_step(lot, tool_id, ok, self.clock() if ts is None else ts, settle)
+
+    def complete_step(self, lot_id: str, reason: str, by: str, ok: bool = True) -> None:
+        """An engineer's disposition of a lost completion (ERP complete_step): the step ran.
+
+        The lot ends its step on the tool it was taken off, as if the tool had reported it
+        (ok or not), and that hold is lifted; other holds stay.
+        """
+        lot = self._active_lot(lot_id)
+        lost = self._lost_on(lot, None)
+        if lost is None:
+            raise IllegalTransition(
+                f"lot {lot_id} has no lost completion to settle (it is {lot.state}"
+                f"{', held: ' + ', '.join(h.reason for h in lot.holds) if lot.holds else ''})")
+        self._end_step(lot, lost.tool_id, ok, self.clock(), (lost.reason, reason, by))
+
+    def _end_step(self, lot: Lot, tool_id: str, ok: bool, now: float,
+                  settle: tuple[str, str, str] | None) -> None:
+        """End the lot's step on the tool; settle = (hold, reason, by) of a lost completion the
+        end lifts, released at the step it was held at before the lot moves on."""
+        lot_id = lot.lot_id
         self._free_tool(lot)
         self.emit(ev.LotTrackedOut(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
                                    wafers=lot.wafers, tool_id=tool_id, ok=ok), now)
-        if lost is not None:   # released at the step it was held at, before the lot moves on
-            self.release(lot_id, f"completion arrived from {tool_id}: the step was done",
-                         "mes", lost.reason)
+        if settle is not None:
+            hold, reason, by = settle
+            self.release(lot_id, reason, by, hold)
         route = self.routes[lot.route_id]
         step = route.steps[lot.step_index]
         lot.state = QUEUED
@@ -534,7 +558,7 @@ class MesState:
         """Take a lot off a tool that no longer runs it and never reported its end.
 
         Nobody knows whether the step was done: the tool is free, the lot stays at its step,
-        held for an engineer (release runs the step again).
+        held for an engineer (complete_step: it was done; release runs the step again).
         """
         lot = self._lot(lot_id)
         if lot.state != PROCESSING or lot.tool_id != tool_id:

@@ -24,7 +24,7 @@ def test_schema_lists_every_event_and_command_with_their_fields() -> None:
         "track_in_refused", "dispatch_list", "wip_snapshot", "lot_completion_lost"}
     assert set(schema["commands"]) == {
         "define_route", "define_product", "define_tool", "create_lot", "hold_lot", "release_lot",
-        "scrap_lot", "release_tool", "approve_recipe", "qualify_tool", "disqualify_tool"}
+        "complete_step", "scrap_lot", "release_tool", "approve_recipe", "qualify_tool", "disqualify_tool"}
     assert schema["events"]["wip_snapshot"]["stream"] == "wip"
     assert set(schema["envelope"]["$ref"].split("/")[-1:]) == {"Envelope"}
     create = schema["$defs"]["CreateLot"]

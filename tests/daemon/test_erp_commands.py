@@ -9,6 +9,7 @@ import redis as redis_sync
 from tests.daemon.bus_support import (
     assert_in_order_once,
     read_stream,
+    read_stream_raw,
     running_bus,
     send_commands,
 )
@@ -138,14 +139,6 @@ async def test_commands_already_applied_before_a_crash_are_not_applied_again(red
         assert bus.erp.dead_total == 0
         assert await bus.drain(5)
     assert [e["type"] for e in read_stream(redis_url, "fab:lots")] == ["lot_created"]
-
-
-def read_stream_raw(url: str, key: str) -> list[dict]:
-    r = redis_sync.Redis.from_url(url, decode_responses=True)
-    try:
-        return [fields for _id, fields in r.xrange(key)]
-    finally:
-        r.close()
 
 
 async def test_entries_another_consumer_left_pending_are_claimed(redis_url, tmp_path) -> None:

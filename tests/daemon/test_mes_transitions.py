@@ -149,3 +149,53 @@ def test_a_route_cannot_drop_the_step_a_lot_in_rework_returns_to() -> None:
     mes.track_out("L1", "WET01")  # rework done: back to redo ETCH
     assert (mes.lots["L1"].route_id, mes.lots["L1"].step_id, mes.lots["L1"].state) == (
         "RT", "ETCH", QUEUED)
+
+
+def lost_at_coat(mes: MesState, lot_id: str) -> None:
+    """A lot whose run on LITHO01 ended while the link was down, its completion lost."""
+    mes.create_lot(lot_id, "PO-7", "P1", 25)
+    mes.track_in(lot_id, "LITHO01")
+    mes.completion_lost(lot_id, "LITHO01", "completion not reported by LITHO01")
+    assert mes.lots[lot_id].state == HELD and mes.tools["LITHO01"].lot_id == ""
+
+
+def test_complete_step_moves_a_lot_whose_completion_was_lost_on_without_running_it_again():
+    mes = make_state()
+    lost_at_coat(mes, "L1")
+    mes.hold("L1", "customer", "erp")                      # an ERP hold of its own stays
+    events_of(mes)
+    mes.apply_command(ev.CompleteStep(command_id="c1", lot_id="L1", reason="tool log: ran",
+                                      by="eng-kim"))
+    lot = mes.lots["L1"]
+    assert (lot.step_id, lot.state, [h.reason for h in lot.holds]) == ("ETCH", HELD, ["customer"])
+    got = [(t, d.get("step_id"), d.get("tool_id"), d.get("reason"), d.get("by"))
+           for _s, t, _n, d in events_of(mes)]
+    assert got == [
+        ("lot_tracked_out", "COAT", "LITHO01", None, None),
+        ("lot_released", "COAT", None, "tool log: ran", "eng-kim"),
+        ("lot_moved", "ETCH", None, None, None)]
+    mes.release("L1", "ok", "erp")
+    mes.track_in("L1", "ETCH01")
+    mes.track_out("L1", "ETCH01")
+    assert mes.lots["L1"].state == COMPLETED
+
+
+def test_complete_step_not_ok_sends_the_lot_to_rework_and_is_refused_without_a_lost_end():
+    mes = make_state()
+    lost_at_coat(mes, "L1")
+    mes.complete_step("L1", "wafers scratched", "eng-kim", ok=False)
+    lot = mes.lots["L1"]
+    assert (lot.route_id, lot.step_id, lot.holds) == ("RW-STRIP", "STRIP", [])
+    # nothing to settle: a queued lot, a lot held for another reason, a lot released and
+    # run again (its lost end is no longer the question)
+    mes.create_lot("L2", "PO-7", "P1", 25)
+    mes.hold("L2", "customer", "erp")
+    lost_at_coat(mes, "L3")
+    mes.release("L3", "run it again", "eng-kim")
+    mes.track_in("L3", "LITHO01")
+    events_of(mes)
+    for lot_id, why in (("L1", "it is queued"), ("L2", "held: customer"),
+                        ("L3", "it is processing")):
+        with pytest.raises(IllegalTransition, match=f"no lost completion.*{why}"):
+            mes.complete_step(lot_id, "?", "eng-kim")
+    assert events_of(mes) == []

@@ -29,7 +29,13 @@ from equipment.gem.config import GemToolConfig
 from equipment.gem.session import GemHostSession
 from equipment.hsms.config import HsmsConfig
 from equipment.sim.gem_tool import GemToolSim, GemToolSimConfig, ProcessState
-from tests.daemon.bus_support import configs, read_stream, stop_tasks
+from tests.daemon.bus_support import (
+    configs,
+    read_stream,
+    read_stream_raw,
+    send_commands,
+    stop_tasks,
+)
 from tests.daemon.test_dispatch_auto import Fab, body, eventually, route, sha
 
 TOOL = "ETCH01"
@@ -127,6 +133,7 @@ async def fab_with_link(redis_url: str, tmp_path: Path, *, spool: bool,
     bus = core.bus
     tasks = [asyncio.create_task(bus.writer_loop(), name="bus.writer"),
              asyncio.create_task(bus.relay_loop(), name="bus.relay"),
+             asyncio.create_task(bus.erp_loop(), name="erp"),
              asyncio.create_task(session.run(), name=f"hsms[{TOOL}]"),
              asyncio.create_task(core._actions_loop(), name="dispatch.actions[0]")]
     try:
@@ -317,6 +324,36 @@ async def test_a_completion_that_arrives_after_the_hold_completes_the_step_and_l
                      if e["type"] == "process_data_summary" and e["data"]["lot_id"] == "L1"]
         assert [s["step_id"] for s in summaries] == ["S1-E1"]
         assert unexpected(redis_url, "L1") == []
+
+
+async def test_the_engineer_confirms_the_step_ran_and_the_lot_moves_on_without_a_second_run(
+        redis_url, tmp_path) -> None:
+    # The tool's log says the run finished: re-running an etch step would scrap the wafers,
+    # so the ERP sends complete_step instead of release_lot.
+    async with fab_with_link(redis_url, tmp_path, spool=False, process_time_s=2.0) as (fab,
+                                                                                      link):
+        sim = fab.sims[TOOL]
+        await lost_and_held(fab, link, "L1")
+        send_commands(redis_url, "fab", [
+            {"type": "complete_step", "command_id": "c-done-1", "lot_id": "L1",
+             "reason": "tool log: run ended normally", "by": "eng-kim"},
+            {"type": "complete_step", "command_id": "c-done-2", "lot_id": "L1",
+             "reason": "again", "by": "eng-kim"}])   # nothing left to settle
+        await eventually(lambda: fab.lot("L1").state == COMPLETED, what="L1 completed")
+        await eventually(lambda: read_stream_raw(redis_url, "fab:erp:dead"), what="dead letter")
+        [dead] = read_stream_raw(redis_url, "fab:erp:dead")
+        assert dead["code"] == "illegal_transition" and "L1 is completed" in dead["reason"]
+        for _ in range(3):
+            fab.tick()
+        assert [d[0] for d in sim.lots_done] == ["L1"]        # run once, on the tool
+        kinds = [e["type"] for e in of_lot(await fab.lots_stream(), "L1")]
+        at = kinds.index("lot_completion_lost")
+        assert kinds[at:] == ["lot_completion_lost", "lot_held", "lot_tracked_out",
+                              "lot_released", "lot_completed"]
+        released = next(e["data"] for e in of_lot(await fab.lots_stream(), "L1")
+                        if e["type"] == "lot_released")
+        assert (released["reason"], released["by"]) == ("tool log: run ended normally",
+                                                        "eng-kim")
 
 
 async def test_a_completion_for_a_lot_released_and_run_again_meanwhile_is_unexpected(

@@ -68,6 +68,15 @@ def define_master_data(bus: Bus) -> None:
         bus.mes.define_tool(tool, group)
 
 
+def read_stream_raw(url: str, key: str) -> list[dict]:
+    """Every entry of a stream as its fields, as Redis holds them (e.g. the dead letters)."""
+    r = redis_sync.Redis.from_url(url, decode_responses=True)
+    try:
+        return [fields for _id, fields in r.xrange(key)]
+    finally:
+        r.close()
+
+
 def read_stream(url: str, key: str) -> list[dict]:
     """Every entry of a stream as a dict of str fields (data decoded from JSON)."""
     r = redis_sync.Redis.from_url(url, decode_responses=True)
