@@ -31,7 +31,8 @@ def step_spec(s, position: int, *, last: bool = False) -> StepSpec:
     """Translate one ERP route step into the dispatch model's step.
 
     A queue-time limit runs from this step to the next one of the route; on the last step
-    nothing closes it (the state of record enforces none either), so it is left out.
+    of a route nothing here closes it, so it is left out (the last step of a rework route
+    opens the window of the step the lot returns to: the lot carries it, `Lot.qt_limit_s`).
     """
     batch = s.batch_max_lots > 1
     qt = s.queue_time_limit_s > 0 and not last
@@ -164,18 +165,17 @@ class FabSync:
             model.start_lot(lot_id, lot.tool_id, model.minutes(lot.arrived_ts))
 
     def _queue_time(self, lot: mes_mod.Lot) -> None:
-        """A lot that arrived from a step with a queue-time limit must start before its deadline."""
-        if lot.step_index == 0:
-            return
-        if lot.qt_waived_arrival == lot.arrived_ts:   # released by an engineer for this visit
-            self.model.set_queue_time(lot.lot_id, None)
-            return
-        prev = self.mes.routes[lot.route_id].steps[lot.step_index - 1]
-        if prev.queue_time_limit_s > 0:
-            self.model.set_queue_time(lot.lot_id,
-                                      self.model.minutes(lot.arrived_ts + prev.queue_time_limit_s))
+        """A lot that left a step with a queue-time limit must start this one before its
+        deadline (`Lot.qt_limit_s`: the route's previous step, or the last step of the rework
+        route it returns from)."""
+        limit_s = lot.qt_limit_s
+        if limit_s < 0:   # not recorded (stored by an older fabd): the route's previous step
+            limit_s = (self.mes.routes[lot.route_id].steps[lot.step_index - 1].queue_time_limit_s
+                       if lot.step_index > 0 else 0.0)
+        if limit_s <= 0 or lot.qt_waived_arrival == lot.arrived_ts:  # none, or released by
+            self.model.set_queue_time(lot.lot_id, None)             # an engineer this visit
         else:
-            self.model.set_queue_time(lot.lot_id, None)
+            self.model.set_queue_time(lot.lot_id, self.model.minutes(lot.arrived_ts + limit_s))
 
 
 def _e10(state: str) -> E10State:

@@ -118,6 +118,11 @@ class Lot(msgspec.Struct, kw_only=True):
     created_ts: float = 0.0
     # arrived_ts of the visit whose exceeded queue time an engineer dispositioned (released)
     qt_waived_arrival: float = -1.0
+    # queue-time limit (s) of the step the lot left to come here, the window that closes when
+    # this step starts: the route's previous step, or the last step of a rework route the lot
+    # returns from; 0 none (a first step, a rework route entered); -1 not recorded (a lot
+    # stored by an older fabd: the route's previous step)
+    qt_limit_s: float = -1.0
 
 
 KINDS: dict[str, type] = {"product": Product, "route": Route, "recipe": Recipe, "tool": Tool,
@@ -400,7 +405,8 @@ class MesState:
         now = self.clock()
         lot = Lot(lot_id=lot_id, production_order=production_order, product_id=product_id,
                   route_id=route.route_id, step_index=0, step_id=route.steps[0].step_id,
-                  wafers=wafers, priority=priority, due=due, arrived_ts=now, created_ts=now)
+                  wafers=wafers, priority=priority, due=due, arrived_ts=now, created_ts=now,
+                  qt_limit_s=0.0)
         self.lots[lot_id] = self._active[lot_id] = lot
         self._touch("lot", lot_id, lot)
         self.emit(ev.LotCreated(lot_id=lot_id, product_id=product_id, step_id=lot.step_id,
@@ -578,6 +584,7 @@ class MesState:
 
     def _advance(self, lot: Lot, route: Route, now: float) -> None:
         from_step = lot.step_id
+        lot.qt_limit_s = route.steps[lot.step_index].queue_time_limit_s
         if lot.step_index + 1 < len(route.steps):
             lot.step_index += 1
         elif lot.rework:
@@ -602,6 +609,7 @@ class MesState:
         lot.route_id, lot.step_index = rework.route_id, 0
         lot.step_id = rework.steps[0].step_id
         lot.arrived_ts = now
+        lot.qt_limit_s = 0.0   # the failed step's window runs to the step after it, not here
         self.emit(ev.LotReworked(lot_id=lot.lot_id, product_id=lot.product_id,
                                  step_id=lot.step_id, wafers=lot.wafers, from_step_id=from_step,
                                  route_id=rework.route_id, return_step_id=from_step), now)

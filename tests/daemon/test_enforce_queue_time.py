@@ -80,3 +80,66 @@ def test_releasing_another_hold_does_not_waive_the_queue_time():
     mes.release("L1", "done", "eng")
     res = try_start(mes, sync, "OX01")
     assert res.reason == Refusal.QUEUE_TIME_EXCEEDED
+
+
+def rework_fab(strip_limit_s: float):
+    """CLEAN -> OX within 10 minutes; a lot failing OX is stripped (rework route STRIP, whose
+    own queue-time limit is strip_limit_s) and comes back to OX."""
+    now = [T0]
+    mes = MesState(instance_id="test", clock=lambda: now[0])
+    body = {"CLEAN1": "a" * 64, "OX1": "b" * 64, "STRIP1": "c" * 64}
+    mes.define_route("RW", [ev.RouteStep(step_id="STRIP", tool_group="WET", recipe_id="STRIP1",
+                                         recipe_version=1, process_time_s=60,
+                                         queue_time_limit_s=strip_limit_s)])
+    mes.define_route("RT", [
+        ev.RouteStep(step_id="CLEAN", tool_group="CLEAN", recipe_id="CLEAN1", recipe_version=1,
+                     process_time_s=60, queue_time_limit_s=600),
+        ev.RouteStep(step_id="OX", tool_group="OX", recipe_id="OX1", recipe_version=1,
+                     process_time_s=60, rework_route_id="RW")])
+    mes.define_product("P1", "RT")
+    for tool, group, recipe in (("CLN01", "CLEAN", "CLEAN1"), ("OX01", "OX", "OX1"),
+                                ("WET01", "WET", "STRIP1")):
+        mes.define_tool(tool, group)
+        mes.tool_connected(tool, "hsms")
+        mes.set_tool_state(tool, "standby")
+        mes.approve_recipe(recipe, 1, body[recipe])
+        mes.qualify(tool, recipe, True)
+        mes.recipe_report(tool, recipe, body[recipe])
+    mes.create_lot("L1", "PO-1", "P1", 25)
+    sync = FabSync(mes)
+    assert try_start(mes, sync, "CLN01").ok
+    mes.track_out("L1", "CLN01")
+    assert try_start(mes, sync, "OX01").ok             # within CLEAN's 10 minutes
+    mes.track_out("L1", "OX01", ok=False)              # non-conforming: stripped
+    assert try_start(mes, sync, "WET01").ok
+    mes.track_out("L1", "WET01")                       # back at OX
+    assert mes.lots["L1"].step_id == "OX"
+    return mes, sync, now
+
+
+def test_a_lot_back_from_rework_is_not_held_for_the_window_it_already_met():
+    # CLEAN's window closed when OX first started; the strip has none: no window at all now
+    # (it used to open CLEAN's 10 minutes again from the return, and hold the lot)
+    mes, sync, now = rework_fab(strip_limit_s=0)
+    now[0] += 3600
+    assert try_start(mes, sync, "OX01").ok
+    assert mes.lots["L1"].holds == []
+
+
+def test_a_lot_back_from_rework_must_start_within_the_rework_routes_last_window():
+    # the strip's own 5-minute limit runs to the step the lot returns to
+    mes, sync, now = rework_fab(strip_limit_s=300)
+    now[0] += 400
+    res = try_start(mes, sync, "OX01")
+    assert res.reason == Refusal.QUEUE_TIME_EXCEEDED
+    assert mes.lots["L1"].state == HELD and mes.lots["L1"].holds[0].kind == "queue_time"
+
+
+def test_a_lot_stored_by_an_older_fabd_keeps_its_window():
+    # qt_limit_s not recorded (-1): the route's previous step decides, as it did before
+    mes, sync, now = fab()
+    assert try_start(mes, sync, "CLN01").ok
+    mes.track_out("L1", "CLN01")
+    mes.lots["L1"].qt_limit_s = -1.0
+    now[0] += 3600
+    assert try_start(mes, sync, "OX01").reason == Refusal.QUEUE_TIME_EXCEEDED
