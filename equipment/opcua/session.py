@@ -147,9 +147,16 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
                 announced = False
                 try:
                     await client.connect()
+                    running = await self._read_running(client)
+                    if running is not None and self.lot_id and running[0] != self.lot_id:
+                        # the lot we saw start ended while we were away: its end first, so
+                        # the record does not take it for lost at ToolConnected
+                        self._on_lot("")
                     # Before subscribing: the initial values must follow ToolConnected.
-                    self._emit(ToolConnected(tool_id=self.tool_id, ts=self._clock(),
-                                             protocol=PROTOCOL, peer=cfg.endpoint_url))
+                    self._emit(ToolConnected(
+                        tool_id=self.tool_id, ts=self._clock(), protocol=PROTOCOL,
+                        peer=cfg.endpoint_url, running_lot=None if running is None else running[0],
+                        running_recipe="" if running is None else running[1]))
                     announced = True
                     await self._subscribe(client)
                     raise_if_cancelled()
@@ -202,6 +209,23 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
             self._set_state(OpcUaSessionState.NOT_CONNECTED)
             if client is not None:
                 await client.close()
+
+    async def _read_running(self, client: OpcUaClient) -> tuple[str, str] | None:
+        """The lot the tool runs now and its recipe, read at connect ("" for none), so that
+        the record can be checked against it (ToolConnected.running_lot); None when the
+        profile has no lot node or the tool would not say (a Bad value)."""
+        cfg = self.config
+        if not cfg.lot_id_node:
+            return None
+        try:
+            lot = await client.read(cfg.lot_id_node)
+            recipe = await client.read(cfg.recipe_node) if cfg.recipe_node else ""
+        except ua.UaStatusCodeError as exc:
+            log.info("tool %s: current lot not readable at connect (%s): the record cannot be "
+                     "checked", self.tool_id, status_name(exc))
+            return None
+        lot = "" if lot is None else str(lot).strip()
+        return lot, "" if recipe is None or not lot else str(recipe)
 
     async def _subscribe(self, client: OpcUaClient) -> None:
         cfg = self.config

@@ -275,8 +275,23 @@ async def test_a_lot_that_ends_while_disconnected_keeps_its_recipe_and_data(runn
         assert [(e.lot_id, e.recipe_id) for e in sink.of(ProcessStarted)] == [
             ("L1", "ETCH-A"), ("L2", "ETCH-B")]
         assert [p for p in sink.point_list[seen:] if p.lot_id == "L1"] == []
+        # ToolConnected says what runs, read at connect (the record is checked against it),
+        # and L1's end comes before it, so the record does not take L1 for lost
+        first, again = sink.of(ToolConnected)
+        assert (first.running_lot, again.running_lot, again.running_recipe) == ("", "L2",
+                                                                                "ETCH-B")
+        assert sink.events.index(done) < sink.events.index(again)
     finally:
         await tool.close()
+
+
+async def test_a_profile_without_a_lot_node_does_not_say_what_runs(sim, running) -> None:
+    sink = RecordingSink()
+    profile = msgspec.structs.replace(sim.client_profile(), lot_id_node="")
+    session = start(running, profile, sink)
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
+    (connected,) = sink.of(ToolConnected)
+    assert connected.running_lot is None
 
 
 async def test_an_outage_is_logged_once_not_per_attempt_and_without_traceback(
