@@ -74,23 +74,11 @@ class CoreSink:
         events = expand_batches(events)
         core.spc_from_completions(events)
         core.judge_starts(events)
-        before: list[tuple[dom.ProcessCompleted, str, float, str, float]] = []
-        for e in events:
-            if isinstance(e, dom.ProcessCompleted):
-                lot = mes.lots.get(e.lot_id)
-                if lot is not None and mes.completes(e.lot_id, e.tool_id):
-                    before.append((e, lot.step_id, lot.arrived_ts, lot.product_id,
-                                   lot.created_ts))
+        freed = [e.tool_id for e in events if isinstance(e, dom.ProcessCompleted)
+                 and mes.completes(e.lot_id, e.tool_id)]
         await core.bus.sink.submit(events)
-        for e, step_id, arrived, product, created in before:
-            lot = mes.lots.get(e.lot_id)
-            metrics.CYCLE_TIME_STEP.labels(step_id).observe(max(0.0, e.ts - arrived))
-            tool = mes.tools.get(e.tool_id)
-            metrics.MOVES.labels(tool.tool_group if tool else "").inc()
-            if lot is not None and lot.state == COMPLETED:
-                metrics.COMPLETIONS.labels(product).inc()
-                metrics.CYCLE_TIME_LOT.labels(product).observe(max(0.0, e.ts - created))
-            core.tool_freed(e.tool_id)
+        for tool_id in freed:
+            core.tool_freed(tool_id)
         for e in events:
             if isinstance(e, dom.ToolConnected):
                 starts = core.reconcile_connected(e)
@@ -204,6 +192,7 @@ class FabCore:
         await self.bus.start()
         self.bus.sink.forward = self._on_points
         mes = self.bus.mes
+        mes.on_step_end = self._step_ended
         for tool in list(mes.tools.values()):
             if tool.connected:
                 # The store says "connected", but that connection ended with the previous
@@ -214,6 +203,17 @@ class FabCore:
         self.fabsync = FabSync(mes)
         self.fabsync.sync()
         self._load_recipe_bodies()
+
+    def _step_ended(self, lot: Any, tool_id: str, step_id: str, arrived: float,
+                    ts: float) -> None:
+        """The fab metrics of a step's end, whichever way it ended (the tool's completion, a
+        late one, an engineer's complete_step)."""
+        metrics.CYCLE_TIME_STEP.labels(step_id).observe(max(0.0, ts - arrived))
+        tool = self.bus.mes.tools.get(tool_id)
+        metrics.MOVES.labels(tool.tool_group if tool else "").inc()
+        if lot.state == COMPLETED:
+            metrics.COMPLETIONS.labels(lot.product_id).inc()
+            metrics.CYCLE_TIME_LOT.labels(lot.product_id).observe(max(0.0, ts - lot.created_ts))
 
     def _load_recipe_bodies(self) -> None:
         """Approved bodies from [dispatch] recipe_directory, named <recipe_id>.v<version>."""

@@ -171,6 +171,9 @@ class MesState:
         self._unexpected_logged: dict[str, tuple[float, int]] = {}  # tool -> (logged at, since)
         self.listeners: list[Callable[[str, str], None]] = []  # (kind, id) after each change
         self.on_pending: Callable[[int], None] | None = None  # writer wake-up (pending events)
+        # (lot, tool, step it left, arrived at that step, ended at) after every step's end,
+        # whichever way it ended (the tool, a late completion, complete_step): the metrics
+        self.on_step_end: Callable[[Lot, str, str, float, float], None] | None = None
 
     # ------------------------------------------------------------ persistence
 
@@ -539,6 +542,7 @@ class MesState:
         """End the lot's step on the tool; settle = (hold, reason, by) of a lost completion the
         end lifts, released at the step it was held at before the lot moves on."""
         lot_id = lot.lot_id
+        step_id, arrived = lot.step_id, lot.arrived_ts
         self._free_tool(lot)
         self.emit(ev.LotTrackedOut(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
                                    wafers=lot.wafers, tool_id=tool_id, ok=ok), now)
@@ -559,6 +563,8 @@ class MesState:
         if lot.holds and lot.state == QUEUED:
             lot.state = HELD
         self._touch("lot", lot_id, lot)
+        if self.on_step_end is not None:
+            self.on_step_end(lot, tool_id, step_id, arrived, now)
 
     def completion_lost(self, lot_id: str, tool_id: str, reason: str) -> None:
         """Take a lot off a tool that no longer runs it and never reported its end.

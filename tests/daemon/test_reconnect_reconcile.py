@@ -20,6 +20,8 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from prometheus_client import REGISTRY
+
 from daemon.config import DispatchSection, EquipmentSection, FabdConfig, ServiceConfig
 from daemon.core import FabCore
 from daemon.mes import COMPLETED, HELD, PROCESSING
@@ -306,8 +308,10 @@ async def test_a_completion_that_arrives_after_the_hold_completes_the_step_and_l
                                                                                       link):
         sim = fab.sims[TOOL]
         await lost_and_held(fab, link, "L1")
+        done_before = completions("P")
         assert await sim.resend_completion("L1")
         await eventually(lambda: fab.lot("L1").state == COMPLETED, what="L1 completed")
+        assert completions("P") == done_before + 1
         assert not fab.lot("L1").holds and fab.mes.tools[TOOL].lot_id == ""
 
         lots = of_lot(await fab.lots_stream(), "L1")
@@ -326,6 +330,10 @@ async def test_a_completion_that_arrives_after_the_hold_completes_the_step_and_l
         assert unexpected(redis_url, "L1") == []
 
 
+def completions(product: str) -> float:
+    return REGISTRY.get_sample_value("fabd_lots_completed_total", {"product": product}) or 0.0
+
+
 async def test_the_engineer_confirms_the_step_ran_and_the_lot_moves_on_without_a_second_run(
         redis_url, tmp_path) -> None:
     # The tool's log says the run finished: re-running an etch step would scrap the wafers,
@@ -334,6 +342,7 @@ async def test_the_engineer_confirms_the_step_ran_and_the_lot_moves_on_without_a
                                                                                       link):
         sim = fab.sims[TOOL]
         await lost_and_held(fab, link, "L1")
+        done_before = completions("P")
         send_commands(redis_url, "fab", [
             {"type": "complete_step", "command_id": "c-done-1", "lot_id": "L1",
              "reason": "tool log: run ended normally", "by": "eng-kim"},
@@ -346,6 +355,7 @@ async def test_the_engineer_confirms_the_step_ran_and_the_lot_moves_on_without_a
         for _ in range(3):
             fab.tick()
         assert [d[0] for d in sim.lots_done] == ["L1"]        # run once, on the tool
+        assert completions("P") == done_before + 1           # and counted as completed
         kinds = [e["type"] for e in of_lot(await fab.lots_stream(), "L1")]
         at = kinds.index("lot_completion_lost")
         assert kinds[at:] == ["lot_completion_lost", "lot_held", "lot_tracked_out",
