@@ -157,7 +157,10 @@ class ErpIntake:
         for entry_id, fields in entries:
             entry_id = _text(entry_id)
             ids.append(entry_id)
-            if fields is None:  # deleted while pending (XAUTOCLAIM reports it): nothing to do
+            if not fields:
+                # Deleted while pending (trimmed, XDEL): Redis hands back the id with no
+                # fields (redis-py makes that {}; an entry always has a field). It may have
+                # been applied before a crash: nothing to judge, no dead letter; acknowledge.
                 continue
             rej = self.handle(entry_id, fields)
             if rej is not None:

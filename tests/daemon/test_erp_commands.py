@@ -265,3 +265,25 @@ async def test_a_rejected_command_delivered_again_is_dead_lettered_not_applied(o
     assert [(d["code"], json.loads(d["cmd"])["command_id"]) for d in dead] == [
         ("unknown_lot", "c-h1")]
     assert [e["type"] for e in read_stream(url, "fab:lots")] == ["lot_created"]
+
+
+async def test_a_pending_entry_deleted_before_the_restart_is_acknowledged_not_dead_lettered(
+        redis_url, tmp_path) -> None:
+    # fabd applied create_lot L1 and died before its XACK; then the entry left the stream
+    # (the ERP's MAXLEN trim, or an XDEL). Redis hands the pending entry back with no
+    # fields: there is nothing to judge, and a dead letter would tell the ERP that its
+    # command, which was applied, was refused.
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT])
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: "P1" in bus.mes.products and pending_count(redis_url) == 0,
+                         what="master data applied")
+    (entry_id,) = send_commands(redis_url, "fab", [LOT])
+    r = redis_sync.Redis.from_url(redis_url)
+    r.xreadgroup("fabd", "fabd-1", {"fab:erp:commands": ">"})  # read, "crash" before XACK
+    r.xdel("fab:erp:commands", entry_id)
+    r.close()
+    assert pending_count(redis_url) == 1
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: pending_count(redis_url) == 0, what="pending entry acknowledged")
+        assert bus.erp.dead_total == 0
+    assert read_stream_raw(redis_url, "fab:erp:dead") == []
