@@ -174,7 +174,14 @@ class ReferenceConsumer:
         elif seq == 1:
             self.synced = True
         self._check_snapshots()  # a snapshot covering exactly last_seq, before applying seq
-        if int(fields.get("v", 1)) > SCHEMA_VERSION:
+        try:
+            v = int(fields.get("v", 1))
+        except ValueError as exc:
+            self._malformed(f"seq {seq} {etype}", exc, seq=seq)
+            self.last_seq = seq
+            self._check_snapshots()
+            return
+        if v > SCHEMA_VERSION:
             # A newer daemon: its fields may mean something else. Skip the entry; it may
             # have moved WIP, so the book is untrusted until the next snapshot lines up.
             self._say("unsupported_version", f"seq {seq} {etype} has schema version "
@@ -229,11 +236,15 @@ class ReferenceConsumer:
 
     def on_response(self, resp: list) -> None:
         """Handle one XREADGROUP response: snapshots first, so each lines up before later lots."""
+        # An entry with no fields was deleted (trimmed) while pending, before a restart: it
+        # is gone, not malformed; the next entry's seq tells what is missing.
         by_stream = {_s(name): entries for name, entries in resp}
         for _entry_id, fields in by_stream.get(self.wip_stream, []) if self.wip_stream else []:
-            self.on_snapshot(_fields(fields))
+            if fields:
+                self.on_snapshot(_fields(fields))
         for entry_id, fields in by_stream.get(self.stream, []):
-            self.on_lot_entry(_s(entry_id), _fields(fields))
+            if fields:
+                self.on_lot_entry(_s(entry_id), _fields(fields))
 
     async def run(self, client, group: str, consumer: str, *, count: int = 500,
                   block_ms: int = 1000, idle_exit_s: float | None = None) -> None:

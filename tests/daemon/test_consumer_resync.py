@@ -19,6 +19,12 @@ def add(r, stream: str, seq: int, eid: str, etype: str, data: dict, v: int = 1) 
                     "data": json.dumps(data)})
 
 
+def add_id(r, stream: str, seq: int, eid: str, etype: str, data: dict) -> bytes:
+    """As add(), returning the entry id."""
+    return r.xadd(stream, {"type": etype, "v": 1, "seq": seq, "eid": eid,
+                           "ts": "2026-01-01T00:00:00Z", "data": json.dumps(data)})
+
+
 def snapshot(lots_seq: int, counts: list[tuple[str, int, int]]) -> dict:
     return {"lots_seq": lots_seq, "total_lots": sum(c[1] for c in counts),
             "total_wafers": sum(c[2] for c in counts),
@@ -132,3 +138,47 @@ def test_a_malformed_entry_is_reported_and_skipped_not_a_crash_loop(redis_url) -
     assert [row["lots_seq"] for row in rows if row["kind"] == "wip_ok"] == [4], rows
     assert rows[-1]["malformed"] == 3
     assert rc == 1   # a stream that breaks the contract is not a clean run
+
+
+def test_pending_entries_trimmed_before_a_restart_are_not_counted_as_malformed(redis_url) -> None:
+    # The consumer read entries 1 and 2 and died before its XACK; MAXLEN trimmed them
+    # meanwhile. On the restart Redis hands them back with no fields: they were not
+    # malformed (fabd wrote them whole), they are gone; the consumer starts late.
+    r = redis_sync.Redis.from_url(redis_url)
+    ids = [add_id(r, "fab:lots", 1, "i-1", "lot_created", lot("L1", "S1")),
+           add_id(r, "fab:lots", 2, "i-2", "lot_created", lot("L2", "S1"))]
+    add(r, "fab:wip", 1, "i-3", "wip_snapshot", snapshot(2, [("S1", 2, 50)]))
+    add(r, "fab:lots", 3, "i-4", "lot_moved", moved("L1", "S1", "S2"))
+    add(r, "fab:wip", 2, "i-5", "wip_snapshot", snapshot(3, [("S1", 1, 25), ("S2", 1, 25)]))
+    r.xgroup_create("fab:lots", "erp-reference", id="0")
+    r.xreadgroup("erp-reference", "consume-1", {"fab:lots": ">"}, count=2)  # then "crash"
+    r.xdel("fab:lots", *ids)
+    r.close()
+    rc, rows, err = consume(redis_url)
+    assert "Traceback" not in err, err
+    kinds = [row["kind"] for row in rows]
+    assert "malformed" not in kinds, rows
+    assert kinds.count("late_start") == 1, rows
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_baseline"] == [2], rows
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_ok"] == [3], rows
+    assert rows[-1]["malformed"] == 0 and rows[-1]["gaps"] == 0
+    assert rc == 0, err
+
+
+def test_an_entry_with_a_version_that_is_not_a_number_is_malformed_not_a_crash(redis_url) -> None:
+    r = redis_sync.Redis.from_url(redis_url)
+    add(r, "fab:lots", 1, "i-1", "lot_created", lot("L1", "S1"))
+    r.xadd("fab:lots", {"type": "lot_created", "v": "one", "seq": 2, "eid": "i-2",
+                        "ts": "2026-01-01T00:00:00Z", "data": json.dumps(lot("L2", "S1"))})
+    add(r, "fab:wip", 1, "i-3", "wip_snapshot", snapshot(2, [("S1", 2, 50)]))
+    add(r, "fab:lots", 3, "i-4", "lot_moved", moved("L1", "S1", "S2"))
+    add(r, "fab:wip", 2, "i-5", "wip_snapshot", snapshot(3, [("S1", 1, 25), ("S2", 1, 25)]))
+    r.close()
+    rc, rows, err = consume(redis_url)
+    assert "Traceback" not in err, err
+    bad = [row for row in rows if row["kind"] == "malformed"]
+    assert len(bad) == 1 and "seq 2" in bad[0]["text"], rows
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_baseline"] == [2], rows
+    assert [row["lots_seq"] for row in rows if row["kind"] == "wip_ok"] == [3], rows
+    assert rows[-1]["malformed"] == 1
+    assert rc == 1
