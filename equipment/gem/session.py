@@ -183,7 +183,9 @@ class GemHostSession:
         """Connect, start up, serve and reconnect forever (until cancelled)."""
         self.config.validate(f"gem[{self.tool_id}]")
         self.profile.validate()
-        self._inbox = asyncio.Queue(maxsize=self.config.inbox_max)
+        # Unbounded: inbox_max bounds the tool's primaries (_on_primary); the few connection
+        # events (ToolDisconnected, ToolConnected) must never be refused by it.
+        self._inbox = asyncio.Queue()
         link = HsmsActive(self.tool_id, self.config.hsms, self._on_primary,
                           on_selected=self._on_selected, on_lost=self._on_lost)
         link.add_state_listener(self._on_hsms_state)
@@ -234,8 +236,7 @@ class GemHostSession:
     def _submit_soon(self, events: list[DomainEvent]) -> None:
         """Queue events for the ordered worker (state changes seen outside a primary)."""
         if self._inbox is not None:
-            with contextlib.suppress(asyncio.QueueFull):
-                self._inbox.put_nowait(events)
+            self._inbox.put_nowait(events)
 
     # ---- start-up (E30 order) ------------------------------------------------------------
 
@@ -543,12 +544,12 @@ class GemHostSession:
         """Queue a primary for the ordered worker (called by the HSMS reader, never blocks)."""
         assert self._inbox is not None
         self._last_primary_at = asyncio.get_running_loop().time()
-        try:
-            self._inbox.put_nowait((session, msg))
-        except asyncio.QueueFull:
+        if self._inbox.qsize() >= self.config.inbox_max:
             # Bounded: the tool keeps the event (no ack) and re-sends or spools it.
             metrics.MALFORMED.labels(self.tool_id, "hsms").inc()
             log.warning("tool %s: inbox full, %s left unanswered", self.tool_id, msg.sf)
+            return
+        self._inbox.put_nowait((session, msg))
 
     async def _primary_loop(self) -> None:
         assert self._inbox is not None

@@ -29,6 +29,7 @@ from equipment.events import (
     TerminalMessage,
     ToolConnected,
     ToolControl,
+    ToolDisconnected,
 )
 from equipment.gem.config import GemToolConfig
 from equipment.gem.errors import GemNotCommunicatingError, GemProtocolError, GemTimeoutError
@@ -611,3 +612,44 @@ async def test_commands_while_disconnected_fail_fast(sim: GemToolSim) -> None:
     session = GemHostSession(_config(sim), RecordingSink())
     with pytest.raises(GemNotCommunicatingError):
         await session.command(RemoteCommand.STOP, {})
+
+
+class HeldE10Sink(E10GatedSink):
+    """E10GatedSink that counts the submits waiting at its gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+
+    async def submit(self, events: list) -> None:
+        if any(isinstance(e, E10StateChanged) and e.reason == "held" for e in events):
+            self.waiting += 1
+        await super().submit(events)
+
+
+async def test_a_link_loss_while_the_inbox_is_full_still_reaches_the_daemon(
+        sim: GemToolSim) -> None:
+    """inbox_max bounds the tool's primaries; ToolDisconnected was put on the same bounded
+    queue and silently dropped when it was full (a slow store), so the daemon never heard
+    that the tool went away."""
+    sink = HeldE10Sink()
+    async with running(sim, sink, inbox_max=1) as session:
+        first = session.state.connects_total
+        try:
+            await sim.set_e10("engineering", "held")  # the worker waits on the store
+            await eventually(lambda: sink.waiting, what="S6F11 being made durable")
+            terminal = asyncio.create_task(sim.send_terminal("fills the inbox"))
+            await eventually(lambda: session._inbox.qsize() >= 1, what="inbox full")
+            await sim.drop_connection()
+            await session.wait_for(lambda s: not s.communicating, 60)
+            sink.gate.set()
+            await session.wait_for(lambda s: s.communicating and s.connects_total > first, 60)
+            await eventually(lambda: len(sink.of(ToolConnected)) >= 2, what="ToolConnected")
+            assert sink.of(ToolDisconnected), "the link loss never reached the daemon"
+            kinds = [type(e) for e in sink.events]
+            assert kinds.index(ToolDisconnected) < len(kinds) - 1 - kinds[::-1].index(
+                ToolConnected)
+            await terminal
+        finally:
+            sink.gate.set()
+            await sim.set_e10("standby", "test done")
