@@ -323,12 +323,16 @@ class HsmsSession:
             self._selected()
 
     def malformed(self, header: bytes, exc: SecsDecodeError) -> None:
-        """Answer an undecodable body with S9F7; the session stays up."""
+        """Answer an undecodable body with S9F7; the session stays up.
+
+        The header is checked first, as for any data message: before SELECTED a Reject.req
+        (E37), for another device id S9F1 (E5), whatever the body holds.
+        """
         self._m_rx.inc()
         metrics.MALFORMED.labels(self.tool_id, "hsms").inc()
         hdr = parse_header(header)
-        log.warning("hsms %s: malformed body in %s (system %d): %s; answering S9F7",
-                    self.tool_id, hdr.sf, hdr.system, exc.reason)
+        log.warning("hsms %s: malformed body in %s (system %d): %s", self.tool_id, hdr.sf,
+                    hdr.system, exc.reason)
         if self.protocol is not None:
             entry = self.protocol.pending.pop(hdr.system, None) if not hdr.function & 1 else None
             if entry is not None:
@@ -336,7 +340,13 @@ class HsmsSession:
                     entry[1].cancel()
                 if not entry[0].done():
                     entry[0].set_exception(exc)
-        if self.selected:
+        if self.protocol is None or self.protocol.transport is None:
+            return
+        if not self.selected:
+            self.reject(hdr, RejectReason.ENTITY_NOT_SELECTED)
+        elif hdr.session_id != self._device_id:
+            self.send_s9(1, header)
+        else:
             self.send_s9(7, header)
 
     def unexpected_reply(self, msg: Message) -> None:

@@ -472,3 +472,28 @@ async def test_unanswered_linktest_closes_on_t6_with_one_warning_and_host_reconn
     assert any("EQ-LT" in r.getMessage() and "T6 expired" in r.getMessage()
                for r in caplog.records if r.levelno == logging.WARNING)
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_malformed_body_with_a_wrong_device_id_is_answered_s9f1() -> None:
+    # E5: a message for a device id we are not is unrecognized whatever its body holds;
+    # S9F7 (illegal data) sent the tool's engineer after its body instead of its device id.
+    async with selected_host("EQ-DM", echo_handler, device_id=3) as (_host, peer, _peers):
+        peer.write(with_bad_u4_length(frame(7, 6, 11, True, SType.DATA, 31,
+                                            L(U4(1), U4(3001)))))
+        s9 = await peer.read_data()
+        assert (s9.stream, s9.function) == (9, 1)
+        assert parse_header(bytes(s9.body)).session_id == 7
+        peer.write(frame(3, 1, 1, True, SType.DATA, 32))
+        assert (await peer.read_data()).system == 32
+
+
+async def test_malformed_data_message_before_select_is_rejected_entity_not_selected() -> None:
+    # E37: no data messages before SELECTED; a malformed one was met with silence instead.
+    eq = HsmsPassive("EQ-RM", HsmsConfig(**{**FAST, "mode": "passive", "port": 0}), echo_handler)
+    async with running(eq):
+        peer = await raw_client(eq.port)
+        peer.write(with_bad_u4_length(frame(0, 6, 11, True, SType.DATA, 41,
+                                            L(U4(1), U4(3001)))))
+        rej = await peer.read()
+        assert rej.stype == SType.REJECT_REQ and rej.system == 41
+        assert rej.function == RejectReason.ENTITY_NOT_SELECTED
