@@ -214,7 +214,7 @@ def _parts(item: Item, parts: list) -> None:
                         _PACKERS[key] = pack
                 try:
                     data = pack(*it)
-                except struct.error as exc:
+                except (struct.error, OverflowError) as exc:  # OverflowError: F4 out of range
                     raise SecsEncodeError(f"{cls.code} value out of range in {it!r}: {exc}") from exc
             else:
                 raise SecsEncodeError(f"not a SECS-II item: {it!r} ({cls.__name__})")

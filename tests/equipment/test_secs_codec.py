@@ -153,7 +153,7 @@ def test_sml_shows_the_tree_for_a_person() -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    U1(256), I1(-129), U4(-1), U4(1.5), A("€"),
+    U1(256), I1(-129), U4(-1), U4(1.5), A("€"), F4(1e300),
 ])
 def test_unencodable_values_raise_encode_error(bad: Item) -> None:
     with pytest.raises(SecsEncodeError):
