@@ -129,8 +129,9 @@ class HsmsProtocol(asyncio.Protocol):
                                   SecsDecodeError(exc.reason, exc.offset))
                 return
         msg = Message(session_id, b2 & 0x7F, function, b2 > 0x7F, ptype, stype, system, body)
-        if (stype == 0 and not function & 1) or stype in (2, 4, 6):
-            # a reply (secondary data message or control response) closes its transaction
+        if (stype == 0 and ptype == 0 and not function & 1) or stype in (2, 4, 6):
+            # a reply (secondary data message or control response) closes its transaction;
+            # another PType is no SECS-II reply: the session rejects it (E37 reason 2)
             entry = self.pending.pop(system, None)
             if entry is not None:
                 fut, timer = entry

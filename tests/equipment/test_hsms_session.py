@@ -497,3 +497,18 @@ async def test_malformed_data_message_before_select_is_rejected_entity_not_selec
         rej = await peer.read()
         assert rej.stype == SType.REJECT_REQ and rej.system == 41
         assert rej.function == RejectReason.ENTITY_NOT_SELECTED
+
+
+async def test_reply_with_an_unsupported_ptype_is_rejected_not_taken_as_the_reply() -> None:
+    # E37: only PType 0 (SECS-II) is defined; any other is answered Reject.req (reason 2),
+    # a secondary too. It used to complete our request with an empty body.
+    async with selected_host("EQ-PT", echo_handler) as (host, peer, _peers):
+        request = asyncio.create_task(host.request(1, 3, L()))
+        primary = await peer.read_data()
+        peer.write(frame(0, 1, 4, False, SType.DATA, primary.system, L(U4(5)), ptype=1))
+        rej = await peer.read()
+        assert rej.stype == SType.REJECT_REQ and rej.system == primary.system
+        assert (rej.function, rej.stream) == (RejectReason.PTYPE_NOT_SUPPORTED, 1)
+        assert not request.done()
+        peer.write(frame(0, 1, 4, False, SType.DATA, primary.system, L(U4(5))))
+        assert (await asyncio.wait_for(request, 5)).body == L(U4(5))
