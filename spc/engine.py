@@ -400,6 +400,8 @@ class SpcEngine:
             lots = np.full(n, self.lot_code(lot_ids or ""), np.int32)
         else:
             lots = np.fromiter((self.lot_code(x) for x in lot_ids[:n]), np.int32, n)
+        # points given one by one before these arrived before them: keep that order
+        self._flush_singles()
         self._pending.append((ids, vals, np.array(t, np.float64), lots))
         self._n_pending += n
         return n
@@ -526,12 +528,18 @@ class SpcEngine:
         self._reset_seq[cid] = seq
         self._charts[cid].sub_values.clear()  # a subgroup never spans a reset
 
-    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        parts = self._pending
+    def _flush_singles(self) -> None:
+        """Move the points given one by one into the pending parts, after the earlier parts."""
         if self._p_ids:
-            parts.append((np.array(self._p_ids, np.int64), np.array(self._p_vals, np.float64),
-                          np.array(self._p_ts, np.float64), np.array(self._p_lots, np.int32)))
+            self._pending.append((np.array(self._p_ids, np.int64),
+                                  np.array(self._p_vals, np.float64),
+                                  np.array(self._p_ts, np.float64),
+                                  np.array(self._p_lots, np.int32)))
             self._p_ids, self._p_vals, self._p_ts, self._p_lots = [], [], [], []
+
+    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        self._flush_singles()
+        parts = self._pending
         self._pending = []
         self._n_pending = 0
         if not parts:

@@ -409,3 +409,19 @@ def test_an_unusable_snapshot_is_refused_with_the_reason():
         SpcEngine().restore(b"not a snapshot")
     with pytest.raises(SpcConfigError, match="history capacity"):
         SpcEngine(SpcConfig(history_points=32)).restore(data)
+
+
+def test_points_given_by_add_and_add_many_in_one_tick_keep_their_arrival_order():
+    # 6 readings rising one after the other (test 3), fed partly one by one, partly in arrays
+    eng = SpcEngine()
+    cid = eng.register("k", spec=ChartSpec(center=0.0, sigma=1.0, dispersion_test=False))
+    eng.add(cid, 0.1, 0.0, lot_id="L0")
+    eng.add_many(np.array([cid]), np.array([0.2]), 1.0, ["L1"])
+    eng.add(cid, 0.3, 2.0, lot_id="L2")
+    eng.add_many(np.array([cid] * 3), np.array([0.4, 0.5, 0.6]), np.array([3.0, 4.0, 5.0]),
+                 ["L3", "L4", "L5"])
+    (v,) = eng.evaluate().violations
+    assert (v.test, v.seq, v.first_seq) == (3, 5, 0)
+    assert v.values == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+    assert v.ts == (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
+    assert v.lot_ids == ("L0", "L1", "L2", "L3", "L4", "L5")
