@@ -73,9 +73,11 @@ def check_series(values: list[float], center: float, sigma: float,
     """Return, for each test of the rule set, the 0-based indices where it fires."""
     spec = ChartSpec(chart_type=ChartType.I_MR, rules=rules, center=center, sigma=sigma,
                      k=k or RuleParams(), dispersion_test=False)
-    # every firing is reported (no storm folding) and every value is taken, however many
+    # every firing is reported (no storm folding) and every value is taken, however many;
+    # the history holds the longest window of the K's given (any K of 2..62)
     engine = SpcEngine(SpcConfig(max_violations_per_tick=2**62,
-                                 max_pending_points=max(1, len(values))))
+                                 max_pending_points=max(1, len(values)),
+                                 history_points=spec.params().longest_window()))
     cid = engine.register("cli", spec=spec)
     engine.add_many(np.zeros(len(values), np.int64) + cid, np.asarray(values, float),
                     np.arange(len(values), dtype=float))

@@ -96,3 +96,13 @@ def test_a_long_series_reports_every_firing(capsys, tmp_path):
     rc, out, _ = _run(capsys, "check", "--center", "0", "--sigma", "1", str(p))
     assert rc == 0
     assert json.loads(out)["2"] == list(range(8, 30_000))
+
+
+def test_a_k_longer_than_the_daemons_history_is_accepted(capsys, tmp_path):
+    # --k7 20 is in the documented range 2..62; 20 values hugging the centre fire at the 20th
+    p = tmp_path / "hug.txt"
+    p.write_text("0.1\n-0.1\n" * 11)
+    rc, out, err = _run(capsys, "check", "--center", "0", "--sigma", "1", "--k7", "20",
+                        "--k2", "40", str(p))
+    assert rc == 0, err
+    assert json.loads(out)["7"] == [19, 20, 21]
