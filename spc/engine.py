@@ -13,7 +13,7 @@ Usage (daemon core, once per tick, after applying the tick's events):
 
 `set_limits()` and `reset()` apply at once (to points still buffered too) and
 return their LimitChange for the caller to publish. `snapshot()` / `restore()`
-carry limits, run windows and history across a restart.
+carry limits, run windows, history and the points not yet evaluated across a restart.
 """
 
 from __future__ import annotations
@@ -141,6 +141,9 @@ class _Snapshot(msgspec.Struct, array_like=True):
     charts: list[_ChartState]
     lots: list[str]
     arrays: dict[str, bytes]
+    # Points buffered for the next evaluate() (chart id, value, ts, lot code): the daemon
+    # saves at stop, when points that came in after the last tick are still waiting.
+    pending: dict[str, bytes] = msgspec.field(default_factory=dict)
 
 
 def _downgrade(action: Reaction, tool_id: str, chamber: str) -> Reaction:
@@ -185,6 +188,8 @@ class _Chart:
 
 
 _COLUMNS = (kn.N_FPAR, kn.N_IPAR, kn.N_IST, kn.N_FST)
+_PENDING_COLUMNS = ("ids", "values", "ts", "lots")
+_PENDING_DTYPES = (np.int64, np.float64, np.float64, np.int32)
 _SNAPSHOT_ARRAYS = ("_fpar", "_ipar", "_ist", "_fst", "_reset_seq", "_route", "_hist_stat",
                     "_hist_ts", "_hist_lot")
 
@@ -293,10 +298,7 @@ class SpcEngine:
         return self._set(cid, ch.limits, "reset")
 
     def snapshot(self) -> bytes:
-        """Return the engine's state (charts, limits, run windows, history) as bytes.
-
-        Pending points are not included: call it right after evaluate().
-        """
+        """Return the engine's state (charts, limits, run windows, history, pending points) as bytes."""
         n = len(self._charts)
         charts = [_ChartState(key=c.key, spec=c.spec, tool_id=c.tool_id, chamber=c.chamber,
                               limits=c.limits, version=c.version, phase_means=c.phase_means,
@@ -304,9 +306,15 @@ class SpcEngine:
                   for c in self._charts]
         arrays = {name: np.ascontiguousarray(getattr(self, name)[:n]).tobytes()
                   for name in _SNAPSHOT_ARRAYS}
+        # the pending points stay pending here (take them, then put them back as one part)
+        n_pending = self._n_pending
+        taken = self._take_pending()
+        self._pending, self._n_pending = ([taken] if taken[0].size else []), n_pending
+        pending = {name: np.ascontiguousarray(col).tobytes()
+                   for name, col in zip(_PENDING_COLUMNS, taken, strict=True)}
         return msgspec.msgpack.encode(_Snapshot(history_capacity=self.history_capacity,
                                                 columns=_COLUMNS, charts=charts, lots=self._lots,
-                                                arrays=arrays))
+                                                arrays=arrays, pending=pending))
 
     def restore(self, data: bytes) -> None:
         """Load a snapshot into an empty engine: windows continue where they were."""
@@ -336,6 +344,11 @@ class SpcEngine:
         self._lots = snap.lots
         self._lot_names = np.array(self._lots, dtype=object)
         self._lot_codes = {lot: i for i, lot in enumerate(snap.lots)}
+        if snap.pending:
+            part = tuple(np.frombuffer(snap.pending[name], dtype).copy()
+                         for name, dtype in zip(_PENDING_COLUMNS, _PENDING_DTYPES, strict=True))
+            self._pending.append(part)  # type: ignore[arg-type]
+            self._n_pending += part[0].shape[0]
 
     # ---- points -------------------------------------------------------------
 

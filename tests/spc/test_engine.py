@@ -425,3 +425,25 @@ def test_points_given_by_add_and_add_many_in_one_tick_keep_their_arrival_order()
     assert v.values == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
     assert v.ts == (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
     assert v.lot_ids == ("L0", "L1", "L2", "L3", "L4", "L5")
+
+
+def test_points_buffered_when_the_daemon_stops_are_tested_after_the_restart():
+    # the daemon saves at stop: points that came in since the last tick are still pending
+    eng = SpcEngine()
+    cid = eng.register("T1/-/-/p", spec=KNOWN, tool_id="T1")
+    for i in range(5):
+        eng.add(cid, 0.5, float(i), lot_id=f"L{i}")
+    eng.evaluate()
+    for i in range(5, 8):
+        eng.add(cid, 0.5, float(i), lot_id=f"L{i}")
+    eng.add_many(np.array([cid]), np.array([4.0]), 8.0, ["L8"])
+    data = eng.snapshot()
+
+    again = SpcEngine()
+    again.restore(data)
+    res = again.evaluate()
+    assert res.points_evaluated == 4
+    assert sorted((v.test, v.seq, v.lot_id) for v in res.violations) == [
+        (1, 8, "L8"), (2, 8, "L8")]
+    v2 = next(v for v in res.violations if v.test == 2)
+    assert v2.lot_ids == tuple(f"L{i}" for i in range(9))
