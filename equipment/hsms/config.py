@@ -35,7 +35,7 @@ class HsmsConfig(msgspec.Struct, frozen=True, kw_only=True):
     linktest_interval_s: float = 30.0  # periodic Linktest.req while SELECTED; 0 disables
     reconnect_backoff_max_s: float = 120.0  # ceiling of the jittered exponential backoff
     connect_timeout_s: float = 10.0  # TCP connect attempt
-    max_message_bytes: int = 16 * 1024 * 1024  # longer length fields close the connection
+    max_message_bytes: int = 16 * 1024 * 1024  # a longer message is skipped, answered S9F11
     e37_ranges: bool = True  # enforce E37 timer ranges; tests set False for sub-second timers
 
     def __post_init__(self) -> None:

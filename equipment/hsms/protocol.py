@@ -45,6 +45,9 @@ class HsmsProtocol(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writable: asyncio.Future | None = None
         self._close_reason = ""
+        self._skip = 0                 # bytes left of a message over the cap, being skipped
+        self._skip_header = b""        # its header, answered once the message has passed
+        self._skip_length = 0
 
     # --- asyncio callbacks -------------------------------------------------------------------
 
@@ -87,12 +90,34 @@ class HsmsProtocol(asyncio.Protocol):
         n = len(data)
         pos = 0
         session = self.session
-        while n - pos >= 4:
+        while True:
+            if self._skip:
+                take = min(self._skip, n - pos)
+                pos += take
+                self._skip -= take
+                if self._skip:
+                    break
+                session.too_long(self._skip_header, self._skip_length)
+                if self.transport is None:
+                    return
+                continue
+            if n - pos < 4:
+                break
             (length,) = _unpack_length(data, pos)
-            if length > self._max or length < 10:
-                self.abort(f"length field {length} outside 10..{self._max} bytes "
-                           "(max_message_bytes); closing instead of allocating it")
+            if length < 10:
+                self.abort(f"length field {length} below the 10-byte header: the framing is "
+                           "lost", logging.WARNING)
                 return
+            if length > self._max:
+                if n - pos < 14:
+                    break       # its header first
+                self._skip_header = bytes(data[pos + 4:pos + 14])
+                self._skip_length = length
+                self._skip = length - 10
+                log.warning("hsms %s: length field %d over max_message_bytes (%d): skipping "
+                            "the message as it arrives", session.tool_id, length, self._max)
+                pos += 14
+                continue
             end = pos + 4 + length
             if end > n:
                 break
@@ -103,6 +128,11 @@ class HsmsProtocol(asyncio.Protocol):
         if pos == n:
             if buf:
                 self._buf = bytearray()
+            if self._skip:      # T8 holds for the pieces of a skipped message too
+                self._last_rx = self._loop.time()
+                if self._t8_timer is None:
+                    self._t8_timer = self._loop.call_at(self._last_rx + self._t8_s,
+                                                        self._t8_check)
             return
         if buf:
             del buf[:pos]
@@ -148,12 +178,13 @@ class HsmsProtocol(asyncio.Protocol):
 
     def _t8_check(self) -> None:
         self._t8_timer = None
-        if not self._buf or self.transport is None:
+        if not (self._buf or self._skip) or self.transport is None:
             return
         now = self._loop.time()
         if now - self._last_rx >= self._t8_s:
-            self.abort(f"T8 expired: {len(self._buf)} bytes of a partial message and nothing "
-                       f"for {self._t8_s:g} s")
+            what = (f"{self._skip} bytes of a {self._skip_length}-byte message still to come"
+                    if self._skip else f"{len(self._buf)} bytes of a partial message")
+            self.abort(f"T8 expired: {what} and nothing for {self._t8_s:g} s")
         else:
             self._t8_timer = self._loop.call_at(self._last_rx + self._t8_s, self._t8_check)
 

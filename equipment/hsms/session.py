@@ -322,8 +322,20 @@ class HsmsSession:
         if msg.stype == SType.SELECT_RSP and msg.function == 0 and not self.selected:
             self._selected()
 
-    def malformed(self, header: bytes, exc: SecsDecodeError) -> None:
-        """Answer an undecodable body with S9F7; the session stays up.
+    def too_long(self, header: bytes, length: int) -> None:
+        """Answer a message over max_message_bytes (skipped, never buffered) with S9F11."""
+        hdr = parse_header(header)
+        if hdr.stype != 0:
+            self._m_rx.inc()
+            metrics.MALFORMED.labels(self.tool_id, "hsms").inc()
+            log.warning("hsms %s: dropping a %d-byte control message (SType %d)", self.tool_id,
+                        length, hdr.stype)
+            return
+        self.malformed(header, SecsDecodeError(
+            f"{length} bytes, over max_message_bytes: data too long", 0), function=11)
+
+    def malformed(self, header: bytes, exc: SecsDecodeError, function: int = 7) -> None:
+        """Answer an undecodable body with S9F7 (a body too long: S9F11); the session stays up.
 
         The header is checked first, as for any data message: before SELECTED a Reject.req
         (E37), for another device id S9F1 (E5), whatever the body holds.
@@ -347,7 +359,7 @@ class HsmsSession:
         elif hdr.session_id != self._device_id:
             self.send_s9(1, header)
         else:
-            self.send_s9(7, header)
+            self.send_s9(function, header)
 
     def unexpected_reply(self, msg: Message) -> None:
         """Log and drop a reply whose system bytes match no open transaction."""

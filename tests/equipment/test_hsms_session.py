@@ -343,7 +343,29 @@ async def test_peer_answering_s9_fails_our_request_at_once() -> None:
         assert err.value.s9_function == 3
 
 
-async def test_oversize_length_field_closes_with_a_log_line_and_host_reconnects(
+async def test_a_message_over_the_cap_is_skipped_and_answered_s9f11_and_the_session_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A trace report bigger than max_message_bytes used to close the connection; a tool that
+    # spooled it sent it again at every reconnect, and the link never came back for good.
+    async with selected_host("EQ-TL", echo_handler, max_message_bytes=4096) as (host, peer,
+                                                                                 _peers):
+        big = frame(0, 6, 1, True, SType.DATA, 51, L(*[A("x" * 100) for _ in range(60)]))
+        assert len(big) > 4096 + 4
+        for at in range(0, len(big), 1000):          # in pieces, as TCP delivers it
+            peer.write(big[at:at + 1000])
+            await asyncio.sleep(0.01)
+        s9 = await peer.read_data()
+        assert (s9.stream, s9.function) == (9, 11)
+        assert parse_header(bytes(s9.body)).system == 51
+        peer.write(frame(0, 1, 1, True, SType.DATA, 52))   # the session is still up
+        echo = await peer.read_data()
+        assert echo.system == 52 and (echo.stream, echo.function) == (1, 2)
+        assert host.state == HsmsState.SELECTED
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("EQ-TL" in line and "over max_message_bytes" in line for line in lines)
+
+
+async def test_oversize_length_field_whose_body_never_comes_closes_at_t8_and_host_reconnects(
         caplog: pytest.LogCaptureFixture) -> None:
     async with selected_host("EQ-O", max_message_bytes=1 << 20) as (host, peer, peers):
         peer.write(struct.pack(">I", 0xFFFFFFF0) + b"\x00" * 10)
@@ -353,6 +375,7 @@ async def test_oversize_length_field_closes_with_a_log_line_and_host_reconnects(
         await host.wait_state(HsmsState.SELECTED, 5)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("EQ-O" in line and "length field 4294967280" in line for line in lines)
+    assert any("EQ-O" in line and "T8 expired" in line for line in lines)
 
 
 async def test_new_connection_replaces_a_half_open_one_on_the_equipment() -> None:
