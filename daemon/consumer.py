@@ -34,6 +34,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 
 from daemon.events import SCHEMA_VERSION
+from daemon.redis_conn import REDIS_DOWN, Backoff
 
 # Lot event types that move lots in or out of a (product, step) WIP bucket.
 _ENTER = ("lot_created",)
@@ -247,18 +248,54 @@ class ReferenceConsumer:
                 self.on_lot_entry(_s(entry_id), _fields(fields))
 
     async def run(self, client, group: str, consumer: str, *, count: int = 500,
-                  block_ms: int = 1000, idle_exit_s: float | None = None) -> None:
-        """Read, apply and acknowledge until cancelled (or idle for idle_exit_s)."""
+                  block_ms: int = 1000, idle_exit_s: float | None = None,
+                  retry_max_s: float = 5.0) -> None:
+        """Read, apply and acknowledge until cancelled (or idle for idle_exit_s).
+
+        A Redis outage is reported once (kind redis_down) and retried with backoff; once
+        Redis answers again (redis_up) the consumer reads its own unacknowledged entries
+        first, as after a restart (those it had applied count as duplicates).
+        """
         streams = [self.stream] + ([self.wip_stream] if self.wip_stream else [])
+        self._backoff = Backoff(0.2, retry_max_s)
+        self._down_since: float | None = None
+        self._idle_since = time.monotonic()
+        while True:
+            try:
+                await self._read(client, group, consumer, streams, count, block_ms, idle_exit_s)
+                return
+            except REDIS_DOWN as exc:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    self._say("redis_down", f"Redis unreachable ({exc.__class__.__name__}: "
+                                            f"{exc}); retrying, nothing is lost: entries "
+                                            "not acknowledged are read again")
+                if idle_exit_s is not None and time.monotonic() - self._idle_since >= idle_exit_s:
+                    return
+                await asyncio.sleep(self._backoff.next())
+
+    def _answered(self) -> None:
+        """Redis answered: the end of an outage, if there was one."""
+        if self._down_since is not None:
+            self._say("redis_up", f"Redis reachable again after "
+                                  f"{time.monotonic() - self._down_since:.1f} s")
+            self._down_since = None
+            self._backoff.reset()
+
+    async def _read(self, client, group: str, consumer: str, streams: list[str], count: int,
+                    block_ms: int, idle_exit_s: float | None) -> None:
         for key in streams:
             try:
                 await client.xgroup_create(key, group, id="0", mkstream=True)
+            except REDIS_DOWN:
+                raise
             except Exception as exc:  # BUSYGROUP: the group exists; resume where it stopped
                 if "BUSYGROUP" not in str(exc):
                     raise
-        # Our own pending entries first (read but not acknowledged before a crash), then new ones.
+        self._answered()
+        # Our own pending entries first (read but not acknowledged before a crash or an
+        # outage), then new ones.
         ids = dict.fromkeys(streams, "0")
-        idle_since = time.monotonic()
         while True:
             resp = await client.xreadgroup(group, consumer, ids, count=count, block=block_ms)
             task = asyncio.current_task()
@@ -269,12 +306,12 @@ class ReferenceConsumer:
                 ids = dict.fromkeys(streams, ">")
                 continue
             if got:
-                idle_since = time.monotonic()
+                self._idle_since = time.monotonic()
                 self.on_response(resp)
                 for name, entries in resp:
                     if entries:
                         await client.xack(name, group, *[e[0] for e in entries])
-            elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
+            elif idle_exit_s is not None and time.monotonic() - self._idle_since >= idle_exit_s:
                 return
 
 

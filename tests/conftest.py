@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import MosquittoServer, RedisServer, new_workdir
+from tests.support import MosquittoServer, PersistentRedis, RedisServer, new_workdir
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -64,6 +64,17 @@ def own_redis() -> Iterator[RedisServer]:
     """A redis-server of the test's own, which the test may stop and restart."""
     workdir = new_workdir("redis-own")
     server = RedisServer(workdir)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def persistent_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own that keeps its streams across a restart (AOF)."""
+    workdir = new_workdir("redis-aof")
+    server = PersistentRedis(workdir)
     server.start()
     yield server
     server.stop()

@@ -15,7 +15,18 @@ from typing import Any
 
 from daemon.localsvc import MosquittoServer, RedisServer, free_port
 
-__all__ = ["MosquittoServer", "RedisServer", "eventually", "free_port", "new_workdir"]
+__all__ = ["MosquittoServer", "PersistentRedis", "RedisServer", "eventually", "free_port",
+           "new_workdir"]
+
+
+class PersistentRedis(RedisServer):
+    """A redis-server that keeps its streams across a restart (AOF), like a production one."""
+
+    def argv(self) -> list[str]:
+        args = super().argv()
+        i = args.index("--appendonly")
+        args[i + 1] = "yes"
+        return [*args, "--appendfsync", "always"]
 
 
 def new_workdir(prefix: str) -> Path:

@@ -182,3 +182,46 @@ def test_an_entry_with_a_version_that_is_not_a_number_is_malformed_not_a_crash(r
     assert [row["lots_seq"] for row in rows if row["kind"] == "wip_ok"] == [3], rows
     assert rows[-1]["malformed"] == 1
     assert rc == 1
+
+
+def test_a_redis_outage_is_reported_and_reading_goes_on_after_it(persistent_redis) -> None:
+    # `fabd consume` is the reference an ERP integrator copies: it used to die with a
+    # traceback when Redis went away (a restart, a failover).
+    import time
+
+    url = persistent_redis.url
+    r = redis_sync.Redis.from_url(url)
+    for i in range(1, 4):
+        add(r, "fab:lots", i, f"i-{i}", "lot_created", lot(f"L{i}", "S1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "consume", "--stream", "fab:lots", "--redis-url",
+         url, "--json", "--idle-exit", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        def read_all() -> bool:
+            groups = r.xinfo_groups("fab:lots")
+            return bool(groups) and groups[0]["pending"] == 0 and groups[0]["entries-read"] == 3
+
+        deadline = time.monotonic() + 30
+        while not read_all():
+            assert time.monotonic() < deadline, "the first entries were not read"
+            time.sleep(0.1)
+        r.close()
+        persistent_redis.stop()
+        time.sleep(1.5)
+        persistent_redis.start()
+        r = redis_sync.Redis.from_url(url)
+        for i in range(4, 7):
+            add(r, "fab:lots", i, f"i-{i}", "lot_created", lot(f"L{i}", "S1"))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        r.close()
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    kinds = [row["kind"] for row in rows]
+    assert "Traceback" not in err
+    assert kinds.count("redis_down") == 1 and kinds.count("redis_up") == 1
+    assert kinds.index("redis_down") < kinds.index("redis_up")
+    summary = rows[-1]
+    assert (summary["applied"], summary["gaps"], summary["malformed"]) == (6, 0, 0)
+    assert proc.returncode == 0

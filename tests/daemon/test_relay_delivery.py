@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import threading
-from collections.abc import Iterator
 
 import pytest
 import redis as redis_sync
@@ -21,29 +19,9 @@ from tests.daemon.bus_support import (
     read_stream,
     running_bus,
 )
-from tests.support import RedisServer, eventually, new_workdir
+from tests.support import eventually
 
 FIELDS = {"type", "v", "seq", "eid", "ts", "data", "id"}
-
-
-class PersistentRedis(RedisServer):
-    """A redis-server that keeps its streams across a restart (AOF), like a production one."""
-
-    def argv(self) -> list[str]:
-        args = super().argv()
-        i = args.index("--appendonly")
-        args[i + 1] = "yes"
-        return [*args, "--appendfsync", "always"]
-
-
-@pytest.fixture
-def persistent_redis() -> Iterator[RedisServer]:
-    workdir = new_workdir("redis-aof")
-    server = PersistentRedis(workdir)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def flow_lots(bus, first: int, n: int) -> None:
