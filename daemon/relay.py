@@ -27,6 +27,7 @@ tool is never dropped, the disk is the limit.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections import deque
@@ -251,6 +252,22 @@ class Relay:
         RELAY_LAG.set(self.lag_s())
         self._check_bound()
 
+    async def _date_backlog(self) -> None:
+        """Date a backlog left by an earlier run (its commit times are not kept) by its
+        oldest event's timestamp, so lag and depth show it from the start, not from the
+        next commit."""
+        if self.writer.committed_jseq > self.sent_jseq and not self._commit_times:
+            rows = await self.store.call(self.store.read_events, self.sent_jseq, 1)
+            age = 0.0
+            if rows:
+                try:
+                    age = max(0.0, time.time() - dt.datetime.fromisoformat(rows[0][5]).timestamp())
+                except ValueError:
+                    pass
+            self._commit_times.append((self.writer.committed_jseq, time.monotonic() - age))
+        RELAY_LAG.set(self.lag_s())
+        self._check_bound()
+
     async def run(self) -> None:
         """Publish until cancelled; survive Redis outages (the outbox grows on disk meanwhile)."""
         backoff = Backoff(self.redis_config.backoff_initial_s, self.redis_config.backoff_max_s)
@@ -258,6 +275,7 @@ class Relay:
         client = RespConnection(self.redis_config)
         refused = False
         rows: list[EventRow] = []
+        await self._date_backlog()
         try:
             while True:
                 raise_if_cancelled()

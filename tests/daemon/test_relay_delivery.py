@@ -266,3 +266,25 @@ async def test_a_lost_script_cache_neither_loses_nor_repeats_an_entry(persistent
         assert await bus.drain(10)
     lots = read_stream(url, "fab:lots")
     assert len(assert_in_order_once(lots)) == len(lots) == 60 * 4
+
+
+async def test_a_backlog_left_by_an_earlier_run_shows_in_depth_and_lag_from_the_start(
+        tmp_path) -> None:
+    # The outbox gauges followed commits only: a daemon restarted with events still to
+    # publish (Redis down) showed depth 0 and lag 0 until something new was committed.
+    from daemon.relay import OUTBOX_DEPTH, RELAY_LAG
+    from tests.support import free_port
+
+    down = f"redis://127.0.0.1:{free_port()}/0"   # nothing listens there
+    async with running_bus(down, tmp_path, erp=False) as bus:
+        define_master_data(bus)
+        for i in range(5):
+            bus.mes.create_lot(f"L{i}", "PO-1", "P-A", 25)
+        await bus.durable()
+    OUTBOX_DEPTH.set(0)     # what a new process starts with
+    RELAY_LAG.set(0)
+    await asyncio.sleep(1.2)
+    async with running_bus(down, tmp_path, erp=False):
+        await eventually(lambda: REGISTRY.get_sample_value("fabd_outbox_depth_events") == 5,
+                         what="the backlog in the depth gauge")
+        assert REGISTRY.get_sample_value("fabd_relay_lag_seconds") >= 1.0
