@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -119,6 +120,8 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         self._alarm_code: dict[str, int] = {}
         self._sums: dict[str, list[float]] = {}  # parameter -> [sum, count] for the running lot
         self._unknown_values: set[str] = set()
+        # parameter node -> (source timestamp, value) of the last sample taken
+        self._last_sample: dict[str, tuple[Any, float]] = {}
         self._labels = (self.tool_id, PROTOCOL)
         self._m_received = metrics.MESSAGES_RECEIVED.labels(*self._labels)
         self._skip_idle = bool(config.lot_id_node) and not config.idle_points
@@ -310,6 +313,18 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         except (TypeError, ValueError):
             self._malformed(f"{p.parameter}={value!r}")
             return
+        if not math.isfinite(v):
+            # NaN/inf is no measurement (a sensor out of range); one would poison the chart
+            # and the lot's mean.
+            self._malformed(f"{p.parameter}={value!r}", hint="value not charted")
+            return
+        if source_ts is not None:
+            # A new subscription (after a link drop) sends the current value again: the
+            # same sample, already charted, when its source timestamp has not moved.
+            sample = (source_ts, v)
+            if self._last_sample.get(p.node_id) == sample:
+                return
+            self._last_sample[p.node_id] = sample
         if not self.lot_id and self._skip_idle:
             return  # an idle tool's setpoints and zeros are not process data
         ts = source_ts.timestamp() if source_ts is not None else self._clock()

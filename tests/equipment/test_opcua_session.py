@@ -448,3 +448,41 @@ async def test_a_tool_that_does_not_trust_our_certificate_refuses_us(pki, runnin
         assert len(errors) == 1 and "CVD04" in errors[0] and "BadCertificate" in errors[0]
     finally:
         await tool.close()
+
+
+async def test_a_nan_or_infinite_parameter_is_reported_not_charted(sim, running, caplog) -> None:
+    # A Double variable can hold NaN or ±inf (a sensor out of range, a PLC division by 0):
+    # that is no measurement, and one NaN in a chart or a lot mean poisons it.
+    caplog.set_level(logging.WARNING, logger="equipment.opcua.session")
+    sink = RecordingSink()
+    session = start(running, sim.client_profile(idle_points=True), sink)
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
+    await sim.set_parameter("rf_power_w", float("nan"))
+    await sim.set_parameter("rf_power_w", float("inf"))
+    await sim.set_parameter("rf_power_w", 1201.0)
+    await eventually(lambda: any(p.value == 1201.0 for p in sink.point_list), what="good value")
+    rf = [p.value for p in sink.point_list if p.parameter == "rf_power_w"]
+    assert rf == [0.0, 1201.0]  # the initial value, then the good one
+    assert any("ETCH01" in r.getMessage() and "rf_power_w" in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_a_link_drop_does_not_chart_the_same_sample_twice(sim, running) -> None:
+    # After a network blip the new subscription's initial values are the samples already
+    # charted (same source timestamp): charting them again doubles points in SPC.
+    sink = RecordingSink()
+    session = start(running, sim.client_profile(idle_points=True, watchdog_interval_s=0.3,
+                                                reconnect_min_s=0.1, reconnect_max_s=0.5), sink)
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
+    await sim.set_parameter("rf_power_w", 777.0)
+    await eventually(lambda: any(p.value == 777.0 for p in sink.point_list), what="sample")
+    before = list(sink.point_list)
+    assert session._client is not None
+    session._client._client.disconnect_socket()  # the link drops; the server stays up
+    await eventually(lambda: len(sink.of(ToolConnected)) == 2 and
+                     session.state is OpcUaSessionState.CONNECTED, what="reconnected")
+    await sim.set_parameter("rf_power_w", 778.0)
+    await eventually(lambda: any(p.value == 778.0 for p in sink.point_list), what="new sample")
+    keys = [(p.parameter, p.ts) for p in sink.point_list]
+    assert len(keys) == len(set(keys)), "a sample charted twice"
+    assert [p.value for p in sink.point_list[len(before):]] == [778.0]
