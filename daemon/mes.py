@@ -329,7 +329,7 @@ class MesState:
     # ------------------------------------------------------------ master data
 
     def define_route(self, route_id: str, steps: list[ev.RouteStep]) -> Route:
-        """Create or replace a route (lots on it keep their step index)."""
+        """Create or replace a route (lots on it stay at their step, found by its step id)."""
         ids = [s.step_id for s in steps]
         if len(set(ids)) != len(ids):
             raise MesError(f"route {route_id}: step ids repeat", "invalid")
@@ -340,13 +340,32 @@ class MesState:
                 raise UnknownEntity(f"route {route_id} step {s.step_id}: rework route "
                                     f"{s.rework_route_id} is not defined", "unknown_route")
         old = self.routes.get(route_id)
-        # A lot in rework comes back to its return points: they must stay on the route too.
-        if old is not None and any(
-                (lot.route_id == route_id and lot.step_index >= len(steps))
-                or any(b.route_id == route_id and b.step_index >= len(steps) for b in lot.rework)
-                for lot in self.active_lots()):
-            raise IllegalTransition(f"route {route_id}: lots are at (or in rework will return "
-                                    f"to) steps the new route lacks")
+        # A lot keeps the step it is at (and, in rework, the step it returns to) by step id:
+        # a step inserted or removed before it must not move it to another step (its record
+        # would name one step while it runs another's recipe, out of sequence).
+        moves: list[tuple[Lot, ReturnPoint | None, int]] = []
+        if old is not None:
+            position = {step_id: i for i, step_id in enumerate(ids)}
+            lacking = []
+            for lot in self.active_lots():
+                points = [(None, lot.step_index)] if lot.route_id == route_id else []
+                points += [(b, b.step_index) for b in lot.rework if b.route_id == route_id]
+                for back, index in points:
+                    step_id = old.steps[index].step_id
+                    if step_id not in position:
+                        lacking.append(f"{lot.lot_id} ({step_id})")
+                    elif position[step_id] != index:
+                        moves.append((lot, back, position[step_id]))
+            if lacking:
+                raise IllegalTransition(f"route {route_id}: lots are at (or in rework will "
+                                        f"return to) steps the new route lacks: "
+                                        f"{', '.join(lacking)}")
+        for lot, back, index in moves:
+            if back is None:
+                lot.step_index = index
+            else:
+                back.step_index = index
+            self._touch("lot", lot.lot_id, lot)
         route = Route(route_id=route_id, steps=list(steps))
         self.routes[route_id] = route
         self._touch("route", route_id, route)

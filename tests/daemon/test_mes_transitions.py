@@ -199,3 +199,47 @@ def test_complete_step_not_ok_sends_the_lot_to_rework_and_is_refused_without_a_l
         with pytest.raises(IllegalTransition, match=f"no lost completion.*{why}"):
             mes.complete_step(lot_id, "?", "eng-kim")
     assert events_of(mes) == []
+
+
+def test_a_route_redefined_with_a_step_inserted_keeps_each_lot_at_its_step() -> None:
+    """An engineering change inserts CLEAN before ETCH: a lot at ETCH (and one in rework that
+    returns to COAT) must stay at those steps, not slide onto the step now at their index."""
+    from daemon.fabsync import FabSync
+    from dispatch import enforce
+
+    mes = make_state()
+    mes.define_tool("WET02", "WET")
+    for recipe in ("ETCH1", "CLEAN1"):
+        mes.approve_recipe(recipe, 2 if recipe == "ETCH1" else 1, CHECKSUM)
+        mes.qualify("ETCH01", recipe, True)
+    mes.create_lot("L1", "PO", "P1", 25)
+    mes.track_in("L1", "LITHO01")
+    mes.track_out("L1", "LITHO01")                    # L1 at ETCH (index 1)
+    mes.create_lot("L2", "PO", "P1", 25)
+    mes.track_in("L2", "LITHO01")
+    mes.track_out("L2", "LITHO01", ok=False)          # L2 in rework, returns to COAT (index 0)
+    coat, etch = mes.routes["RT"].steps
+    clean = ev.RouteStep(step_id="CLEAN", tool_group="ETCH", recipe_id="CLEAN1",
+                         recipe_version=1, process_time_s=30)
+    mes.define_route("RT", [clean, coat, etch])
+    lot = mes.lots["L1"]
+    assert (lot.step_id, mes.step_of(lot).step_id) == ("ETCH", "ETCH")
+    mes.recipe_report("ETCH01", "ETCH1", CHECKSUM)
+    mes.recipe_report("ETCH01", "CLEAN1", CHECKSUM)
+    mes.tool_connected("ETCH01", "hsms")
+    mes.set_tool_state("ETCH01", "standby")
+    sync = FabSync(mes)
+    sync.sync()
+    now = sync.model.minutes(mes.clock())
+    # the dispatch model runs L1 at ETCH, and refuses it CLEAN (out of sequence)
+    assert enforce.check_track_in(sync.model, "L1", "ETCH01", "ETCH1", now,
+                                  recipe_version=2).ok
+    refused = enforce.check_track_in(sync.model, "L1", "ETCH01", "CLEAN1", now, recipe_version=1)
+    assert refused.reason == enforce.Refusal.OUT_OF_SEQUENCE
+    mes.track_in("L2", "WET01")
+    mes.track_out("L2", "WET01")                      # rework done: redo COAT, not CLEAN
+    assert (mes.lots["L2"].route_id, mes.lots["L2"].step_id,
+            mes.step_of(mes.lots["L2"]).step_id) == ("RT", "COAT", "COAT")
+    # a redefinition that drops the step a lot is at is refused, naming the lot
+    with pytest.raises(IllegalTransition, match="L1 \\(ETCH\\)"):
+        mes.define_route("RT", [clean, coat])
