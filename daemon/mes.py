@@ -419,6 +419,11 @@ class MesState:
         """Start a lot at the first step of its product's route."""
         if lot_id in self.lots:
             raise IllegalTransition(f"lot {lot_id} exists already", "duplicate_lot")
+        if "," in lot_id or lot_id != lot_id.strip():
+            # tools report a batch as its lot ids comma-separated (and trimmed): such a lot
+            # id could never be tracked in or out
+            raise MesError(f"lot id {lot_id!r} has a comma or leading/trailing blanks",
+                           "invalid_field")
         product = self.products.get(product_id)
         if product is None:
             raise UnknownEntity(f"lot {lot_id}: product {product_id} is not defined",

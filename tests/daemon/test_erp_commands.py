@@ -287,3 +287,20 @@ async def test_a_pending_entry_deleted_before_the_restart_is_acknowledged_not_de
         await eventually(lambda: pending_count(redis_url) == 0, what="pending entry acknowledged")
         assert bus.erp.dead_total == 0
     assert read_stream_raw(redis_url, "fab:erp:dead") == []
+
+
+async def test_a_lot_id_a_batch_report_would_split_is_dead_lettered(redis_url, tmp_path) -> None:
+    # A batch tool reports its lots comma-separated (trimmed): a lot created as "L1,L2" or
+    # " L3" could never be tracked in or out; the ERP must hear why, not get a lot stuck.
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT,
+                                     {**LOT, "command_id": "c-comma", "lot_id": "L1,L2"},
+                                     {**LOT, "command_id": "c-blank", "lot_id": " L3"},
+                                     {**LOT, "command_id": "c-ok", "lot_id": "L4"}])
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: "L4" in bus.mes.lots, what="the valid lot")
+        await eventually(lambda: bus.erp.dead_total == 2, what="dead letters")
+        assert set(bus.mes.lots) == {"L4"}
+    dead = read_stream_raw(redis_url, "fab:erp:dead")
+    assert [(d["code"], json.loads(d["cmd"])["command_id"]) for d in dead] == [
+        ("invalid_field", "c-comma"), ("invalid_field", "c-blank")]
+    assert "comma" in dead[0]["reason"]
