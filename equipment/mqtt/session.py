@@ -320,7 +320,8 @@ class MqttSession(StateWatch[MqttSessionState]):
         # acknowledged here or by _deliver_loop, whatever became of it.
         events: list[DomainEvent] = []
         try:
-            events = self.handle(message.topic.value, message.payload)
+            events = self.handle(message.topic.value, message.payload,
+                                 retained=bool(message.retain))
         except Exception as exc:  # a bug, not bad data: counted and logged like bad data
             self._malformed(str(getattr(message.topic, "value", "?")),
                             f"mapping failed: {exc!r}")
@@ -392,20 +393,23 @@ class MqttSession(StateWatch[MqttSessionState]):
 
     # -- messages -> points and events ----------------------------------------------------
 
-    def handle(self, topic: str, payload: Any) -> list[DomainEvent]:
-        """Map one message; queue its SPC points and return its domain events (maybe none)."""
+    def handle(self, topic: str, payload: Any, *, retained: bool = False) -> list[DomainEvent]:
+        """Map one message; queue its SPC points and return its domain events (maybe none).
+
+        A retained message (sent because we subscribed) gives its tool state, never points.
+        """
         self.received_total += 1
         self._m_received.inc()
         route = self._router.route(topic)
         if route is None:
             return []  # a broader filter than the mappings (e.g. '#'): not ours
         try:
-            return self._map(route, payload)
+            return self._map(route, payload, retained)
         except MalformedPayload as exc:
             self._malformed(topic, str(exc))
             return []
 
-    def _map(self, route: Route, payload: Any) -> list[DomainEvent]:
+    def _map(self, route: Route, payload: Any, retained: bool = False) -> list[DomainEvent]:
         c = self._compiled[id(route.mapping)]
         try:
             doc = _decode_json(payload)
@@ -424,6 +428,11 @@ class MqttSession(StateWatch[MqttSessionState]):
         except MalformedPayload:
             del points[n0:]  # all of a message or nothing
             raise
+        if retained:
+            # The broker sends the retained copy again at every SUBSCRIBE, so at every
+            # reconnect: a reading already charted (or queued for us by the persistent
+            # session), not a new one. Its state is deduplicated below; its points are not.
+            del points[n0:]
         events: list[DomainEvent] = []
         if tool_id not in self._tools_up:
             self._tools_up.add(tool_id)

@@ -311,3 +311,26 @@ def test_bad_topic_mappings_fail_with_their_key() -> None:
     raw = {"broker_id": "plant", "subscriptions": [{"topic": "fab/{tool_id}/a/{tool_id}"}]}
     with pytest.raises(msgspec.ValidationError, match=r"appears twice"):
         msgspec.convert(raw, MqttBrokerConfig)
+
+
+async def test_a_retained_reading_is_not_charted_again_at_every_reconnect(mosquitto_server,
+                                                                          sessions) -> None:
+    # A tool that publishes its readings retained: the broker sends the retained copy again at
+    # every SUBSCRIBE, i.e. at every reconnect. It is the same reading, not a new one.
+    sink = RecordingSink()
+    config = broker(mosquitto_server, client_id="fabd-retained")
+    session = sessions.start(MqttSession(config, sink))
+    await session.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
+    await publish(mosquitto_server, [("fab/RTP01/pv/lamp_temp_c", b"1050")], retain=True)
+    await eventually(lambda: sink.point_list, what="the reading")
+    # Another client with our id takes the session over: the broker drops fabd's connection.
+    async with aiomqtt.Client("127.0.0.1", mosquitto_server.port, identifier="fabd-retained",
+                              clean_session=False):
+        await eventually(lambda: session.state is not MqttSessionState.CONNECTED,
+                         what="fabd dropped")
+    await eventually(lambda: session.connects == 2 and
+                     session.state is MqttSessionState.CONNECTED, what="reconnected")
+    await publish(mosquitto_server, [("fab/RTP01/pv/lamp_temp_c", b"1051")])
+    await eventually(lambda: any(p.value == 1051.0 for p in sink.point_list), what="new reading")
+    assert [p.value for p in sink.point_list] == [1050.0, 1051.0]
+    await publish(mosquitto_server, [("fab/RTP01/pv/lamp_temp_c", b"")], retain=True)  # clear
