@@ -123,6 +123,8 @@ class Lot(msgspec.Struct, kw_only=True):
     # returns from; 0 none (a first step, a rework route entered); -1 not recorded (a lot
     # stored by an older fabd: the route's previous step)
     qt_limit_s: float = -1.0
+    # it ended the last step of its route while held: it completes when its holds are released
+    route_done: bool = False
 
 
 KINDS: dict[str, type] = {"product": Product, "route": Route, "recipe": Recipe, "tool": Tool,
@@ -477,6 +479,12 @@ class MesState:
         self.emit(ev.LotReleased(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
                                  wafers=lot.wafers, reason=reason, by=by, still_held=bool(keep)))
         log.info("lot %s released at %s: %s (by %s)", lot_id, lot.step_id, reason, by)
+        if lot.state == QUEUED and lot.route_done:   # its last step ran: now it completes
+            lot.route_done = False
+            lot.state = COMPLETED
+            self._active.pop(lot_id, None)
+            self.emit(ev.LotCompleted(lot_id=lot_id, product_id=lot.product_id,
+                                      step_id=lot.step_id, wafers=lot.wafers))
 
     def scrap(self, lot_id: str, reason: str, by: str) -> None:
         """Scrap a lot: it leaves the WIP."""
@@ -504,6 +512,7 @@ class MesState:
         for h in lot.holds:
             if h.kind == "completion_lost":
                 h.tool_id = ""
+        lot.route_done = False   # started again by hand: its end decides
         lot.state = PROCESSING
         lot.tool_id = tool_id
         tool.lot_id = lot_id
@@ -620,6 +629,11 @@ class MesState:
         elif lot.rework:
             back = lot.rework.pop()  # redo the step that sent the lot to rework
             lot.route_id, lot.step_index = back.route_id, back.step_index
+        elif lot.holds:
+            # held while it ran its last step: it stays in the WIP, held at that step, and
+            # completes when released (a hold must not ship a lot)
+            lot.route_done = True
+            return
         else:
             lot.state = COMPLETED
             self._active.pop(lot.lot_id, None)

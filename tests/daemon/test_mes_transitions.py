@@ -243,3 +243,23 @@ def test_a_route_redefined_with_a_step_inserted_keeps_each_lot_at_its_step() -> 
     # a redefinition that drops the step a lot is at is refused, naming the lot
     with pytest.raises(IllegalTransition, match="L1 \\(ETCH\\)"):
         mes.define_route("RT", [clean, coat])
+
+
+def test_a_lot_held_during_its_last_step_is_not_completed_until_released() -> None:
+    """A customer hold placed while the lot runs its last step must stop it shipping."""
+    mes = make_state()
+    mes.create_lot("L1", "PO", "P1", 25)
+    mes.track_in("L1", "LITHO01")
+    mes.track_out("L1", "LITHO01")
+    mes.track_in("L1", "ETCH01")
+    mes.hold("L1", "customer", "erp")
+    events_of(mes)
+    mes.track_out("L1", "ETCH01")
+    lot = mes.lots["L1"]
+    assert (lot.state, lot.step_id, [h.reason for h in lot.holds]) == (HELD, "ETCH", ["customer"])
+    assert [t for _s, t, _n, _d in events_of(mes)] == ["lot_tracked_out"]
+    assert [(c.step_id, c.lots) for c in mes.wip_counts()] == [("ETCH", 1)]
+    assert mes.check_track_in("L1", "ETCH01")[0] == "lot_held"
+    mes.release("L1", "customer agreed", "erp")
+    assert lot.state == COMPLETED and mes.wip_counts() == []
+    assert [t for _s, t, _n, _d in events_of(mes)] == ["lot_released", "lot_completed"]
