@@ -87,7 +87,20 @@ class CoreSink:
                 await core.bus.durable()
 
     def points(self, points: list[dom.ProcessPoint]) -> None:
-        self.core.bus.sink.points(points)
+        sink = self.core.bus.sink
+        if not any("," in p.lot_id for p in points):
+            sink.points(points)
+            return
+        # A batch tool traces the batch under its lot ids comma-separated: every lot of it
+        # gets the values in its process summary; the charts get each value once (one run).
+        forward, sink.forward = sink.forward, None
+        try:
+            sink.points([msgspec.structs.replace(p, lot_id=lot_id) if "," in p.lot_id else p
+                         for p in points for lot_id in (batch_lot_ids(p.lot_id) or [""])])
+        finally:
+            sink.forward = forward
+        if forward is not None:
+            forward(points)
 
 
 def batch_lot_ids(lot_id: str) -> list[str]:
@@ -391,6 +404,8 @@ class FabCore:
         mes = self.bus.mes
 
         def step_of(lot_id: str) -> str:
+            if "," in lot_id:   # a batch: its lots run the same step
+                lot_id = next(iter(batch_lot_ids(lot_id)), "")
             lot = mes.lots.get(lot_id)
             return lot.step_id if lot is not None else ""
 
@@ -441,10 +456,15 @@ class FabCore:
             reason = f"spc:{v.chart_key}"
             try:
                 if action == "hold_lot" and v.lot_id:
-                    lot = mes.lots.get(v.lot_id)
-                    if lot is not None and not any(h.reason == reason for h in lot.holds):
-                        mes.hold(v.lot_id, reason, "spc")
-                        self.counters["spc_holds"] += 1
+                    for lot_id in batch_lot_ids(v.lot_id):   # a batch's point: every lot of it
+                        lot = mes.lots.get(lot_id)
+                        if lot is not None and not any(h.reason == reason for h in lot.holds):
+                            try:
+                                mes.hold(lot_id, reason, "spc")
+                                self.counters["spc_holds"] += 1
+                            except MesError as exc:   # the other lots of the batch still
+                                log.warning("SPC reaction on %s not applied: %s",
+                                            v.chart_key, exc)
                 elif action == "inhibit_chamber" and v.chamber:
                     mes.inhibit(v.tool_id, f"{reason}@{v.chamber}", True, v.description)
                 elif action in ("inhibit_tool", "inhibit_chamber"):
