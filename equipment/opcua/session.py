@@ -142,6 +142,7 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         cfg = self.config
         attempt = 0
         warned = False  # one WARNING per outage, one INFO when back
+        refused = False  # one ERROR per outage when the server refuses us (PKI, credentials)
         try:
             while True:
                 raise_if_cancelled()
@@ -171,7 +172,10 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
                     self.failed_attempts += 1
                     self._set_state(OpcUaSessionState.NOT_CONNECTED)
                     if isinstance(exc, OpcUaSecurityError):
-                        if not warned:
+                        # Said even when the outage was already reported: it will not end
+                        # by itself (a tool back with a new certificate), someone must act.
+                        if not refused:
+                            refused = True
                             log.error("tool %s: OPC UA server %s refused us: %s; check the "
                                       "certificates and credentials", self.tool_id,
                                       cfg.endpoint_url, exc)
@@ -194,7 +198,7 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
                 elif self.connects == 1:
                     log.info("tool %s: OPC UA session up at %s", self.tool_id, cfg.endpoint_url)
                 attempt = 0
-                warned = False
+                warned = refused = False
                 self._set_state(OpcUaSessionState.CONNECTED)
                 reason = await client.wait_lost()
                 self._client = None

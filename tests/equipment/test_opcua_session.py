@@ -486,3 +486,36 @@ async def test_a_link_drop_does_not_chart_the_same_sample_twice(sim, running) ->
     keys = [(p.parameter, p.ts) for p in sink.point_list]
     assert len(keys) == len(set(keys)), "a sample charted twice"
     assert [p.value for p in sink.point_list[len(before):]] == [778.0]
+
+
+async def test_a_server_certificate_changed_during_an_outage_is_reported(pki, running,
+                                                                         caplog) -> None:
+    # The tool controller reboots with a new certificate (renewed, or its PKI reset): fabd
+    # can never reconnect until the certificate is trusted, and must say so, not only
+    # "connection lost; reconnecting".
+    caplog.set_level(logging.INFO, logger="equipment.opcua.session")
+    tool = OpcUaToolSim(OpcUaToolSimConfig(tool_id="CVD07", secure=True))
+    await tool.start()
+    try:
+        trusted = pki["dir"] / "trusted-cvd07"
+        trusted.mkdir(exist_ok=True)
+        shutil.copy(tool.server_cert_file, trusted / "cvd07.der")
+        security = OpcUaSecurity(
+            policy="Basic256Sha256", mode="SignAndEncrypt", client_cert_file=str(pki["cert"]),
+            client_key_file=str(pki["key"]), trusted_certs_dir=str(trusted))
+        session = start(running, tool.client_profile(security=security, watchdog_interval_s=0.3,
+                                                     reconnect_min_s=0.1, reconnect_max_s=0.3),
+                        RecordingSink())
+        await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
+        await tool.stop()
+        assert tool.server_cert_file is not None and tool.server_key_file is not None
+        tool.server_cert_file.unlink()  # the next start makes a new certificate
+        tool.server_key_file.unlink()
+        await tool.start()
+        seen = session.failed_attempts
+        await eventually(lambda: session.failed_attempts >= seen + 2, what="refused attempts")
+        errors = [r.getMessage() for r in caplog.records
+                  if r.name.startswith("equipment.") and r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "CVD07" in errors[0] and "BadCertificate" in errors[0]
+    finally:
+        await tool.close()
