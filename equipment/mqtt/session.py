@@ -39,6 +39,7 @@ from typing import Any
 
 import aiomqtt
 import msgspec
+from aiomqtt.exceptions import MqttConnectError
 
 from daemon.cancel import raise_if_cancelled
 from equipment import metrics
@@ -141,6 +142,22 @@ def backoff_s(attempt: int, floor_s: float, cap_s: float, rng: random.Random) ->
     return min(cap_s, floor_s * 2 ** min(attempt, 30)) * rng.uniform(0.5, 1.0)
 
 
+# CONNACK refusals that need someone to fix the credentials or the broker's config:
+# 0x85 client id not valid, 0x86 bad user name or password, 0x87 not authorized,
+# 0x8A banned, 0x8C bad authentication method (MQTT 5; paho maps the 3.1.1 codes 2, 4, 5
+# to 0x85, 0x86, 0x87).
+_REFUSED = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Tell whether a connect failure is the broker refusing us rather than an outage."""
+    if not isinstance(exc, MqttConnectError):
+        return False
+    rc = exc.rc
+    value = getattr(rc, "value", rc)
+    return value in _REFUSED or (isinstance(rc, int) and rc in (2, 4, 5))
+
+
 def _get(doc: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         if not isinstance(doc, dict):
@@ -241,6 +258,7 @@ class MqttSession(StateWatch[MqttSessionState]):
         cfg = self.config
         attempt = 0
         warned = False  # one WARNING per outage, one INFO when back
+        refused = False  # one ERROR per outage when the broker refuses us (credentials)
         try:
             while True:
                 raise_if_cancelled()
@@ -275,7 +293,7 @@ class MqttSession(StateWatch[MqttSessionState]):
                             log.info("broker %s: MQTT session up at %s:%d (client id %s)",
                                      self.broker_id, cfg.host, cfg.port, cfg.client_id)
                         attempt = 0
-                        warned = False
+                        warned = refused = False
                         await self._republish(client)
                         raise_if_cancelled()
                         self._set_state(MqttSessionState.CONNECTED)
@@ -295,7 +313,16 @@ class MqttSession(StateWatch[MqttSessionState]):
                         await self._tools_down(reason)
                     else:
                         self.failed_attempts += 1
-                        if not warned:
+                        if is_refusal(exc):
+                            # Said even when the outage was already reported: it will not
+                            # end by itself (a broker back with other credentials).
+                            if not refused:
+                                refused = True
+                                log.error("broker %s: %s:%d refused us (%s); check the "
+                                          "credentials and client id %s; retrying",
+                                          self.broker_id, cfg.host, cfg.port, reason,
+                                          cfg.client_id)
+                        elif not warned:
                             log.warning("broker %s: cannot connect to %s:%d (%s); retrying",
                                         self.broker_id, cfg.host, cfg.port, reason)
                     warned = True

@@ -334,3 +334,22 @@ async def test_a_retained_reading_is_not_charted_again_at_every_reconnect(mosqui
     await eventually(lambda: any(p.value == 1051.0 for p in sink.point_list), what="new reading")
     assert [p.value for p in sink.point_list] == [1050.0, 1051.0]
     await publish(mosquitto_server, [("fab/RTP01/pv/lamp_temp_c", b"")], retain=True)  # clear
+
+
+async def test_a_broker_that_refuses_us_after_an_outage_is_reported(mosquitto_with_password,
+                                                                    sessions, caplog,
+                                                                    tmp_path) -> None:
+    # The broker comes back from a restart with the password changed: fabd will never get
+    # in until someone fixes the credentials, and must say so, not only "connection lost".
+    caplog.set_level(logging.INFO, logger="equipment.mqtt.session")
+    (tmp_path / "pw").write_text("wafer\n")
+    session = sessions.start(MqttSession(broker(
+        mosquitto_with_password, client_id="fabd-rotated", username="fab",
+        password_file=str(tmp_path / "pw")), RecordingSink()))
+    await session.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
+    mosquitto_with_password.password = "rotated"
+    await asyncio.to_thread(mosquitto_with_password.restart)
+    seen = session.failed_attempts
+    await eventually(lambda: session.failed_attempts >= seen + 3, what="refused attempts")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "plant" in errors[0] and "wafer" not in errors[0]
