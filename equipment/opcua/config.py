@@ -215,13 +215,23 @@ class OpcUaToolConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.recipes is not None:
             nodes += [(f"recipes.{k}", getattr(self.recipes, k)) for k in
                       ("object_node", "list_node", "upload_method", "download_method")]
+        # A node monitored for two roles would keep only one (a parameter never charted,
+        # a lot node read as an alarm): refuse it, naming both keys.
+        monitored: dict[ua.NodeId, str] = {}
         for key, node in nodes:
             if node:
                 try:
-                    ua.NodeId.from_string(node)
+                    parsed = ua.NodeId.from_string(node)
                 except Exception:
                     out.append((key, f"bad node id {node!r} (expected e.g. ns=2;s=Tool1.State "
                                      "or ns=3;i=1042)"))
+                    continue
+                if key.startswith(("commands.", "recipes.")):
+                    continue  # methods and objects are called or read, not monitored
+                if parsed in monitored:
+                    out.append((key, f"node {node!r} is already {monitored[parsed]}"))
+                else:
+                    monitored[parsed] = key
         for i, a in enumerate(self.alarms):
             if a.kind == "bool" and a.alid <= 0:
                 out.append((f"alarms[{i}].alid", "a boolean alarm needs an ALID > 0"))
@@ -234,6 +244,8 @@ class OpcUaToolConfig(msgspec.Struct, frozen=True, kw_only=True):
         for key in ("publishing_interval_ms", "request_timeout_s", "watchdog_interval_s"):
             if getattr(self, key) <= 0:
                 out.append((key, "must be > 0"))
-        if self.sampling_interval_ms < 0 or self.queue_size < 0:
-            out.append(("sampling_interval_ms", "sampling_interval_ms and queue_size >= 0"))
+        if self.sampling_interval_ms < 0:
+            out.append(("sampling_interval_ms", "must be >= 0"))
+        if self.queue_size < 0:
+            out.append(("queue_size", "must be >= 0"))
         return out

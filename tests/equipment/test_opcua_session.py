@@ -519,3 +519,15 @@ async def test_a_server_certificate_changed_during_an_outage_is_reported(pki, ru
         assert len(errors) == 1 and "CVD07" in errors[0] and "BadCertificate" in errors[0]
     finally:
         await tool.close()
+
+
+def test_a_node_given_two_roles_or_a_bad_queue_size_fails_with_its_key(sim) -> None:
+    # One node in two roles kept only the last: here the chamber pressure would never be
+    # charted, its values read as a lot id instead (a lot started and ended at every sample).
+    profile = sim.client_profile()
+    pressure = sim.node_id("chamber_pressure_mtorr")
+    with pytest.raises(OpcUaConfigError, match=r"^parameters\[0\]\.node_id: .*already "
+                                               r"lot_id_node"):
+        msgspec.structs.replace(profile, lot_id_node=pressure)
+    with pytest.raises(OpcUaConfigError, match=r"^queue_size: must be >= 0"):
+        msgspec.structs.replace(profile, queue_size=-1)
