@@ -259,6 +259,12 @@ class MqttSession(StateWatch[MqttSessionState]):
         attempt = 0
         warned = False  # one WARNING per outage, one INFO when back
         refused = False  # one ERROR per outage when the broker refuses us (credentials)
+        back_said = False  # the INFO "back" of this outage is out
+        up_at = 0.0  # when the current connection came up (monotonic)
+        # A connection lost sooner than this after it came up (the broker kicks us at once:
+        # another client with our id, a broker that drops us after the CONNACK) is the same
+        # outage: the backoff goes on growing and nothing more is logged.
+        stable_s = 2 * cfg.reconnect_max_s
         try:
             while True:
                 raise_if_cancelled()
@@ -286,14 +292,17 @@ class MqttSession(StateWatch[MqttSessionState]):
                             metrics.RECONNECTS.labels(self.broker_id, PROTOCOL).inc()
                         self.connects += 1
                         self._m_connected.set(1)
+                        up_at = time.monotonic()
                         if warned:
-                            log.info("broker %s: back: MQTT session up at %s:%d after %d failed "
-                                     "attempt(s)", self.broker_id, cfg.host, cfg.port, attempt)
+                            if not back_said:
+                                back_said = True
+                                log.info("broker %s: back: MQTT session up at %s:%d after %d "
+                                         "failed attempt(s)", self.broker_id, cfg.host,
+                                         cfg.port, attempt)
                         elif self.connects == 1:
                             log.info("broker %s: MQTT session up at %s:%d (client id %s)",
                                      self.broker_id, cfg.host, cfg.port, cfg.client_id)
-                        attempt = 0
-                        warned = refused = False
+                        refused = False
                         await self._republish(client)
                         raise_if_cancelled()
                         self._set_state(MqttSessionState.CONNECTED)
@@ -308,8 +317,12 @@ class MqttSession(StateWatch[MqttSessionState]):
                     self._m_connected.set(0)
                     self._set_state(MqttSessionState.NOT_CONNECTED)
                     if lost:
-                        log.warning("broker %s: MQTT connection lost (%s); reconnecting",
-                                    self.broker_id, reason)
+                        if time.monotonic() - up_at >= stable_s:
+                            attempt = 0  # it was up for a while: a new outage
+                            warned = back_said = False
+                        if not warned:
+                            log.warning("broker %s: MQTT connection lost (%s); reconnecting",
+                                        self.broker_id, reason)
                         await self._tools_down(reason)
                     else:
                         self.failed_attempts += 1

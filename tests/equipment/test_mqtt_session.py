@@ -353,3 +353,22 @@ async def test_a_broker_that_refuses_us_after_an_outage_is_reported(mosquitto_wi
     await eventually(lambda: session.failed_attempts >= seen + 3, what="refused attempts")
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "plant" in errors[0] and "wafer" not in errors[0]
+
+
+async def test_a_connection_that_keeps_dropping_backs_off_and_is_logged_once(
+        mosquitto_server, sessions, caplog) -> None:
+    # Two fabd with the same client id (a standby started by mistake) take the session from
+    # each other as soon as each connects: this must not become a reconnect storm with a
+    # WARNING per cycle.
+    caplog.set_level(logging.INFO, logger="equipment.mqtt.session")
+    config = broker(mosquitto_server, client_id="fabd-twin", reconnect_min_s=0.05,
+                    reconnect_max_s=2.0, subscribe_timeout_s=1.0)
+    a = sessions.start(MqttSession(config, RecordingSink(), seed=1))
+    b = sessions.start(MqttSession(msgspec.structs.replace(config, broker_id="twin"),
+                                   RecordingSink(), seed=2))
+    await eventually(lambda: a.connects + b.connects >= 1, what="one of them up")
+    await asyncio.sleep(4.0)  # a rate over a window: the storm would show here
+    cycles = a.connects + b.connects
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert cycles < 30, f"{cycles} connects in 4 s: no backoff"
+    assert len(lines) <= 4, lines
