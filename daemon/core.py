@@ -206,6 +206,7 @@ class FabCore:
         self.bus.sink.forward = self._on_points
         mes = self.bus.mes
         mes.on_step_end = self._step_ended
+        mes.on_lot_completed = self._lot_completed
         for tool in list(mes.tools.values()):
             if tool.connected:
                 # The store says "connected", but that connection ended with the previous
@@ -224,9 +225,12 @@ class FabCore:
         metrics.CYCLE_TIME_STEP.labels(step_id).observe(max(0.0, ts - arrived))
         tool = self.bus.mes.tools.get(tool_id)
         metrics.MOVES.labels(tool.tool_group if tool else "").inc()
-        if lot.state == COMPLETED:
-            metrics.COMPLETIONS.labels(lot.product_id).inc()
-            metrics.CYCLE_TIME_LOT.labels(lot.product_id).observe(max(0.0, ts - lot.created_ts))
+
+    def _lot_completed(self, lot: Any, ts: float) -> None:
+        """The fab metrics of a lot's completion (at its last step's end, or at the release of
+        a hold placed while it ran that step)."""
+        metrics.COMPLETIONS.labels(lot.product_id).inc()
+        metrics.CYCLE_TIME_LOT.labels(lot.product_id).observe(max(0.0, ts - lot.created_ts))
 
     def _load_recipe_bodies(self) -> None:
         """Approved bodies from [dispatch] recipe_directory, named <recipe_id>.v<version>."""

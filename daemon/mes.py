@@ -176,6 +176,7 @@ class MesState:
         # (lot, tool, step it left, arrived at that step, ended at) after every step's end,
         # whichever way it ended (the tool, a late completion, complete_step): the metrics
         self.on_step_end: Callable[[Lot, str, str, float, float], None] | None = None
+        self.on_lot_completed: Callable[[Lot, float], None] | None = None  # (lot, at): metrics
 
     # ------------------------------------------------------------ persistence
 
@@ -481,10 +482,7 @@ class MesState:
         log.info("lot %s released at %s: %s (by %s)", lot_id, lot.step_id, reason, by)
         if lot.state == QUEUED and lot.route_done:   # its last step ran: now it completes
             lot.route_done = False
-            lot.state = COMPLETED
-            self._active.pop(lot_id, None)
-            self.emit(ev.LotCompleted(lot_id=lot_id, product_id=lot.product_id,
-                                      step_id=lot.step_id, wafers=lot.wafers))
+            self._complete(lot, lot.step_id, self.clock())
 
     def scrap(self, lot_id: str, reason: str, by: str) -> None:
         """Scrap a lot: it leaves the WIP."""
@@ -621,6 +619,14 @@ class MesState:
         else:
             self.hold(lot_id, reason, "mes", "completion_lost", tool_id)
 
+    def _complete(self, lot: Lot, step_id: str, now: float) -> None:
+        lot.state = COMPLETED
+        self._active.pop(lot.lot_id, None)
+        self.emit(ev.LotCompleted(lot_id=lot.lot_id, product_id=lot.product_id,
+                                  step_id=step_id, wafers=lot.wafers), now)
+        if self.on_lot_completed is not None:
+            self.on_lot_completed(lot, now)
+
     def _advance(self, lot: Lot, route: Route, now: float) -> None:
         from_step = lot.step_id
         lot.qt_limit_s = route.steps[lot.step_index].queue_time_limit_s
@@ -635,10 +641,7 @@ class MesState:
             lot.route_done = True
             return
         else:
-            lot.state = COMPLETED
-            self._active.pop(lot.lot_id, None)
-            self.emit(ev.LotCompleted(lot_id=lot.lot_id, product_id=lot.product_id,
-                                      step_id=from_step, wafers=lot.wafers), now)
+            self._complete(lot, from_step, now)
             return
         lot.step_id = self.routes[lot.route_id].steps[lot.step_index].step_id
         lot.arrived_ts = now

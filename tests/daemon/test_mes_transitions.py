@@ -248,6 +248,8 @@ def test_a_route_redefined_with_a_step_inserted_keeps_each_lot_at_its_step() -> 
 def test_a_lot_held_during_its_last_step_is_not_completed_until_released() -> None:
     """A customer hold placed while the lot runs its last step must stop it shipping."""
     mes = make_state()
+    completed: list[str] = []      # what the completion metrics see
+    mes.on_lot_completed = lambda lot, _ts: completed.append(lot.lot_id)
     mes.create_lot("L1", "PO", "P1", 25)
     mes.track_in("L1", "LITHO01")
     mes.track_out("L1", "LITHO01")
@@ -255,11 +257,12 @@ def test_a_lot_held_during_its_last_step_is_not_completed_until_released() -> No
     mes.hold("L1", "customer", "erp")
     events_of(mes)
     mes.track_out("L1", "ETCH01")
+    assert completed == []
     lot = mes.lots["L1"]
     assert (lot.state, lot.step_id, [h.reason for h in lot.holds]) == (HELD, "ETCH", ["customer"])
     assert [t for _s, t, _n, _d in events_of(mes)] == ["lot_tracked_out"]
     assert [(c.step_id, c.lots) for c in mes.wip_counts()] == [("ETCH", 1)]
     assert mes.check_track_in("L1", "ETCH01")[0] == "lot_held"
     mes.release("L1", "customer agreed", "erp")
-    assert lot.state == COMPLETED and mes.wip_counts() == []
+    assert lot.state == COMPLETED and mes.wip_counts() == [] and completed == ["L1"]
     assert [t for _s, t, _n, _d in events_of(mes)] == ["lot_released", "lot_completed"]
