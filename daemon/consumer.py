@@ -104,6 +104,9 @@ class ReferenceConsumer:
         self.pending_snapshots: list[dict] = []
         self.applied = self.duplicates = self.gaps = self.malformed = 0
         self.snapshots_ok = self.snapshots_bad = 0
+        self._idle_since = time.monotonic()   # last entry read (idle_exit_s)
+        self._down_since: float | None = None  # start of a Redis outage
+        self._backoff = Backoff(0.2, 5.0)
 
     def _say(self, kind: str, text: str, **extra) -> None:
         self.report({"kind": kind, "stream": self.stream, "text": text, **extra})
@@ -258,7 +261,6 @@ class ReferenceConsumer:
         """
         streams = [self.stream] + ([self.wip_stream] if self.wip_stream else [])
         self._backoff = Backoff(0.2, retry_max_s)
-        self._down_since: float | None = None
         self._idle_since = time.monotonic()
         while True:
             try:

@@ -457,30 +457,32 @@ class FabCore:
                 limits_version=v.limits_version,
                 points=[SpcPoint(value=x, ts=t, lot_id=lot)
                         for x, t, lot in zip(v.values, v.ts, v.lot_ids, strict=False)])
-            reason = f"spc:{v.chart_key}"
-            try:
-                if action == "hold_lot" and v.lot_id:
-                    for lot_id in batch_lot_ids(v.lot_id):   # a batch's point: every lot of it
-                        lot = mes.lots.get(lot_id)
-                        if lot is not None and not any(h.reason == reason for h in lot.holds):
-                            try:
-                                mes.hold(lot_id, reason, "spc")
-                                self.counters["spc_holds"] += 1
-                            except MesError as exc:   # the other lots of the batch still
-                                log.warning("SPC reaction on %s not applied: %s",
-                                            v.chart_key, exc)
-                elif action == "inhibit_chamber" and v.chamber:
-                    mes.inhibit(v.tool_id, f"{reason}@{v.chamber}", True, v.description)
-                elif action in ("inhibit_tool", "inhibit_chamber"):
-                    mes.inhibit(v.tool_id, reason, True, v.description)
-            except MesError as exc:
-                log.warning("SPC reaction on %s not applied: %s", v.chart_key, exc)
+            # a batch's point holds every lot of it; a refused hold does not stop the others
+            for lot_id in batch_lot_ids(v.lot_id) if action == "hold_lot" else [""]:
+                try:
+                    self._spc_react(v, action, lot_id)
+                except MesError as exc:
+                    log.warning("SPC reaction on %s not applied: %s", v.chart_key, exc)
             if action != "notify" or len(result.violations) <= _SPC_LOG_LINES:
                 log.warning("SPC %s on %s (tool %s, lot %s): %s -> %s", rule, v.chart_key,
                             v.tool_id, v.lot_id or "-", v.description, action)
         if len(result.violations) > _SPC_LOG_LINES:
             log.warning("SPC: %d violations this tick (notify-only ones not logged one by one)",
                         len(result.violations))
+
+    def _spc_react(self, v: Any, action: str, lot_id: str) -> None:
+        """Apply a violation's reaction plan: hold the lot, or inhibit the chamber or tool."""
+        mes = self.bus.mes
+        reason = f"spc:{v.chart_key}"
+        if action == "hold_lot":
+            lot = mes.lots.get(lot_id)
+            if lot is not None and not any(h.reason == reason for h in lot.holds):
+                mes.hold(lot_id, reason, "spc")
+                self.counters["spc_holds"] += 1
+        elif action == "inhibit_chamber" and v.chamber:
+            mes.inhibit(v.tool_id, f"{reason}@{v.chamber}", True, v.description)
+        elif action in ("inhibit_tool", "inhibit_chamber"):
+            mes.inhibit(v.tool_id, reason, True, v.description)
 
     def _restart_released_charts(self) -> None:
         """A chart whose inhibit an engineer released (ERP release_tool) starts its run rules

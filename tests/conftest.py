@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,15 +39,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     print(f"[tests] kernels ready in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One private redis-server for the session (use `redis_url` for a clean database)."""
-    workdir = new_workdir("redis")
-    server = RedisServer(workdir)
+def _private(prefix: str, make: Callable[[Path], Any]) -> Iterator[Any]:
+    """Start a server made in a fresh work dir; stop it and remove the dir afterwards."""
+    workdir = new_workdir(prefix)
+    server = make(workdir)
     server.start()
     yield server
     server.stop()
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server for the session (use `redis_url` for a clean database)."""
+    yield from _private("redis", RedisServer)
 
 
 @pytest.fixture
@@ -62,53 +69,29 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server of the test's own, which the test may stop and restart."""
-    workdir = new_workdir("redis-own")
-    server = RedisServer(workdir)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    yield from _private("redis-own", RedisServer)
 
 
 @pytest.fixture
 def persistent_redis() -> Iterator[RedisServer]:
     """A redis-server of the test's own that keeps its streams across a restart (AOF)."""
-    workdir = new_workdir("redis-aof")
-    server = PersistentRedis(workdir)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    yield from _private("redis-aof", PersistentRedis)
 
 
 @pytest.fixture(scope="session")
 def mosquitto_server() -> Iterator[MosquittoServer]:
     """One private anonymous mosquitto for the session."""
-    workdir = new_workdir("mqtt")
-    server = MosquittoServer(workdir)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    yield from _private("mqtt", MosquittoServer)
 
 
 @pytest.fixture
 def own_mosquitto() -> Iterator[MosquittoServer]:
     """A mosquitto of the test's own (anonymous), which the test may restart."""
-    workdir = new_workdir("mqtt-own")
-    server = MosquittoServer(workdir)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    yield from _private("mqtt-own", MosquittoServer)
 
 
 @pytest.fixture
 def mosquitto_with_password() -> Iterator[MosquittoServer]:
     """A private mosquitto that requires user `fab` with password `wafer`."""
-    workdir = new_workdir("mqtt-pw")
-    server = MosquittoServer(workdir, username="fab", password="wafer")
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    yield from _private("mqtt-pw", lambda workdir: MosquittoServer(workdir, username="fab",
+                                                                   password="wafer"))

@@ -295,6 +295,16 @@ async def lost_and_held(fab: Fab, link: Link, lot_id: str) -> None:
     assert fab.lot(lot_id).state == HELD and fab.lot(lot_id).holds[0].kind == "completion_lost"
 
 
+async def settled(fab: Fab, lot_id: str) -> list[dict]:
+    """The lot's fab:lots entries, once its lost completion was settled and it moved on."""
+    lots = of_lot(await fab.lots_stream(), lot_id)
+    kinds = [e["type"] for e in lots]
+    at = kinds.index("lot_completion_lost")
+    assert kinds[at:] == ["lot_completion_lost", "lot_held", "lot_tracked_out",
+                          "lot_released", "lot_completed"]
+    return lots
+
+
 def unexpected(redis_url: str, lot_id: str) -> list[dict]:
     return [e["data"] for e in read_stream(redis_url, "fab:equipment")
             if e["type"] == "process_unexpected" and e["data"]["lot_id"] == lot_id]
@@ -314,11 +324,7 @@ async def test_a_completion_that_arrives_after_the_hold_completes_the_step_and_l
         assert completions("P") == done_before + 1
         assert not fab.lot("L1").holds and fab.mes.tools[TOOL].lot_id == ""
 
-        lots = of_lot(await fab.lots_stream(), "L1")
-        kinds = [e["type"] for e in lots]
-        at = kinds.index("lot_completion_lost")
-        assert kinds[at:] == ["lot_completion_lost", "lot_held", "lot_tracked_out",
-                              "lot_released", "lot_completed"]
+        lots = await settled(fab, "L1")
         out = next(e["data"] for e in lots if e["type"] == "lot_tracked_out")
         assert out["tool_id"] == TOOL and out["ok"] and out["step_id"] == "S1-E1"
         released = next(e["data"] for e in lots if e["type"] == "lot_released")
@@ -356,12 +362,8 @@ async def test_the_engineer_confirms_the_step_ran_and_the_lot_moves_on_without_a
             fab.tick()
         assert [d[0] for d in sim.lots_done] == ["L1"]        # run once, on the tool
         assert completions("P") == done_before + 1           # and counted as completed
-        kinds = [e["type"] for e in of_lot(await fab.lots_stream(), "L1")]
-        at = kinds.index("lot_completion_lost")
-        assert kinds[at:] == ["lot_completion_lost", "lot_held", "lot_tracked_out",
-                              "lot_released", "lot_completed"]
-        released = next(e["data"] for e in of_lot(await fab.lots_stream(), "L1")
-                        if e["type"] == "lot_released")
+        lots = await settled(fab, "L1")
+        released = next(e["data"] for e in lots if e["type"] == "lot_released")
         assert (released["reason"], released["by"]) == ("tool log: run ended normally",
                                                         "eng-kim")
 

@@ -330,6 +330,17 @@ def pki() -> dict[str, Path]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def trusting(pki: dict[str, Path], tool: OpcUaToolSim, name: str,
+             mode: str = "SignAndEncrypt", **security: str) -> OpcUaSecurity:
+    """Our certificate, and a trust store (pki dir / name) holding the tool's certificate."""
+    trusted = pki["dir"] / name
+    trusted.mkdir(exist_ok=True)
+    shutil.copy(tool.server_cert_file, trusted / f"{tool.config.tool_id.lower()}.der")
+    return OpcUaSecurity(policy="Basic256Sha256", mode=mode, client_cert_file=str(pki["cert"]),
+                         client_key_file=str(pki["key"]), trusted_certs_dir=str(trusted),
+                         **security)
+
+
 @pytest.mark.parametrize("mode", ["SignAndEncrypt", "Sign"])
 async def test_secure_channel_with_user_password(pki, running, mode) -> None:
     clients = pki["dir"] / f"clients-{mode}"  # the tool trusts exactly our certificate
@@ -341,13 +352,8 @@ async def test_secure_channel_with_user_password(pki, running, mode) -> None:
                                            trusted_client_certs_dir=str(clients)))
     await tool.start()
     try:
-        trusted = pki["dir"] / f"trusted-{mode}"
-        trusted.mkdir(exist_ok=True)
-        shutil.copy(tool.server_cert_file, trusted / "cvd02.der")
-        security = OpcUaSecurity(
-            policy="Basic256Sha256", mode=mode, client_cert_file=str(pki["cert"]),
-            client_key_file=str(pki["key"]), trusted_certs_dir=str(trusted),
-            username="fab", password_file=str(pki["password"]))
+        security = trusting(pki, tool, f"trusted-{mode}", mode, username="fab",
+                            password_file=str(pki["password"]))
         sink = RecordingSink()
         session = start(running, tool.client_profile(security=security), sink)
         await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
@@ -432,12 +438,7 @@ async def test_a_tool_that_does_not_trust_our_certificate_refuses_us(pki, runnin
                                            trusted_client_certs_dir=str(others)))
     await tool.start()
     try:
-        trusted = pki["dir"] / "trusted-cvd04"
-        trusted.mkdir(exist_ok=True)
-        shutil.copy(tool.server_cert_file, trusted / "cvd04.der")
-        security = OpcUaSecurity(
-            policy="Basic256Sha256", mode="SignAndEncrypt", client_cert_file=str(pki["cert"]),
-            client_key_file=str(pki["key"]), trusted_certs_dir=str(trusted))
+        security = trusting(pki, tool, "trusted-cvd04")
         session = start(running, tool.client_profile(security=security,
                                                      reconnect_min_s=0.2), RecordingSink())
         await eventually(lambda: session.failed_attempts >= 2, timeout_s=30,
@@ -497,12 +498,7 @@ async def test_a_server_certificate_changed_during_an_outage_is_reported(pki, ru
     tool = OpcUaToolSim(OpcUaToolSimConfig(tool_id="CVD07", secure=True))
     await tool.start()
     try:
-        trusted = pki["dir"] / "trusted-cvd07"
-        trusted.mkdir(exist_ok=True)
-        shutil.copy(tool.server_cert_file, trusted / "cvd07.der")
-        security = OpcUaSecurity(
-            policy="Basic256Sha256", mode="SignAndEncrypt", client_cert_file=str(pki["cert"]),
-            client_key_file=str(pki["key"]), trusted_certs_dir=str(trusted))
+        security = trusting(pki, tool, "trusted-cvd07")
         session = start(running, tool.client_profile(security=security, watchdog_interval_s=0.3,
                                                      reconnect_min_s=0.1, reconnect_max_s=0.3),
                         RecordingSink())
