@@ -40,6 +40,7 @@ from daemon.redis_conn import REDIS_DOWN, Backoff
 _ENTER = ("lot_created",)
 _MOVE = ("lot_moved", "lot_reworked")
 _LEAVE = ("lot_completed", "lot_scrapped")
+_SHRINK = ("wafers_scrapped",)   # the lot stays; `scrapped` of its wafers leave the WIP
 
 
 class WipBook:
@@ -58,6 +59,8 @@ class WipBook:
             self._add(product, data["step_id"], 1, wafers)
         elif etype in _LEAVE:
             self._add(product, data["step_id"], -1, -wafers)
+        elif etype in _SHRINK:
+            self._add(product, data["step_id"], 0, -int(data["scrapped"]))
 
     def _add(self, product: str, step: str, lots: int, wafers: int) -> None:
         c = self.counts[(product, step)]

@@ -125,6 +125,29 @@ class LotScrapped(_LotEvent, frozen=True, kw_only=True):
     by: str
 
 
+class LotUpdated(_LotEvent, frozen=True, kw_only=True):
+    """The ERP changed what it owns about a lot in the fab (update_lot): the values after the
+    change, and which of them changed."""
+
+    TYPE: ClassVar[str] = "lot_updated"
+    production_order: str
+    priority: int
+    due: dt.datetime | None = None
+    changed: list[str]  # of "priority", "due", "production_order"
+    reason: str
+    by: str
+
+
+class WafersScrapped(_LotEvent, frozen=True, kw_only=True):
+    """Some wafers of the lot were scrapped (scrap_wafers); `wafers` is what the lot has left
+    and `scrapped` how many it lost: WIP wafers at (product_id, step_id) fall by `scrapped`."""
+
+    TYPE: ClassVar[str] = "wafers_scrapped"
+    scrapped: int
+    reason: str
+    by: str
+
+
 class TrackInRefused(OutEvent, frozen=True, kw_only=True):
     """A lot was not allowed onto a tool (process enforcement)."""
 
@@ -304,7 +327,7 @@ class WipSnapshot(OutEvent, frozen=True, kw_only=True):
 
 OUT_EVENTS: tuple[type[OutEvent], ...] = (
     LotCreated, LotTrackedIn, LotTrackedOut, LotCompletionLost, LotMoved, LotReworked, LotHeld,
-    LotReleased, LotCompleted, LotScrapped, TrackInRefused,
+    LotReleased, LotCompleted, LotScrapped, LotUpdated, WafersScrapped, TrackInRefused,
     ToolStateChanged, ToolControlStateChanged, ToolConnected, ToolDisconnected, AlarmSet,
     AlarmCleared, RecipeVerified, RecipeMismatch, ToolInhibitChanged, DispatchList,
     ProcessUnexpected,
@@ -396,6 +419,31 @@ class ScrapLot(_Command, frozen=True, kw_only=True, tag="scrap_lot"):
     by: Id
 
 
+class UpdateLot(_Command, frozen=True, kw_only=True, tag="update_lot"):
+    """The ERP changes what it owns about a lot already in the fab: its priority (an expedite),
+    its due date (a new delivery commitment; null removes it) or the production order it is
+    pegged to. A field left out stays as it is; at least one must be given. Dispatch ranks the
+    lot by the new values from the next tick on."""
+
+    lot_id: Id
+    reason: Id
+    by: Id
+    priority: Annotated[int, Meta(ge=0, le=100)] | msgspec.UnsetType = msgspec.UNSET
+    due: Annotated[dt.datetime, Meta(tz=True)] | msgspec.UnsetType | None = msgspec.UNSET
+    production_order: Id | msgspec.UnsetType = msgspec.UNSET
+
+
+class ScrapWafers(_Command, frozen=True, kw_only=True, tag="scrap_wafers"):
+    """Some wafers of a lot are scrapped (broken, out of spec); the lot goes on with the rest.
+    `wafers` is how many are scrapped, fewer than the lot has: scrapping the whole lot is
+    scrap_lot."""
+
+    lot_id: Id
+    wafers: Wafers
+    reason: Id
+    by: Id
+
+
 class CompleteStep(_Command, frozen=True, kw_only=True, tag="complete_step"):
     """Disposition of a lot whose completion was lost (held, hold kind completion_lost):
     the engineer verified on the tool that the step ran, and the lot goes on as if the
@@ -443,12 +491,12 @@ class DisqualifyTool(_Command, frozen=True, kw_only=True, tag="disqualify_tool")
     reason: str = ""
 
 
-Command = (DefineRoute | DefineProduct | DefineTool | CreateLot | HoldLot | ReleaseLot
-           | CompleteStep | ScrapLot | ReleaseTool | ApproveRecipe | QualifyTool
-           | DisqualifyTool)
-COMMANDS: tuple[type, ...] = (DefineRoute, DefineProduct, DefineTool, CreateLot, HoldLot,
-                              ReleaseLot, CompleteStep, ScrapLot, ReleaseTool, ApproveRecipe,
-                              QualifyTool, DisqualifyTool)
+Command = (DefineRoute | DefineProduct | DefineTool | CreateLot | UpdateLot | HoldLot
+           | ReleaseLot | CompleteStep | ScrapLot | ScrapWafers | ReleaseTool | ApproveRecipe
+           | QualifyTool | DisqualifyTool)
+COMMANDS: tuple[type, ...] = (DefineRoute, DefineProduct, DefineTool, CreateLot, UpdateLot,
+                              HoldLot, ReleaseLot, CompleteStep, ScrapLot, ScrapWafers,
+                              ReleaseTool, ApproveRecipe, QualifyTool, DisqualifyTool)
 
 _command_decoder = msgspec.json.Decoder(Command)
 

@@ -309,6 +309,9 @@ class MesState:
             case ev.CreateLot():
                 self.create_lot(cmd.lot_id, cmd.production_order, cmd.product_id, cmd.wafers,
                                 cmd.priority, cmd.due)
+            case ev.UpdateLot():
+                self.update_lot(cmd.lot_id, cmd.reason, cmd.by, priority=cmd.priority,
+                                due=cmd.due, production_order=cmd.production_order)
             case ev.HoldLot():
                 self.hold(cmd.lot_id, cmd.reason, cmd.by)
             case ev.ReleaseLot():
@@ -317,6 +320,8 @@ class MesState:
                 self.complete_step(cmd.lot_id, cmd.reason, cmd.by, cmd.ok)
             case ev.ScrapLot():
                 self.scrap(cmd.lot_id, cmd.reason, cmd.by)
+            case ev.ScrapWafers():
+                self.scrap_wafers(cmd.lot_id, cmd.wafers, cmd.reason, cmd.by)
             case ev.ReleaseTool():
                 self.release_tool(cmd.tool_id, cmd.reason, cmd.by, cmd.inhibit)
             case ev.ApproveRecipe():
@@ -444,6 +449,34 @@ class MesState:
                                 route_id=route.route_id, priority=priority, due=due), now)
         return lot
 
+    def update_lot(self, lot_id: str, reason: str, by: str, *,
+                   priority: int | msgspec.UnsetType = msgspec.UNSET,
+                   due: dt.datetime | msgspec.UnsetType | None = msgspec.UNSET,
+                   production_order: str | msgspec.UnsetType = msgspec.UNSET) -> list[str]:
+        """Change a lot's priority, due date or production order (what is left UNSET stays);
+        return the fields that changed (none: nothing is published)."""
+        lot = self._active_lot(lot_id)
+        given = {"priority": priority, "due": due, "production_order": production_order}
+        given = {k: v for k, v in given.items() if v is not msgspec.UNSET}
+        if not given:
+            raise MesError(f"update_lot for {lot_id} changes nothing: give priority, due or "
+                           "production_order", "invalid_field")
+        changed = [k for k, v in given.items() if getattr(lot, k) != v]
+        if not changed:
+            log.info("lot %s: update_lot by %s changes nothing (%s)", lot_id, by,
+                     ", ".join(f"{k} already {v}" for k, v in given.items()))
+            return []
+        for k in changed:
+            setattr(lot, k, given[k])
+        self._touch("lot", lot_id, lot)
+        self.emit(ev.LotUpdated(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
+                                wafers=lot.wafers, production_order=lot.production_order,
+                                priority=lot.priority, due=lot.due, changed=changed,
+                                reason=reason, by=by))
+        log.info("lot %s: %s (by %s: %s)", lot_id,
+                 ", ".join(f"{k} {given[k]}" for k in changed), by, reason)
+        return changed
+
     def hold(self, lot_id: str, reason: str, by: str, kind: str = "", tool_id: str = "") -> None:
         """Put a hold on a lot (a processing lot finishes its step and then stays held)."""
         lot = self._active_lot(lot_id)
@@ -494,6 +527,20 @@ class MesState:
         self.emit(ev.LotScrapped(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
                                  wafers=lot.wafers, reason=reason, by=by))
         log.warning("lot %s scrapped at %s: %s (by %s)", lot_id, lot.step_id, reason, by)
+
+    def scrap_wafers(self, lot_id: str, wafers: int, reason: str, by: str) -> None:
+        """Scrap some wafers of a lot; it goes on with the rest."""
+        lot = self._active_lot(lot_id)
+        if wafers >= lot.wafers:
+            raise IllegalTransition(f"lot {lot_id} has {lot.wafers} wafers: scrapping {wafers} "
+                                    "leaves none; scrap the lot (scrap_lot)")
+        lot.wafers -= wafers
+        self._touch("lot", lot_id, lot)
+        self.emit(ev.WafersScrapped(lot_id=lot_id, product_id=lot.product_id,
+                                    step_id=lot.step_id, wafers=lot.wafers, scrapped=wafers,
+                                    reason=reason, by=by))
+        log.warning("lot %s: %d wafers scrapped at %s, %d left: %s (by %s)", lot_id, wafers,
+                    lot.step_id, lot.wafers, reason, by)
 
     def track_in(self, lot_id: str, tool_id: str, recipe_id: str = "",
                  ts: float | None = None, *, held_ok: bool = False) -> None:

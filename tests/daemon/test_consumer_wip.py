@@ -19,7 +19,8 @@ from tests.support import eventually
 
 
 async def random_flow(bus, rng: random.Random, rounds: int) -> None:
-    """Lots created, processed, reworked, held, released and scrapped at random."""
+    """Lots created, processed, reworked, held, released, expedited and scrapped (whole or
+    some wafers) at random."""
     mes = bus.mes
     n = 0
     for _ in range(rounds):
@@ -40,6 +41,10 @@ async def random_flow(bus, rng: random.Random, rounds: int) -> None:
                 mes.hold(lot.lot_id, "spc", "eng")
             elif r < 0.67:
                 mes.scrap(lot.lot_id, "broken", "op")
+            elif r < 0.70 and lot.wafers > 1:
+                mes.scrap_wafers(lot.lot_id, rng.randint(1, lot.wafers - 1), "chipped", "op")
+            elif r < 0.72:
+                mes.update_lot(lot.lot_id, "expedite", "erp", priority=rng.randint(0, 100))
         await bus.durable()
         await asyncio.sleep(0.005)
 
@@ -78,7 +83,8 @@ async def test_reference_consumer_wip_matches_every_snapshot(redis_url, tmp_path
     assert consumer.snapshots_ok == emitted
     assert consumer.gaps == 0 and consumer.duplicates == 0
     types = {e["type"] for e in read_stream(redis_url, "fab:lots")}
-    assert {"lot_reworked", "lot_scrapped", "lot_completed", "lot_held"} <= types
+    assert {"lot_reworked", "lot_scrapped", "lot_completed", "lot_held", "wafers_scrapped",
+            "lot_updated"} <= types
 
 
 def add_entry(r, stream: str, seq: int, eid: str, etype: str, data: dict) -> None:

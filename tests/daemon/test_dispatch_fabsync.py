@@ -78,3 +78,20 @@ def test_a_queue_time_limit_on_a_routes_last_step_does_not_take_the_route_out_of
     sync.sync()
     model = sync.model
     assert Dispatcher(model).assign(model.minutes(T0)) == {"ETCH01": ["L1"]}
+
+
+def test_an_expedite_from_the_erp_moves_the_lot_ahead_from_the_next_tick():
+    """update_lot raises L2's priority to super hot: the next dispatch gives it ETCH01
+    before L1, which came first."""
+    mes, sync = fab()
+    mes.create_lot("L1", "PO", "P", 25)
+    mes.clock = lambda: T0 + 600
+    mes.create_lot("L2", "PO", "P", 25)
+    sync.sync()
+    model = sync.model
+    now = model.minutes(T0 + 600)
+    assert Dispatcher(model).assign(now) == {"ETCH01": ["L1"]}   # first come
+    mes.update_lot("L2", "customer expedite", "planner", priority=95)
+    sync.sync()
+    model = sync.model
+    assert Dispatcher(model).assign(now) == {"ETCH01": ["L2"]}

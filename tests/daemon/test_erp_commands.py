@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import redis as redis_sync
@@ -304,3 +305,33 @@ async def test_a_lot_id_a_batch_report_would_split_is_dead_lettered(redis_url, t
     assert [(d["code"], json.loads(d["cmd"])["command_id"]) for d in dead] == [
         ("invalid_field", "c-comma"), ("invalid_field", "c-blank")]
     assert "comma" in dead[0]["reason"]
+
+
+async def test_update_lot_and_scrap_wafers_apply_and_their_mistakes_are_dead_lettered(
+        redis_url, tmp_path) -> None:
+    """An expedite, a partial scrap; a misspelt field, an update that changes nothing and a
+    scrap of every wafer go to the dead letters with a reason, and change nothing."""
+    update = {"type": "update_lot", "command_id": "u1", "lot_id": "L1", "reason": "expedite",
+              "by": "planner", "priority": 95, "due": "2026-12-05T12:00:00+01:00"}
+    scrap = {"type": "scrap_wafers", "command_id": "s1", "lot_id": "L1", "wafers": 2,
+             "reason": "chipped", "by": "op"}
+    bad = [{**update, "command_id": "u2", "priorty": 10},
+           {"type": "update_lot", "command_id": "u3", "lot_id": "L1", "reason": "x", "by": "y"},
+           {**scrap, "command_id": "s2", "wafers": 23}]
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT, LOT, update, scrap, *bad])
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: bus.erp.dead_total == 3, what="dead letters")
+        await eventually(lambda: pending_count(redis_url) == 0, what="all acknowledged")
+        lot = bus.mes.lots["L1"]
+        assert (lot.priority, lot.wafers) == (95, 23)
+        assert lot.due == dt.datetime(2026, 12, 5, 11, tzinfo=dt.UTC)
+        assert await bus.drain(5)
+    lots = read_stream(redis_url, "fab:lots")
+    assert [e["type"] for e in lots] == ["lot_created", "lot_updated", "wafers_scrapped"]
+    assert lots[1]["data"]["changed"] == ["priority", "due"]
+    assert (lots[2]["data"]["wafers"], lots[2]["data"]["scrapped"]) == (23, 2)
+    dead = read_stream_raw(redis_url, "fab:erp:dead")
+    assert [d["code"] for d in dead] == ["unknown_field", "invalid_field", "illegal_transition"]
+    assert "priorty" in dead[0]["reason"]
+    assert "changes nothing" in dead[1]["reason"]
+    assert "scrap_lot" in dead[2]["reason"] and "23 wafers" in dead[2]["reason"]

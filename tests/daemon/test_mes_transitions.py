@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
 
 from daemon import events as ev
-from daemon.mes import COMPLETED, HELD, PROCESSING, QUEUED, IllegalTransition, MesState
+from daemon.mes import (
+    COMPLETED,
+    HELD,
+    PROCESSING,
+    QUEUED,
+    IllegalTransition,
+    MesError,
+    MesState,
+)
 
 CHECKSUM = "ab" * 32
 
@@ -266,3 +275,59 @@ def test_a_lot_held_during_its_last_step_is_not_completed_until_released() -> No
     mes.release("L1", "customer agreed", "erp")
     assert lot.state == COMPLETED and mes.wip_counts() == [] and completed == ["L1"]
     assert [t for _s, t, _n, _d in events_of(mes)] == ["lot_released", "lot_completed"]
+
+
+def test_update_lot_changes_only_what_is_given_and_publishes_the_new_values() -> None:
+    """An expedite and a new delivery commitment from the ERP; a field left out stays, and
+    `due: null` removes the due date."""
+    mes = make_state()
+    due = dt.datetime(2026, 12, 24, tzinfo=dt.UTC)
+    mes.create_lot("L1", "PO-7", "P1", 25, priority=50, due=due)
+    mes.take_batch()
+    assert mes.update_lot("L1", "customer expedite", "planner", priority=90) == ["priority"]
+    lot = mes.lots["L1"]
+    assert (lot.priority, lot.due, lot.production_order) == (90, due, "PO-7")
+    assert mes.update_lot("L1", "re-pegged", "planner", due=None,
+                          production_order="PO-8") == ["due", "production_order"]
+    assert (lot.priority, lot.due, lot.production_order) == (90, None, "PO-8")
+    (first, second) = events_of(mes)
+    assert first[:2] == ("lots", "lot_updated")
+    assert first[3]["changed"] == ["priority"] and first[3]["priority"] == 90
+    assert first[3]["due"] == "2026-12-24T00:00:00Z" and first[3]["by"] == "planner"
+    assert second[3]["changed"] == ["due", "production_order"]
+    assert second[3]["due"] is None and second[3]["production_order"] == "PO-8"
+
+
+def test_update_lot_with_nothing_new_publishes_nothing_and_with_nothing_given_is_refused() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25, priority=50)
+    mes.take_batch()
+    assert mes.update_lot("L1", "resend", "erp", priority=50) == []
+    assert events_of(mes) == []
+    with pytest.raises(MesError, match="changes nothing"):
+        mes.update_lot("L1", "empty", "erp")
+
+
+def test_update_lot_of_a_finished_lot_is_refused() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    mes.scrap("L1", "broken", "op")
+    with pytest.raises(IllegalTransition, match="L1"):
+        mes.update_lot("L1", "late", "erp", priority=99)
+
+
+def test_scrap_wafers_leaves_the_lot_with_the_rest_and_the_wip_counts_follow() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    mes.track_in("L1", "LITHO01")
+    mes.take_batch()
+    mes.scrap_wafers("L1", 3, "chipped", "op")
+    lot = mes.lots["L1"]
+    assert (lot.wafers, lot.state) == (22, PROCESSING)   # the run goes on with 22
+    ((_s, etype, _n, data),) = events_of(mes)
+    assert etype == "wafers_scrapped"
+    assert (data["wafers"], data["scrapped"], data["step_id"]) == (22, 3, "COAT")
+    assert [(c.step_id, c.lots, c.wafers) for c in mes.wip_counts()] == [("COAT", 1, 22)]
+    with pytest.raises(IllegalTransition, match="scrap_lot"):
+        mes.scrap_wafers("L1", 22, "all of them", "op")
+    assert lot.wafers == 22
