@@ -259,12 +259,31 @@ class Demo:
                     cmd = demo_fab.lot_release(i, now, self.args.speed)
                 await _xadd(client, stream, {"cmd": enc(cmd)})
                 self.released += 1
+                if i == n_lots // 2:
+                    await self._expedite(client, stream)
                 await asyncio.sleep(gap_s)
             # One bad command, to show the dead-letter stream working.
             await _xadd(client, stream, {"cmd": b'{"type": "release_lot", "command_id": "demo-bad"'
                                               b', "lot_id": "NOPE", "reason": "x", "by": "erp"}'})
         finally:
             await client.aclose()
+
+    async def _expedite(self, client, stream: str) -> None:
+        """The ERP expedites a customer order: the oldest regular lot still queued becomes
+        super hot (update_lot), and dispatch runs it first from the next tick."""
+        import msgspec
+
+        from daemon import events as ev
+
+        queued = [lot for lot in self.core.bus.mes.active_lots()
+                  if lot.state == "queued" and lot.priority < 80]
+        if not queued:
+            return
+        lot = min(queued, key=lambda x: x.created_ts)
+        await _xadd(client, stream, {"cmd": msgspec.json.encode(ev.UpdateLot(
+            command_id=f"demo-expedite-{lot.lot_id}", lot_id=lot.lot_id,
+            reason="customer expedite", by="erp-planner", priority=95))})
+        self.note(f"ERP expedited {lot.lot_id} (priority {lot.priority} -> 95)")
 
     async def _engineer(self, redis_url: str) -> None:
         """An engineer who dispositions SPC holds: reviews, resets the tool, releases the lot."""
