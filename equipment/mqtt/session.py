@@ -55,6 +55,7 @@ from equipment.events import (
 from equipment.mqtt.client import Route, TopicRouter, build_client, paho_client
 from equipment.mqtt.config import MqttBrokerConfig, TopicMapping
 from equipment.mqtt.errors import MalformedPayload, MqttAdapterError
+from equipment.reconnect import Outages
 from equipment.statewatch import StateWatch
 
 log = logging.getLogger(__name__)
@@ -135,11 +136,6 @@ class MqttSessionState(enum.StrEnum):
     NOT_CONNECTED = "not_connected"
     CONNECTING = "connecting"
     CONNECTED = "connected"
-
-
-def backoff_s(attempt: int, floor_s: float, cap_s: float, rng: random.Random) -> float:
-    """Return the jittered exponential delay before reconnect attempt `attempt` (0-based)."""
-    return min(cap_s, floor_s * 2 ** min(attempt, 30)) * rng.uniform(0.5, 1.0)
 
 
 # CONNACK refusals that need someone to fix the credentials or the broker's config:
@@ -256,15 +252,7 @@ class MqttSession(StateWatch[MqttSessionState]):
 
     async def _connection_loop(self) -> None:
         cfg = self.config
-        attempt = 0
-        warned = False  # one WARNING per outage, one INFO when back
-        refused = False  # one ERROR per outage when the broker refuses us (credentials)
-        back_said = False  # the INFO "back" of this outage is out
-        up_at = 0.0  # when the current connection came up (monotonic)
-        # A connection lost sooner than this after it came up (the broker kicks us at once:
-        # another client with our id, a broker that drops us after the CONNACK) is the same
-        # outage: the backoff goes on growing and nothing more is logged.
-        stable_s = 2 * cfg.reconnect_max_s
+        outages = Outages(cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
         try:
             while True:
                 raise_if_cancelled()
@@ -292,17 +280,13 @@ class MqttSession(StateWatch[MqttSessionState]):
                             metrics.RECONNECTS.labels(self.broker_id, PROTOCOL).inc()
                         self.connects += 1
                         self._m_connected.set(1)
-                        up_at = time.monotonic()
-                        if warned:
-                            if not back_said:
-                                back_said = True
-                                log.info("broker %s: back: MQTT session up at %s:%d after %d "
-                                         "failed attempt(s)", self.broker_id, cfg.host,
-                                         cfg.port, attempt)
+                        if outages.up():
+                            log.info("broker %s: back: MQTT session up at %s:%d after %d "
+                                     "failed attempt(s)", self.broker_id, cfg.host, cfg.port,
+                                     outages.failures)
                         elif self.connects == 1:
                             log.info("broker %s: MQTT session up at %s:%d (client id %s)",
                                      self.broker_id, cfg.host, cfg.port, cfg.client_id)
-                        refused = False
                         await self._republish(client)
                         raise_if_cancelled()
                         self._set_state(MqttSessionState.CONNECTED)
@@ -317,31 +301,23 @@ class MqttSession(StateWatch[MqttSessionState]):
                     self._m_connected.set(0)
                     self._set_state(MqttSessionState.NOT_CONNECTED)
                     if lost:
-                        if time.monotonic() - up_at >= stable_s:
-                            attempt = 0  # it was up for a while: a new outage
-                            warned = back_said = False
-                        if not warned:
+                        if outages.lost():
                             log.warning("broker %s: MQTT connection lost (%s); reconnecting",
                                         self.broker_id, reason)
                         await self._tools_down(reason)
                     else:
                         self.failed_attempts += 1
-                        if is_refusal(exc):
-                            # Said even when the outage was already reported: it will not
-                            # end by itself (a broker back with other credentials).
-                            if not refused:
-                                refused = True
-                                log.error("broker %s: %s:%d refused us (%s); check the "
-                                          "credentials and client id %s; retrying",
-                                          self.broker_id, cfg.host, cfg.port, reason,
-                                          cfg.client_id)
-                        elif not warned:
+                        refusal = is_refusal(exc)
+                        say = outages.failed(refused=refusal)
+                        if say and refusal:  # said even after the outage's WARNING
+                            log.error("broker %s: %s:%d refused us (%s); check the "
+                                      "credentials and client id %s; retrying",
+                                      self.broker_id, cfg.host, cfg.port, reason,
+                                      cfg.client_id)
+                        elif say:
                             log.warning("broker %s: cannot connect to %s:%d (%s); retrying",
                                         self.broker_id, cfg.host, cfg.port, reason)
-                    warned = True
-                    await asyncio.sleep(backoff_s(attempt, cfg.reconnect_min_s,
-                                                  cfg.reconnect_max_s, self._rng))
-                    attempt += 1
+                    await asyncio.sleep(outages.delay_s())
         finally:
             self._acks = None
             self._client = None

@@ -49,6 +49,7 @@ from equipment.opcua.errors import (
     OpcUaNotConnectedError,
     OpcUaSecurityError,
 )
+from equipment.reconnect import Outages
 from equipment.statewatch import StateWatch
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,6 @@ class OpcUaSessionState(enum.StrEnum):
     NOT_CONNECTED = "not_connected"
     CONNECTING = "connecting"
     CONNECTED = "connected"
-
-
-def backoff_s(attempt: int, floor_s: float, cap_s: float, rng: random.Random) -> float:
-    """Return the jittered exponential delay before reconnect attempt `attempt` (0-based)."""
-    return min(cap_s, floor_s * 2 ** min(attempt, 30)) * rng.uniform(0.5, 1.0)
 
 
 class _Role(enum.IntEnum):
@@ -140,9 +136,7 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
 
     async def _connection_loop(self) -> None:
         cfg = self.config
-        attempt = 0
-        warned = False  # one WARNING per outage, one INFO when back
-        refused = False  # one ERROR per outage when the server refuses us (PKI, credentials)
+        outages = Outages(cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
         try:
             while True:
                 raise_if_cancelled()
@@ -171,45 +165,39 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
                                                     protocol=PROTOCOL, reason=status_name(exc)))
                     self.failed_attempts += 1
                     self._set_state(OpcUaSessionState.NOT_CONNECTED)
-                    if isinstance(exc, OpcUaSecurityError):
-                        # Said even when the outage was already reported: it will not end
-                        # by itself (a tool back with a new certificate), someone must act.
-                        if not refused:
-                            refused = True
-                            log.error("tool %s: OPC UA server %s refused us: %s; check the "
-                                      "certificates and credentials", self.tool_id,
-                                      cfg.endpoint_url, exc)
-                    elif not warned:
+                    refusal = isinstance(exc, OpcUaSecurityError)
+                    say = outages.failed(refused=refusal)
+                    if say and refusal:  # said even after the outage's WARNING
+                        log.error("tool %s: OPC UA server %s refused us: %s; check the "
+                                  "certificates and credentials", self.tool_id,
+                                  cfg.endpoint_url, exc)
+                    elif say:
                         log.warning("tool %s: OPC UA server %s unreachable (%s); retrying",
                                     self.tool_id, cfg.endpoint_url, exc)
-                    warned = True
-                    await asyncio.sleep(backoff_s(attempt, cfg.reconnect_min_s,
-                                                  cfg.reconnect_max_s, self._rng))
-                    attempt += 1
+                    await asyncio.sleep(outages.delay_s())
                     continue
                 self._client = client
                 if self.connects:
                     metrics.RECONNECTS.labels(*self._labels).inc()
                 self.connects += 1
                 metrics.CONNECTED.labels(*self._labels).set(1)
-                if warned:
+                if outages.up():
                     log.info("tool %s: back: OPC UA session up at %s after %d failed attempt(s)",
-                             self.tool_id, cfg.endpoint_url, attempt)
+                             self.tool_id, cfg.endpoint_url, outages.failures)
                 elif self.connects == 1:
                     log.info("tool %s: OPC UA session up at %s", self.tool_id, cfg.endpoint_url)
-                attempt = 0
-                warned = refused = False
                 self._set_state(OpcUaSessionState.CONNECTED)
                 reason = await client.wait_lost()
                 self._client = None
                 metrics.CONNECTED.labels(*self._labels).set(0)
                 self._set_state(OpcUaSessionState.NOT_CONNECTED)
-                log.warning("tool %s: OPC UA connection to %s lost (%s); reconnecting",
-                            self.tool_id, cfg.endpoint_url, reason)
-                warned = True
+                if outages.lost():
+                    log.warning("tool %s: OPC UA connection to %s lost (%s); reconnecting",
+                                self.tool_id, cfg.endpoint_url, reason)
                 self._emit(ToolDisconnected(tool_id=self.tool_id, ts=self._clock(),
                                             protocol=PROTOCOL, reason=reason))
                 await client.close()
+                await asyncio.sleep(outages.delay_s())
         finally:
             client, self._client = self._client, None
             metrics.CONNECTED.labels(*self._labels).set(0)

@@ -527,3 +527,73 @@ def test_a_node_given_two_roles_or_a_bad_queue_size_fails_with_its_key(sim) -> N
         msgspec.structs.replace(profile, lot_id_node=pressure)
     with pytest.raises(OpcUaConfigError, match=r"^queue_size: must be >= 0"):
         msgspec.structs.replace(profile, queue_size=-1)
+
+
+class ShortLivedLink:
+    """A TCP relay to the tool that cuts every connection `life_s` after it opened.
+
+    What drops a session as soon as it is up: a server at its session limit that closes
+    the channel, a firewall or NAT that resets connections.
+    """
+
+    def __init__(self, tool: OpcUaToolSim, life_s: float) -> None:
+        self.tool = tool
+        self.life_s = life_s
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.tool.endpoint_url.replace(f":{self.tool.port}/", f":{self.port}/")
+
+    async def __aenter__(self) -> ShortLivedLink:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await asyncio.gather(*self._tasks)  # each ends by itself within life_s
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.tool.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+
+        try:
+            async with asyncio.timeout(self.life_s), asyncio.TaskGroup() as tg:
+                tg.create_task(pipe(reader, up_writer), name="link-up")
+                tg.create_task(pipe(up_reader, writer), name="link-down")
+        except (TimeoutError, ExceptionGroup):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                w.transport.abort()
+            self._tasks.discard(task)
+
+
+async def test_a_session_the_server_drops_at_once_backs_off_and_is_logged_once(
+        sim, running, caplog) -> None:
+    # Every session is cut as soon as it is up: this must not become a reconnect storm
+    # with a WARNING and an INFO per cycle (and a reconnect as fast as the server answers).
+    caplog.set_level(logging.INFO, logger="equipment.opcua.session")
+    async with ShortLivedLink(sim, life_s=0.5) as link:
+        profile = msgspec.structs.replace(
+            sim.client_profile(watchdog_interval_s=0.3, reconnect_min_s=0.05,
+                               reconnect_max_s=2.0),
+            endpoint_url=link.endpoint_url)
+        session = start(running, profile, RecordingSink())
+        await eventually(lambda: session.connects >= 4, what="four sessions up and cut")
+    ours = [r for r in caplog.records if r.name.startswith("equipment.")]
+    warnings = [r.getMessage() for r in ours if r.levelno >= logging.WARNING]
+    backs = [r.getMessage() for r in ours if "back:" in r.getMessage()]
+    assert len(warnings) == 1 and "ETCH01" in warnings[0] and "lost" in warnings[0], warnings
+    assert len(backs) == 1, backs
