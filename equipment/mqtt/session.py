@@ -29,12 +29,13 @@ QoS 2 receiver takes the message over (PUBREC) before it can see it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiomqtt
@@ -97,7 +98,7 @@ class _Acks:
         self._client = client  # the paho client: ack(mid, qos), disconnect()
         self._pending: deque[tuple[int, int]] = deque()  # (mid, event lists to be durable)
         self.stalled = False
-        self.cut: asyncio.Timeout | None = None  # the connection's scope: stall() expires it
+        self.cut: asyncio.Timeout | None = None  # the connection's scope: end() expires it
 
     def arrived(self, mid: int, needed: int, durable: int) -> None:
         """Acknowledge QoS 1 message `mid` now if nothing is ahead of it, else queue it."""
@@ -126,6 +127,10 @@ class _Acks:
         self.stalled = True
         self._pending.clear()
         self._client.disconnect()
+        self.end()
+
+    def end(self) -> None:
+        """End the connection's scope wherever the session is in it."""
         if self.cut is not None and not self.cut.expired():
             self.cut.reschedule(0)  # in the past: expires on the next loop iteration
 
@@ -152,6 +157,14 @@ def is_refusal(exc: BaseException) -> bool:
     rc = exc.rc
     value = getattr(rc, "value", rc)
     return value in _REFUSED or (isinstance(rc, int) and rc in (2, 4, 5))
+
+
+def _loss(ingest: asyncio.Task[None] | None) -> aiomqtt.MqttError | None:
+    """Return the MqttError that ended the message iterator (the connection is gone), if any."""
+    if ingest is None or not ingest.done() or ingest.cancelled():
+        return None
+    exc = ingest.exception()
+    return exc if isinstance(exc, aiomqtt.MqttError) else None
 
 
 def _get(doc: Any, path: tuple[str, ...]) -> Any:
@@ -263,11 +276,14 @@ class MqttSession(StateWatch[MqttSessionState]):
                 # before connecting, as the broker sends a persistent session's backlog at once.
                 inner.manual_ack_set(True)
                 acks = self._acks = _Acks(inner)
+                ingest: asyncio.Task[None] | None = None
                 try:
                     # The backlog may come with the CONNACK and comes before the SUBACKs, and
-                    # aiomqtt's subscribe() does not notice a disconnect: _Acks.stall()
-                    # expires this scope to end the connection wherever it is.
-                    async with asyncio.timeout(None) as acks.cut, client:
+                    # aiomqtt's subscribe() does not notice a disconnect: _Acks.stall() and
+                    # the end of the message iterator expire this scope to end the
+                    # connection wherever it is.
+                    async with asyncio.timeout(None) as acks.cut, client, \
+                            self._ingesting(client, acks) as ingest:
                         for sub in cfg.subscriptions:
                             # At most QoS 1: a QoS 2 receiver sends PUBREC, and the broker
                             # lets go of the message, before paho hands it to us; only QoS 1
@@ -290,11 +306,13 @@ class MqttSession(StateWatch[MqttSessionState]):
                         await self._republish(client)
                         raise_if_cancelled()
                         self._set_state(MqttSessionState.CONNECTED)
-                        await self._ingest_loop(client)
+                        await ingest
                 except (aiomqtt.MqttError, TimeoutError) as exc:
-                    # TimeoutError: _Acks.stall() ended the connection (events refused).
-                    reason = str(exc) if isinstance(exc, aiomqtt.MqttError) else \
-                        "dropped by fabd to have refused messages sent again"
+                    if acks.stalled:  # _Acks.stall() ended the connection (events refused)
+                        reason = "dropped by fabd to have refused messages sent again"
+                    else:  # a TimeoutError here: the message iterator saw the link go
+                        exc = _loss(ingest) or exc
+                        reason = str(exc)
                     self._acks = None  # what it still held comes again on the next connection
                     lost = self._client is not None
                     self._client = None
@@ -323,6 +341,26 @@ class MqttSession(StateWatch[MqttSessionState]):
             self._client = None
             self._m_connected.set(0)
             self._set_state(MqttSessionState.NOT_CONNECTED)
+
+    @contextlib.asynccontextmanager
+    async def _ingesting(self, client: aiomqtt.Client, acks: _Acks
+                         ) -> AsyncIterator[asyncio.Task[None]]:
+        """Run the message iterator from the CONNACK on: it sees a lost connection at once.
+
+        aiomqtt's subscribe() and publish() wait for their SUBACK or PUBACK until their
+        timeout even when the connection is gone (a broker restart during the backlog
+        that comes before the SUBACKs: subscribe_timeout_s); the iterator's end ends the
+        connection's scope instead.
+        """
+        ingest = asyncio.create_task(self._ingest_loop(client),
+                                     name=f"mqtt-ingest[{self.broker_id}]")
+        ingest.add_done_callback(lambda task: task.cancelled() or acks.end())
+        try:
+            yield ingest
+        finally:
+            if not ingest.done():
+                ingest.cancel()
+                await asyncio.wait({ingest})
 
     async def _ingest_loop(self, client: aiomqtt.Client) -> None:
         # Messages are handled in _on_message as they arrive; the iterator stays empty

@@ -372,3 +372,43 @@ async def test_a_connection_that_keeps_dropping_backs_off_and_is_logged_once(
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert cycles < 30, f"{cycles} connects in 4 s: no backoff"
     assert len(lines) <= 4, lines
+
+
+async def test_a_broker_lost_while_we_subscribe_is_noticed_at_once(own_mosquitto, sessions,
+                                                                   monkeypatch, caplog) -> None:
+    # The broker restarts while fabd subscribes (after an outage it sends the whole QoS 1
+    # backlog before the SUBACKs, so that window is long): fabd must reconnect as soon as
+    # the broker is back, not wait out subscribe_timeout_s (default 2 minutes) for a SUBACK
+    # that cannot come.
+    from equipment.mqtt import session as session_module
+
+    caplog.set_level(logging.INFO, logger="equipment.mqtt.session")
+    killed = asyncio.Event()
+    real_build_client = session_module.build_client
+
+    def build_client(config, **kw):
+        client = real_build_client(config, **kw)
+        real_subscribe = client.subscribe
+
+        async def subscribe(*args, **kwargs):
+            if not killed.is_set():
+                own_mosquitto.proc.kill()  # the broker dies as our SUBSCRIBE goes out
+                own_mosquitto.proc.wait()
+                killed.set()
+            return await real_subscribe(*args, **kwargs)
+
+        client.subscribe = subscribe
+        return client
+
+    monkeypatch.setattr(session_module, "build_client", build_client)
+    sink = RecordingSink()
+    session = sessions.start(MqttSession(broker(own_mosquitto, client_id="fabd-subkill",
+                                                subscribe_timeout_s=120.0), sink))
+    await asyncio.wait_for(killed.wait(), 30)
+    own_mosquitto.proc = None
+    await asyncio.to_thread(own_mosquitto.start)
+    await session.wait_state(MqttSessionState.CONNECTED, timeout_s=30)  # not 120 s
+    await publish(own_mosquitto, [("fab/LITHO4/pv/dose_mj", b"25.5")])
+    await eventually(lambda: sink.point_list, what="a point after the reconnect")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "timed out" not in warnings[0], warnings
