@@ -95,6 +95,26 @@ class LotHeld(_LotEvent, frozen=True, kw_only=True):
     by: str
 
 
+class FutureHoldSet(_LotEvent, frozen=True, kw_only=True):
+    """A hold planned for the lot's arrival at `at_step` (hold_lot with at_step): the lot is
+    not held yet; `lot_held` follows when it arrives there."""
+
+    TYPE: ClassVar[str] = "future_hold_set"
+    reason: str
+    by: str
+    at_step: str
+
+
+class FutureHoldCancelled(_LotEvent, frozen=True, kw_only=True):
+    """A planned hold was withdrawn (release_lot naming it) before the lot reached `at_step`."""
+
+    TYPE: ClassVar[str] = "future_hold_cancelled"
+    hold_reason: str  # the planned hold's reason
+    at_step: str
+    reason: str  # why it was withdrawn
+    by: str
+
+
 class LotReleased(_LotEvent, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "lot_released"
     reason: str
@@ -327,7 +347,8 @@ class WipSnapshot(OutEvent, frozen=True, kw_only=True):
 
 OUT_EVENTS: tuple[type[OutEvent], ...] = (
     LotCreated, LotTrackedIn, LotTrackedOut, LotCompletionLost, LotMoved, LotReworked, LotHeld,
-    LotReleased, LotCompleted, LotScrapped, LotUpdated, WafersScrapped, TrackInRefused,
+    LotReleased, LotCompleted, LotScrapped, LotUpdated, WafersScrapped, FutureHoldSet,
+    FutureHoldCancelled, TrackInRefused,
     ToolStateChanged, ToolControlStateChanged, ToolConnected, ToolDisconnected, AlarmSet,
     AlarmCleared, RecipeVerified, RecipeMismatch, ToolInhibitChanged, DispatchList,
     ProcessUnexpected,
@@ -401,16 +422,22 @@ class CreateLot(_Command, frozen=True, kw_only=True, tag="create_lot"):
 
 
 class HoldLot(_Command, frozen=True, kw_only=True, tag="hold_lot"):
+    """Hold a lot now, or (at_step: a step of its route ahead of it) when it arrives there,
+    before that step runs (a future hold; release_lot naming its reason withdraws it)."""
+
     lot_id: Id
     reason: Id
     by: Id
+    at_step: str = ""
 
 
 class ReleaseLot(_Command, frozen=True, kw_only=True, tag="release_lot"):
     lot_id: Id
     reason: Id
     by: Id
-    hold_reason: str = ""  # release only this hold; "" releases every hold
+    # release only this hold (or withdraw this future hold); "" releases every hold the lot
+    # has now (future holds stay)
+    hold_reason: str = ""
 
 
 class ScrapLot(_Command, frozen=True, kw_only=True, tag="scrap_lot"):

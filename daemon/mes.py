@@ -64,6 +64,7 @@ class Hold(msgspec.Struct, kw_only=True):
     # completion_lost: the tool whose late completion settles the hold; cleared when the lot
     # is tracked in again (an end of the lost run then no longer says where the lot is)
     tool_id: str = ""
+    at_step: str = ""  # a future hold: placed when the lot arrives at this step of its route
 
 
 class ReturnPoint(msgspec.Struct, kw_only=True):
@@ -125,6 +126,7 @@ class Lot(msgspec.Struct, kw_only=True):
     qt_limit_s: float = -1.0
     # it ended the last step of its route while held: it completes when its holds are released
     route_done: bool = False
+    future_holds: list[Hold] = []  # placed when the lot arrives at their at_step
 
 
 KINDS: dict[str, type] = {"product": Product, "route": Route, "recipe": Recipe, "tool": Tool,
@@ -312,6 +314,8 @@ class MesState:
             case ev.UpdateLot():
                 self.update_lot(cmd.lot_id, cmd.reason, cmd.by, priority=cmd.priority,
                                 due=cmd.due, production_order=cmd.production_order)
+            case ev.HoldLot() if cmd.at_step:
+                self.future_hold(cmd.lot_id, cmd.reason, cmd.by, cmd.at_step)
             case ev.HoldLot():
                 self.hold(cmd.lot_id, cmd.reason, cmd.by)
             case ev.ReleaseLot():
@@ -364,9 +368,13 @@ class MesState:
                         lacking.append(f"{lot.lot_id} ({step_id})")
                     elif position[step_id] != index:
                         moves.append((lot, back, position[step_id]))
+                if self._main_route(lot) == route_id:
+                    lacking += [f"{lot.lot_id} (future hold {h.reason!r} at {h.at_step})"
+                                for h in lot.future_holds if h.at_step not in position]
             if lacking:
                 raise IllegalTransition(f"route {route_id}: lots are at (or in rework will "
-                                        f"return to) steps the new route lacks: "
+                                        f"return to, or are to be held at) steps the new "
+                                        f"route lacks: "
                                         f"{', '.join(lacking)}")
         for lot, back, index in moves:
             if back is None:
@@ -491,9 +499,70 @@ class MesState:
                              wafers=lot.wafers, reason=reason, by=by), now)
         log.info("lot %s held at %s: %s (by %s)", lot_id, lot.step_id, reason, by)
 
-    def release(self, lot_id: str, reason: str, by: str, hold_reason: str = "") -> None:
-        """Release one hold (hold_reason) or every hold of a lot."""
+    def future_hold(self, lot_id: str, reason: str, by: str, at_step: str) -> None:
+        """Plan a hold for the lot's arrival at a step of its route (before that step runs).
+
+        At the step the lot waits at now (not running it), it is held now."""
         lot = self._active_lot(lot_id)
+        route_id = self._main_route(lot)
+        ids = [s.step_id for s in self.routes[route_id].steps]
+        if at_step not in ids:
+            raise MesError(f"lot {lot_id}: step {at_step} is not on its route {route_id}",
+                           "unknown_step")
+        if any(h.reason == reason for h in (*lot.holds, *lot.future_holds)):
+            raise IllegalTransition(f"lot {lot_id} is already held (or to be held) for {reason}")
+        # where the lot is on its route (in rework: the step it returns to and runs again)
+        here, at = (lot.rework[0].step_index if lot.rework else lot.step_index), ids.index(at_step)
+        if at < here or (at == here and not lot.rework and lot.state == PROCESSING):
+            raise IllegalTransition(
+                f"lot {lot_id} is past step {at_step} (it is {lot.state} at {lot.step_id}): "
+                "hold it now (hold_lot without at_step)")
+        if at == here and not lot.rework:
+            self.hold(lot_id, reason, by)
+            return
+        lot.future_holds.append(Hold(reason=reason, by=by, ts=self.clock(), at_step=at_step))
+        self._touch("lot", lot_id, lot)
+        self.emit(ev.FutureHoldSet(lot_id=lot_id, product_id=lot.product_id,
+                                   step_id=lot.step_id, wafers=lot.wafers, reason=reason,
+                                   by=by, at_step=at_step))
+        log.info("lot %s: to be held at %s: %s (by %s)", lot_id, at_step, reason, by)
+
+    def _main_route(self, lot: Lot) -> str:
+        """The route the lot follows outside rework (where its future holds are)."""
+        return lot.rework[0].route_id if lot.rework else lot.route_id
+
+    def _future_holds_due(self, lot: Lot, now: float) -> None:
+        """Place the future holds of the step the lot just arrived at (on its route)."""
+        if lot.rework or not lot.future_holds:
+            return
+        due = [h for h in lot.future_holds if h.at_step == lot.step_id]
+        lot.future_holds = [h for h in lot.future_holds if h.at_step != lot.step_id]
+        for h in due:
+            if any(x.reason == h.reason for x in lot.holds):
+                continue   # held for it already (placed by hand meanwhile)
+            lot.holds.append(Hold(reason=h.reason, by=h.by, ts=now))
+            self.emit(ev.LotHeld(lot_id=lot.lot_id, product_id=lot.product_id,
+                                 step_id=lot.step_id, wafers=lot.wafers, reason=h.reason,
+                                 by=h.by), now)
+            log.info("lot %s held at %s: %s (by %s, planned)", lot.lot_id, lot.step_id,
+                     h.reason, h.by)
+
+    def release(self, lot_id: str, reason: str, by: str, hold_reason: str = "") -> None:
+        """Release one hold (hold_reason) or every hold of a lot; withdraw a future hold
+        (hold_reason naming it)."""
+        lot = self._active_lot(lot_id)
+        planned = next((h for h in lot.future_holds if h.reason == hold_reason), None)
+        if (hold_reason and planned is not None
+                and not any(h.reason == hold_reason for h in lot.holds)):
+            lot.future_holds = [h for h in lot.future_holds if h is not planned]
+            self._touch("lot", lot_id, lot)
+            self.emit(ev.FutureHoldCancelled(lot_id=lot_id, product_id=lot.product_id,
+                                             step_id=lot.step_id, wafers=lot.wafers,
+                                             hold_reason=hold_reason, at_step=planned.at_step,
+                                             reason=reason, by=by))
+            log.info("lot %s: future hold %s at %s withdrawn: %s (by %s)", lot_id, hold_reason,
+                     planned.at_step, reason, by)
+            return
         if not lot.holds:
             raise IllegalTransition(f"lot {lot_id} is not held")
         if hold_reason:
@@ -695,6 +764,7 @@ class MesState:
         self.emit(ev.LotMoved(lot_id=lot.lot_id, product_id=lot.product_id, step_id=lot.step_id,
                               wafers=lot.wafers, from_step_id=from_step, route_id=lot.route_id),
                   now)
+        self._future_holds_due(lot, now)
 
     def _enter_rework(self, lot: Lot, step: ev.RouteStep, now: float) -> None:
         from_step = lot.step_id

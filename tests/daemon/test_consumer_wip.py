@@ -45,6 +45,10 @@ async def random_flow(bus, rng: random.Random, rounds: int) -> None:
                 mes.scrap_wafers(lot.lot_id, rng.randint(1, lot.wafers - 1), "chipped", "op")
             elif r < 0.72:
                 mes.update_lot(lot.lot_id, "expedite", "erp", priority=rng.randint(0, 100))
+            elif r < 0.74 and not lot.rework and lot.future_holds == []:
+                last = mes.routes[lot.route_id].steps[-1].step_id
+                if last != lot.step_id:
+                    mes.future_hold(lot.lot_id, "inspect", "eng", last)
         await bus.durable()
         await asyncio.sleep(0.005)
 
@@ -84,7 +88,7 @@ async def test_reference_consumer_wip_matches_every_snapshot(redis_url, tmp_path
     assert consumer.gaps == 0 and consumer.duplicates == 0
     types = {e["type"] for e in read_stream(redis_url, "fab:lots")}
     assert {"lot_reworked", "lot_scrapped", "lot_completed", "lot_held", "wafers_scrapped",
-            "lot_updated"} <= types
+            "lot_updated", "future_hold_set"} <= types
 
 
 def add_entry(r, stream: str, seq: int, eid: str, etype: str, data: dict) -> None:

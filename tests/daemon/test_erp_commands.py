@@ -335,3 +335,22 @@ async def test_update_lot_and_scrap_wafers_apply_and_their_mistakes_are_dead_let
     assert "priorty" in dead[0]["reason"]
     assert "changes nothing" in dead[1]["reason"]
     assert "scrap_lot" in dead[2]["reason"] and "23 wafers" in dead[2]["reason"]
+
+
+async def test_a_future_hold_from_the_erp_is_planned_and_a_wrong_step_is_dead_lettered(
+        redis_url, tmp_path) -> None:
+    plan = {"type": "hold_lot", "command_id": "f1", "lot_id": "L1", "reason": "customer audit",
+            "by": "quality", "at_step": "ETCH"}
+    typo = {**plan, "command_id": "f2", "reason": "other", "at_step": "ETCH-9"}
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT, LOT, plan, typo])
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: bus.erp.dead_total == 1, what="the dead letter")
+        await eventually(lambda: pending_count(redis_url) == 0, what="all acknowledged")
+        lot = bus.mes.lots["L1"]
+        assert (lot.state, [h.at_step for h in lot.future_holds]) == ("queued", ["ETCH"])
+        assert await bus.drain(5)
+    lots = read_stream(redis_url, "fab:lots")
+    assert [e["type"] for e in lots] == ["lot_created", "future_hold_set"]
+    assert lots[1]["data"]["at_step"] == "ETCH" and lots[1]["data"]["reason"] == "customer audit"
+    (dead,) = read_stream_raw(redis_url, "fab:erp:dead")
+    assert dead["code"] == "unknown_step" and "ETCH-9" in dead["reason"]

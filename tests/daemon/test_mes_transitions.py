@@ -331,3 +331,76 @@ def test_scrap_wafers_leaves_the_lot_with_the_rest_and_the_wip_counts_follow() -
     with pytest.raises(IllegalTransition, match="scrap_lot"):
         mes.scrap_wafers("L1", 22, "all of them", "op")
     assert lot.wafers == 22
+
+
+def test_a_future_hold_holds_the_lot_when_it_arrives_at_the_step_before_it_runs() -> None:
+    """An engineer wants L1 inspected before ETCH: hold_lot with at_step. The lot runs COAT,
+    arrives at ETCH held, and enforcement keeps it off the etcher until released."""
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    mes.take_batch()
+    mes.future_hold("L1", "inspect before etch", "eng", "ETCH")
+    assert mes.lots["L1"].state == QUEUED and mes.lots["L1"].holds == []
+    mes.track_in("L1", "LITHO01")
+    mes.track_out("L1", "LITHO01")
+    lot = mes.lots["L1"]
+    assert (lot.state, lot.step_id) == (HELD, "ETCH")
+    assert mes.check_track_in("L1", "ETCH01")[0] == "lot_held"
+    types = [(t, d.get("at_step", d["step_id"])) for _s, t, _n, d in events_of(mes)]
+    assert types == [("future_hold_set", "ETCH"), ("lot_tracked_in", "COAT"),
+                     ("lot_tracked_out", "COAT"), ("lot_moved", "ETCH"), ("lot_held", "ETCH")]
+    mes.release("L1", "inspected", "eng")
+    assert lot.state == QUEUED and lot.future_holds == []
+
+
+def test_a_future_hold_at_the_step_the_lot_waits_at_holds_it_now_and_behind_it_is_refused():
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    mes.future_hold("L1", "now", "eng", "COAT")
+    assert mes.lots["L1"].state == HELD
+    mes.release("L1", "ok", "eng")
+    mes.track_in("L1", "LITHO01")
+    with pytest.raises(IllegalTransition, match="past step COAT"):
+        mes.future_hold("L1", "too late", "eng", "COAT")   # it runs COAT now
+    with pytest.raises(MesError, match="not on its route"):
+        mes.future_hold("L1", "typo", "eng", "ETCHH")
+    mes.track_out("L1", "LITHO01")
+    with pytest.raises(IllegalTransition, match="past step COAT"):
+        mes.future_hold("L1", "behind", "eng", "COAT")
+    assert mes.lots["L1"].future_holds == []
+
+
+def test_a_future_hold_is_withdrawn_by_releasing_its_reason_and_then_never_holds() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    mes.future_hold("L1", "inspect", "eng", "ETCH")
+    mes.take_batch()
+    mes.release("L1", "not needed", "eng", hold_reason="inspect")
+    ((_s, etype, _n, data),) = events_of(mes)
+    assert etype == "future_hold_cancelled"
+    assert (data["hold_reason"], data["at_step"], data["reason"]) == ("inspect", "ETCH",
+                                                                      "not needed")
+    mes.track_in("L1", "LITHO01")
+    mes.track_out("L1", "LITHO01")
+    assert (mes.lots["L1"].state, mes.lots["L1"].step_id) == (QUEUED, "ETCH")
+
+
+def test_a_future_hold_set_in_rework_holds_the_lot_before_it_runs_the_failed_step_again():
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    mes.track_in("L1", "LITHO01")
+    mes.track_out("L1", "LITHO01", ok=False)            # rework route RW-STRIP
+    mes.future_hold("L1", "check the strip", "eng", "COAT")
+    mes.track_in("L1", "WET01")
+    mes.track_out("L1", "WET01")                          # back to COAT
+    assert (mes.lots["L1"].state, mes.lots["L1"].step_id) == (HELD, "COAT")
+
+
+def test_a_route_that_drops_a_step_a_lot_is_to_be_held_at_is_refused() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    mes.future_hold("L1", "inspect", "eng", "ETCH")
+    coat = mes.routes["RT"].steps[0]
+    with pytest.raises(IllegalTransition, match="future hold 'inspect' at ETCH"):
+        mes.define_route("RT", [coat])
+    assert [s.step_id for s in mes.routes["RT"].steps] == ["COAT", "ETCH"]
