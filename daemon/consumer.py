@@ -41,6 +41,8 @@ _ENTER = ("lot_created",)
 _MOVE = ("lot_moved", "lot_reworked")
 _LEAVE = ("lot_completed", "lot_scrapped")
 _SHRINK = ("wafers_scrapped",)   # the lot stays; `scrapped` of its wafers leave the WIP
+_SPLIT = ("lot_split",)   # one more lot at the step, the same wafers
+_MERGE = ("lot_merged",)  # one lot fewer at the step, the same wafers
 
 
 class WipBook:
@@ -61,6 +63,10 @@ class WipBook:
             self._add(product, data["step_id"], -1, -wafers)
         elif etype in _SHRINK:
             self._add(product, data["step_id"], 0, -int(data["scrapped"]))
+        elif etype in _SPLIT:
+            self._add(product, data["step_id"], 1, 0)
+        elif etype in _MERGE:
+            self._add(product, data["step_id"], -1, 0)
 
     def _add(self, product: str, step: str, lots: int, wafers: int) -> None:
         c = self.counts[(product, step)]

@@ -95,6 +95,30 @@ class LotHeld(_LotEvent, frozen=True, kw_only=True):
     by: str
 
 
+class LotSplit(_LotEvent, frozen=True, kw_only=True):
+    """A new lot (`lot_id`, `wafers`) was split off `parent_lot_id`, which keeps
+    `parent_wafers`; both are at (product_id, step_id): WIP lots there + 1, wafers unchanged.
+    The child carries the parent's order, route position, priority, due date and holds."""
+
+    TYPE: ClassVar[str] = "lot_split"
+    parent_lot_id: str
+    parent_wafers: int
+    production_order: str
+    reason: str
+    by: str
+
+
+class LotMerged(_LotEvent, frozen=True, kw_only=True):
+    """The lot (`lot_id`, its `wafers`) was merged into `into_lot_id`, which now has
+    `into_wafers`, and left the WIP: WIP lots at (product_id, step_id) - 1, wafers unchanged."""
+
+    TYPE: ClassVar[str] = "lot_merged"
+    into_lot_id: str
+    into_wafers: int
+    reason: str
+    by: str
+
+
 class FutureHoldSet(_LotEvent, frozen=True, kw_only=True):
     """A hold planned for the lot's arrival at `at_step` (hold_lot with at_step): the lot is
     not held yet; `lot_held` follows when it arrives there."""
@@ -347,8 +371,8 @@ class WipSnapshot(OutEvent, frozen=True, kw_only=True):
 
 OUT_EVENTS: tuple[type[OutEvent], ...] = (
     LotCreated, LotTrackedIn, LotTrackedOut, LotCompletionLost, LotMoved, LotReworked, LotHeld,
-    LotReleased, LotCompleted, LotScrapped, LotUpdated, WafersScrapped, FutureHoldSet,
-    FutureHoldCancelled, TrackInRefused,
+    LotReleased, LotCompleted, LotScrapped, LotUpdated, WafersScrapped, LotSplit,
+    LotMerged, FutureHoldSet, FutureHoldCancelled, TrackInRefused,
     ToolStateChanged, ToolControlStateChanged, ToolConnected, ToolDisconnected, AlarmSet,
     AlarmCleared, RecipeVerified, RecipeMismatch, ToolInhibitChanged, DispatchList,
     ProcessUnexpected,
@@ -471,6 +495,28 @@ class ScrapWafers(_Command, frozen=True, kw_only=True, tag="scrap_wafers"):
     by: Id
 
 
+class SplitLot(_Command, frozen=True, kw_only=True, tag="split_lot"):
+    """Split `wafers` wafers off a lot (queued or held, not running) into a new lot
+    `child_lot_id` at the same step: e.g. to release the good wafers of a held lot or run an
+    engineering split. The child keeps the parent's order, priority, due date and holds."""
+
+    lot_id: Id
+    child_lot_id: Id
+    wafers: Wafers
+    reason: Id
+    by: Id
+
+
+class MergeLot(_Command, frozen=True, kw_only=True, tag="merge_lot"):
+    """Merge a lot into another at the same step of the same route (neither running nor
+    held): its wafers join `into_lot_id` and it leaves the WIP."""
+
+    lot_id: Id
+    into_lot_id: Id
+    reason: Id
+    by: Id
+
+
 class CompleteStep(_Command, frozen=True, kw_only=True, tag="complete_step"):
     """Disposition of a lot whose completion was lost (held, hold kind completion_lost):
     the engineer verified on the tool that the step ran, and the lot goes on as if the
@@ -519,11 +565,12 @@ class DisqualifyTool(_Command, frozen=True, kw_only=True, tag="disqualify_tool")
 
 
 Command = (DefineRoute | DefineProduct | DefineTool | CreateLot | UpdateLot | HoldLot
-           | ReleaseLot | CompleteStep | ScrapLot | ScrapWafers | ReleaseTool | ApproveRecipe
-           | QualifyTool | DisqualifyTool)
+           | ReleaseLot | CompleteStep | ScrapLot | ScrapWafers | SplitLot | MergeLot
+           | ReleaseTool | ApproveRecipe | QualifyTool | DisqualifyTool)
 COMMANDS: tuple[type, ...] = (DefineRoute, DefineProduct, DefineTool, CreateLot, UpdateLot,
                               HoldLot, ReleaseLot, CompleteStep, ScrapLot, ScrapWafers,
-                              ReleaseTool, ApproveRecipe, QualifyTool, DisqualifyTool)
+                              SplitLot, MergeLot, ReleaseTool, ApproveRecipe, QualifyTool,
+                              DisqualifyTool)
 
 _command_decoder = msgspec.json.Decoder(Command)
 

@@ -25,8 +25,8 @@ from daemon.errors import FabdError
 
 log = logging.getLogger(__name__)
 
-QUEUED, PROCESSING, HELD, COMPLETED, SCRAPPED = (
-    "queued", "processing", "held", "completed", "scrapped")
+QUEUED, PROCESSING, HELD, COMPLETED, SCRAPPED, MERGED = (
+    "queued", "processing", "held", "completed", "scrapped", "merged")
 ACTIVE_STATES = frozenset((QUEUED, PROCESSING, HELD))
 
 
@@ -326,6 +326,10 @@ class MesState:
                 self.scrap(cmd.lot_id, cmd.reason, cmd.by)
             case ev.ScrapWafers():
                 self.scrap_wafers(cmd.lot_id, cmd.wafers, cmd.reason, cmd.by)
+            case ev.SplitLot():
+                self.split_lot(cmd.lot_id, cmd.child_lot_id, cmd.wafers, cmd.reason, cmd.by)
+            case ev.MergeLot():
+                self.merge_lot(cmd.lot_id, cmd.into_lot_id, cmd.reason, cmd.by)
             case ev.ReleaseTool():
                 self.release_tool(cmd.tool_id, cmd.reason, cmd.by, cmd.inhibit)
             case ev.ApproveRecipe():
@@ -433,13 +437,7 @@ class MesState:
     def create_lot(self, lot_id: str, production_order: str, product_id: str, wafers: int,
                    priority: int = 50, due: dt.datetime | None = None) -> Lot:
         """Start a lot at the first step of its product's route."""
-        if lot_id in self.lots:
-            raise IllegalTransition(f"lot {lot_id} exists already", "duplicate_lot")
-        if "," in lot_id or lot_id != lot_id.strip():
-            # tools report a batch as its lot ids comma-separated (and trimmed): such a lot
-            # id could never be tracked in or out
-            raise MesError(f"lot id {lot_id!r} has a comma or leading/trailing blanks",
-                           "invalid_field")
+        self._check_new_lot_id(lot_id)
         product = self.products.get(product_id)
         if product is None:
             raise UnknownEntity(f"lot {lot_id}: product {product_id} is not defined",
@@ -456,6 +454,76 @@ class MesState:
                                 wafers=wafers, production_order=production_order,
                                 route_id=route.route_id, priority=priority, due=due), now)
         return lot
+
+    def _check_new_lot_id(self, lot_id: str) -> None:
+        if lot_id in self.lots:
+            raise IllegalTransition(f"lot {lot_id} exists already", "duplicate_lot")
+        if "," in lot_id or lot_id != lot_id.strip():
+            # tools report a batch as its lot ids comma-separated (and trimmed): such a lot
+            # id could never be tracked in or out
+            raise MesError(f"lot id {lot_id!r} has a comma or leading/trailing blanks",
+                           "invalid_field")
+
+    def split_lot(self, lot_id: str, child_id: str, wafers: int, reason: str, by: str) -> Lot:
+        """Split wafers off a lot (queued or held) into a new lot at the same step."""
+        parent = self._active_lot(lot_id)
+        self._check_new_lot_id(child_id)
+        if parent.state == PROCESSING:
+            raise IllegalTransition(f"lot {lot_id} is running on {parent.tool_id}: split it "
+                                    "when the step has ended")
+        if self._lost_on(parent, None) is not None:
+            raise IllegalTransition(f"lot {lot_id}'s last run was not reported: settle it "
+                                    "(complete_step or release_lot) before splitting")
+        if wafers >= parent.wafers:
+            raise IllegalTransition(f"lot {lot_id} has {parent.wafers} wafers: splitting "
+                                    f"{wafers} off leaves none")
+        child = msgspec.convert(msgspec.to_builtins(parent), Lot)   # a deep copy
+        child.lot_id, child.wafers = child_id, wafers
+        parent.wafers -= wafers
+        self.lots[child_id] = self._active[child_id] = child
+        self._touch("lot", lot_id, parent)
+        self._touch("lot", child_id, child)
+        self.emit(ev.LotSplit(lot_id=child_id, product_id=child.product_id,
+                              step_id=child.step_id, wafers=wafers, parent_lot_id=lot_id,
+                              parent_wafers=parent.wafers,
+                              production_order=child.production_order, reason=reason, by=by))
+        log.info("lot %s: %d wafers split off %s at %s (%d left): %s (by %s)", child_id, wafers,
+                 lot_id, child.step_id, parent.wafers, reason, by)
+        return child
+
+    def merge_lot(self, lot_id: str, into_id: str, reason: str, by: str) -> None:
+        """Merge a lot into another at the same step: its wafers join that lot."""
+        lot, into = self._active_lot(lot_id), self._active_lot(into_id)
+        if lot is into:
+            raise IllegalTransition(f"lot {lot_id} cannot be merged into itself")
+        for x in (lot, into):
+            if x.state == PROCESSING or x.holds:
+                raise IllegalTransition(
+                    f"lot {x.lot_id} is {x.state}"
+                    f"{' (' + ', '.join(h.reason for h in x.holds) + ')' if x.holds else ''}: "
+                    "merge lots that wait, unheld")
+        where = [(x.product_id, x.route_id, x.step_index,
+                  [(b.route_id, b.step_index) for b in x.rework]) for x in (lot, into)]
+        if where[0] != where[1]:
+            raise IllegalTransition(f"lots {lot_id} ({lot.product_id} at {lot.step_id}) and "
+                                    f"{into_id} ({into.product_id} at {into.step_id}) are not "
+                                    "at the same step of the same product and route")
+        if lot.future_holds:
+            raise IllegalTransition(f"lot {lot_id} is to be held at "
+                                    f"{', '.join(h.at_step for h in lot.future_holds)}: "
+                                    "withdraw its future holds first")
+        if lot.arrived_ts < into.arrived_ts:   # the merged wafers' queue-time window counts
+            into.arrived_ts, into.qt_waived_arrival = lot.arrived_ts, lot.qt_waived_arrival
+        into.wafers += lot.wafers
+        lot.state = MERGED
+        self._active.pop(lot_id, None)
+        self._touch("lot", lot_id, lot)
+        self._touch("lot", into_id, into)
+        self.emit(ev.LotMerged(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
+                               wafers=lot.wafers, into_lot_id=into_id, into_wafers=into.wafers,
+                               reason=reason, by=by))
+        log.info("lot %s merged into %s at %s (%d wafers now): %s (by %s)", lot_id, into_id,
+                 lot.step_id, into.wafers, reason, by)
 
     def update_lot(self, lot_id: str, reason: str, by: str, *,
                    priority: int | msgspec.UnsetType = msgspec.UNSET,

@@ -22,11 +22,12 @@ def test_schema_lists_every_event_and_command_with_their_fields() -> None:
         "tool_connected", "tool_disconnected", "alarm_set", "alarm_cleared", "recipe_verified",
         "recipe_mismatch", "spc_violation", "spc_limits_changed", "process_data_summary",
         "track_in_refused", "dispatch_list", "wip_snapshot", "lot_completion_lost", "lot_updated",
-        "wafers_scrapped", "future_hold_set", "future_hold_cancelled"}
+        "wafers_scrapped", "future_hold_set", "future_hold_cancelled",
+        "lot_split", "lot_merged"}
     assert set(schema["commands"]) == {
         "define_route", "define_product", "define_tool", "create_lot", "hold_lot", "release_lot",
         "complete_step", "scrap_lot", "release_tool", "approve_recipe", "qualify_tool", "disqualify_tool",
-        "update_lot", "scrap_wafers"}
+        "update_lot", "scrap_wafers", "split_lot", "merge_lot"}
     assert schema["events"]["wip_snapshot"]["stream"] == "wip"
     assert set(schema["envelope"]["$ref"].split("/")[-1:]) == {"Envelope"}
     create = schema["$defs"]["CreateLot"]

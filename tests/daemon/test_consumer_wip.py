@@ -28,6 +28,8 @@ async def random_flow(bus, rng: random.Random, rounds: int) -> None:
             mes.create_lot(f"L{n:04d}", "PO", rng.choice(["P-A", "P-B"]), rng.randint(1, 25))
             n += 1
         for lot in list(mes.active_lots()):
+            if lot.state == "merged":   # into a lot before it in this round
+                continue
             r = rng.random()
             tool = "ETCH01" if mes.step_of(lot).tool_group == "ETCH" else "LITHO01"
             if lot.state == "held":
@@ -45,7 +47,17 @@ async def random_flow(bus, rng: random.Random, rounds: int) -> None:
                 mes.scrap_wafers(lot.lot_id, rng.randint(1, lot.wafers - 1), "chipped", "op")
             elif r < 0.72:
                 mes.update_lot(lot.lot_id, "expedite", "erp", priority=rng.randint(0, 100))
-            elif r < 0.74 and not lot.rework and lot.future_holds == []:
+            elif r < 0.76 and lot.state != "processing" and lot.wafers > 1:
+                mes.split_lot(lot.lot_id, f"{lot.lot_id}.{n}", lot.wafers // 2, "split", "eng")
+                n += 1
+            elif r < 0.78 and lot.state == "queued":
+                mate = next((x for x in mes.active_lots() if x is not lot
+                             and x.state == "queued" and x.step_id == lot.step_id
+                             and x.route_id == lot.route_id and x.rework == lot.rework
+                             and x.product_id == lot.product_id), None)
+                if mate is not None and not lot.future_holds:
+                    mes.merge_lot(lot.lot_id, mate.lot_id, "merge", "eng")
+            elif r < 0.80 and not lot.rework and lot.future_holds == []:
                 last = mes.routes[lot.route_id].steps[-1].step_id
                 if last != lot.step_id:
                     mes.future_hold(lot.lot_id, "inspect", "eng", last)
@@ -88,7 +100,7 @@ async def test_reference_consumer_wip_matches_every_snapshot(redis_url, tmp_path
     assert consumer.gaps == 0 and consumer.duplicates == 0
     types = {e["type"] for e in read_stream(redis_url, "fab:lots")}
     assert {"lot_reworked", "lot_scrapped", "lot_completed", "lot_held", "wafers_scrapped",
-            "lot_updated", "future_hold_set"} <= types
+            "lot_updated", "future_hold_set", "lot_split", "lot_merged"} <= types
 
 
 def add_entry(r, stream: str, seq: int, eid: str, etype: str, data: dict) -> None:

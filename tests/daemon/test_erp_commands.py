@@ -354,3 +354,24 @@ async def test_a_future_hold_from_the_erp_is_planned_and_a_wrong_step_is_dead_le
     assert lots[1]["data"]["at_step"] == "ETCH" and lots[1]["data"]["reason"] == "customer audit"
     (dead,) = read_stream_raw(redis_url, "fab:erp:dead")
     assert dead["code"] == "unknown_step" and "ETCH-9" in dead["reason"]
+
+
+async def test_split_and_merge_from_the_command_stream(redis_url, tmp_path) -> None:
+    """An engineering split and its merge back, through fab:erp:commands; a merge into a lot
+    that does not exist is dead-lettered and changes nothing."""
+    split = {"type": "split_lot", "command_id": "sp1", "lot_id": "L1", "child_lot_id": "L1-E",
+             "wafers": 3, "reason": "DOE", "by": "eng"}
+    merge = {"type": "merge_lot", "command_id": "mg1", "lot_id": "L1-E", "into_lot_id": "L1",
+             "reason": "DOE done", "by": "eng"}
+    ghost = {**merge, "command_id": "mg0", "into_lot_id": "GHOST"}
+    send_commands(redis_url, "fab", [ROUTE, PRODUCT, LOT, split, ghost, merge])
+    async with running_bus(redis_url, tmp_path) as bus:
+        await eventually(lambda: bus.erp.dead_total == 1, what="the dead letter")
+        await eventually(lambda: pending_count(redis_url) == 0, what="all acknowledged")
+        assert (bus.mes.lots["L1"].wafers, bus.mes.lots["L1-E"].state) == (25, "merged")
+        assert await bus.drain(5)
+    lots = read_stream(redis_url, "fab:lots")
+    assert [e["type"] for e in lots] == ["lot_created", "lot_split", "lot_merged"]
+    assert lots[1]["data"]["parent_lot_id"] == "L1" and lots[1]["data"]["parent_wafers"] == 22
+    (dead,) = read_stream_raw(redis_url, "fab:erp:dead")
+    assert dead["code"] == "unknown_lot" and "GHOST" in dead["reason"]

@@ -404,3 +404,76 @@ def test_a_route_that_drops_a_step_a_lot_is_to_be_held_at_is_refused() -> None:
     with pytest.raises(IllegalTransition, match="future hold 'inspect' at ETCH"):
         mes.define_route("RT", [coat])
     assert [s.step_id for s in mes.routes["RT"].steps] == ["COAT", "ETCH"]
+
+
+def test_splitting_off_the_good_wafers_of_a_held_lot_lets_them_go_on() -> None:
+    """5 wafers of a held lot are suspect: the other 20 are split off (held like the parent,
+    same order, priority, due and step), released and run; the WIP counts stay right."""
+    mes = make_state()
+    due = dt.datetime(2026, 12, 24, tzinfo=dt.UTC)
+    mes.create_lot("L1", "PO-7", "P1", 25, priority=70, due=due)
+    mes.track_in("L1", "LITHO01")
+    mes.track_out("L1", "LITHO01")                 # now at ETCH
+    mes.hold("L1", "defects on 5 wafers", "eng")
+    mes.take_batch()
+    child = mes.split_lot("L1", "L1.1", 20, "good wafers", "eng")
+    assert (child.wafers, child.step_id, child.production_order, child.priority, child.due,
+            child.state, [h.reason for h in child.holds]) == (
+        20, "ETCH", "PO-7", 70, due, HELD, ["defects on 5 wafers"])
+    assert mes.lots["L1"].wafers == 5
+    ((_s, etype, _n, data),) = events_of(mes)
+    assert etype == "lot_split"
+    assert (data["lot_id"], data["parent_lot_id"], data["wafers"], data["parent_wafers"]) == (
+        "L1.1", "L1", 20, 5)
+    assert [(c.step_id, c.lots, c.wafers) for c in mes.wip_counts()] == [("ETCH", 2, 25)]
+    mes.release("L1.1", "good", "eng")
+    assert (mes.lots["L1.1"].state, mes.lots["L1"].state) == (QUEUED, HELD)
+    mes.track_in("L1.1", "ETCH01")
+    mes.track_out("L1.1", "ETCH01")
+    assert (mes.lots["L1.1"].state, mes.lots["L1"].state) == (COMPLETED, HELD)
+
+
+def test_a_split_is_refused_while_the_lot_runs_or_would_be_left_empty() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    with pytest.raises(IllegalTransition, match="leaves none"):
+        mes.split_lot("L1", "L1.1", 25, "all", "eng")
+    with pytest.raises(IllegalTransition, match="exists already"):
+        mes.split_lot("L1", "L1", 5, "same id", "eng")
+    mes.track_in("L1", "LITHO01")
+    with pytest.raises(IllegalTransition, match="running on LITHO01"):
+        mes.split_lot("L1", "L1.1", 5, "now", "eng")
+    assert set(mes.lots) == {"L1"} and mes.lots["L1"].wafers == 25
+
+
+def test_merging_two_lots_at_the_same_step_joins_their_wafers() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    mes.split_lot("L1", "L1.1", 10, "experiment", "eng")
+    mes.take_batch()
+    mes.merge_lot("L1.1", "L1", "experiment done", "eng")
+    assert (mes.lots["L1"].wafers, mes.lots["L1.1"].state) == (25, "merged")
+    assert [(c.step_id, c.lots, c.wafers) for c in mes.wip_counts()] == [("COAT", 1, 25)]
+    ((_s, etype, _n, data),) = events_of(mes)
+    assert etype == "lot_merged"
+    assert (data["lot_id"], data["into_lot_id"], data["wafers"], data["into_wafers"]) == (
+        "L1.1", "L1", 10, 25)
+    with pytest.raises(IllegalTransition, match=r"L1\.1"):
+        mes.update_lot("L1.1", "gone", "erp", priority=1)   # it left the WIP
+
+
+def test_a_merge_of_lots_at_different_steps_or_held_is_refused() -> None:
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    mes.create_lot("L2", "PO-7", "P1", 25)
+    mes.track_in("L2", "LITHO01")
+    with pytest.raises(IllegalTransition, match="L2 is processing"):
+        mes.merge_lot("L1", "L2", "x", "eng")
+    mes.track_out("L2", "LITHO01")
+    with pytest.raises(IllegalTransition, match="not at the same step"):
+        mes.merge_lot("L1", "L2", "x", "eng")
+    mes.create_lot("L3", "PO-7", "P1", 25)
+    mes.hold("L3", "spc", "eng")
+    with pytest.raises(IllegalTransition, match="L3 is held"):
+        mes.merge_lot("L1", "L3", "x", "eng")
+    assert [mes.lots[x].wafers for x in ("L1", "L2", "L3")] == [25, 25, 25]
