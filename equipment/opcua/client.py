@@ -107,6 +107,7 @@ class OpcUaClient:
         client = Client(cfg.endpoint_url, timeout=cfg.request_timeout_s,
                         watchdog_intervall=cfg.watchdog_interval_s)
         client.name = client.description = f"fabd {cfg.tool_id}"
+        client.session_timeout = cfg.session_timeout_s * 1000  # ms
         client.connection_lost_callback = self._on_lost
         try:
             if sec.policy != "None":

@@ -186,6 +186,10 @@ class OpcUaToolConfig(msgspec.Struct, frozen=True, kw_only=True):
     queue_size: int = 10  # per monitored item, so fast parameters are not sampled away
     request_timeout_s: float = 5.0
     watchdog_interval_s: float = 2.0  # how often the session checks the server is alive
+    # How long the server keeps our session (and its subscription, sampling every node) after
+    # the link drops: fabd cannot close it then and opens a new one, so each drop leaves one
+    # behind for this long, taking a session slot on the tool (asyncua asks for an hour).
+    session_timeout_s: float = 60.0
     reconnect_min_s: float = 0.5  # backoff floor
     reconnect_max_s: float = 30.0  # backoff cap (jittered exponential in between)
 
@@ -244,6 +248,9 @@ class OpcUaToolConfig(msgspec.Struct, frozen=True, kw_only=True):
         for key in ("publishing_interval_ms", "request_timeout_s", "watchdog_interval_s"):
             if getattr(self, key) <= 0:
                 out.append((key, "must be > 0"))
+        if self.session_timeout_s <= 2 * self.watchdog_interval_s:
+            # our watchdog reads are what keep an idle session alive
+            out.append(("session_timeout_s", "must be more than 2 x watchdog_interval_s"))
         if self.sampling_interval_ms < 0:
             out.append(("sampling_interval_ms", "must be >= 0"))
         if self.queue_size < 0:

@@ -597,3 +597,27 @@ async def test_a_session_the_server_drops_at_once_backs_off_and_is_logged_once(
     backs = [r.getMessage() for r in ours if "back:" in r.getMessage()]
     assert len(warnings) == 1 and "ETCH01" in warnings[0] and "lost" in warnings[0], warnings
     assert len(backs) == 1, backs
+
+
+async def test_sessions_left_on_the_tool_by_link_drops_expire_soon(sim, running) -> None:
+    # After a link drop fabd cannot close its session, and the tool keeps it (OPC UA Part 4
+    # §6.7), with its subscription sampling every node, for the session timeout: asyncua
+    # asked for an hour, so a flaky network filled the tool's session slots.
+    sink = RecordingSink()
+    session = start(running, sim.client_profile(watchdog_interval_s=0.3, reconnect_min_s=0.1,
+                                                reconnect_max_s=0.5, session_timeout_s=5.0), sink)
+    for up in (1, 2, 3):
+        await eventually(lambda up=up: session.connects == up and
+                         session.state is OpcUaSessionState.CONNECTED, what=f"connect {up}")
+        if up < 3:
+            assert session._client is not None
+            session._client._client.disconnect_socket()  # the link drops; the server stays up
+
+    def subscriptions_on_the_tool() -> int:
+        return len(sim._server.iserver.subscription_service.subscriptions)
+
+    assert subscriptions_on_the_tool() == 3  # ours, and the two left behind
+    await eventually(lambda: subscriptions_on_the_tool() == 1, what="only ours left")
+    assert session.state is OpcUaSessionState.CONNECTED
+    with pytest.raises(OpcUaConfigError, match=r"^session_timeout_s: .*watchdog_interval_s"):
+        sim.client_profile(watchdog_interval_s=2.0, session_timeout_s=3.0)
