@@ -35,7 +35,7 @@ class ChartType(enum.StrEnum):
 class Reaction(enum.StrEnum):
     """What the daemon core does when a chart signals."""
 
-    HOLD_LOT = "hold_lot"  # hold the lot of the flagged point
+    HOLD_LOT = "hold_lot"  # hold the lot of the flagged point (every lot of its subgroup)
     INHIBIT_TOOL = "inhibit_tool"  # inhibit the chart's tool
     INHIBIT_CHAMBER = "inhibit_chamber"  # inhibit the chart's chamber
     NOTIFY = "notify"  # publish the violation only

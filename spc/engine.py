@@ -60,7 +60,9 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     values: tuple[float, ...]  # plotted statistic of points first_seq..seq
     ts: tuple[float, ...]
     lot_ids: tuple[str, ...]
-    lot_id: str  # lot of the flagged point
+    # lot of the flagged point; for an X-bar chart every lot of the flagged subgroup,
+    # comma-separated in arrival order (as a batch tool's "B1,B2"), all of them held by hold_lot
+    lot_id: str
     limits_version: int
     # How many firings this stands for: > 1 only when a storm was folded (max_violations_per_tick)
     repeats: int = 1
@@ -131,6 +133,8 @@ class _ChartState(msgspec.Struct, array_like=True):
     phase_means: list[float]
     phase_disps: list[float]
     sub_values: list[float]
+    # lot code of each point of the partial subgroup (snapshots without it: no lot)
+    sub_lots: list[int] = []
 
 
 class _Snapshot(msgspec.Struct, array_like=True):
@@ -158,7 +162,7 @@ class _Chart:
     """Python-side facts of one chart (the kernel's side lives in the engine's arrays)."""
 
     __slots__ = ("actions", "chamber", "descriptions", "key", "limits", "phase_disps",
-                 "phase_means", "rule_set", "series", "spec", "sub_lot", "sub_ts", "sub_values",
+                 "phase_means", "rule_set", "series", "spec", "sub_lots", "sub_values",
                  "tool_id", "version", "warned", "widths")
 
     def __init__(self, key: str, spec: ChartSpec, tool_id: str, chamber: str) -> None:
@@ -171,8 +175,7 @@ class _Chart:
         self.phase_means: list[float] = []
         self.phase_disps: list[float] = []
         self.sub_values: list[float] = []
-        self.sub_ts = 0.0
-        self.sub_lot = 0
+        self.sub_lots: list[int] = []  # lot code of each point of the partial subgroup
         self.warned = False
         self.rule_set = spec.rules.value
         prim, disp = _SERIES[spec.chart_type]
@@ -302,7 +305,8 @@ class SpcEngine:
         n = len(self._charts)
         charts = [_ChartState(key=c.key, spec=c.spec, tool_id=c.tool_id, chamber=c.chamber,
                               limits=c.limits, version=c.version, phase_means=c.phase_means,
-                              phase_disps=c.phase_disps, sub_values=c.sub_values)
+                              phase_disps=c.phase_disps, sub_values=c.sub_values,
+                              sub_lots=c.sub_lots)
                   for c in self._charts]
         arrays = {name: np.ascontiguousarray(getattr(self, name)[:n]).tobytes()
                   for name in _SNAPSHOT_ARRAYS}
@@ -336,6 +340,7 @@ class SpcEngine:
             ch.limits, ch.version = st.limits, st.version
             ch.phase_means, ch.phase_disps, ch.sub_values = (st.phase_means, st.phase_disps,
                                                              st.sub_values)
+            ch.sub_lots = [0] * (len(st.sub_values) - len(st.sub_lots)) + st.sub_lots
         self._queued_changes.clear()  # restoring publishes nothing
         n = len(snap.charts)
         for name in _SNAPSHOT_ARRAYS:
@@ -540,6 +545,7 @@ class SpcEngine:
         self._fst[cid, kn.FS_W] = 1.0
         self._reset_seq[cid] = seq
         self._charts[cid].sub_values.clear()  # a subgroup never spans a reset
+        self._charts[cid].sub_lots.clear()
 
     def _flush_singles(self) -> None:
         """Move the points given one by one into the pending parts, after the earlier parts."""
@@ -577,8 +583,7 @@ class SpcEngine:
             x = float(vals[j])
             if ch.spec.chart_type in (ChartType.XBAR_R, ChartType.XBAR_S):
                 ch.sub_values.append(x)
-                ch.sub_ts = float(ts[j])
-                ch.sub_lot = int(lots[j])
+                ch.sub_lots.append(int(lots[j]))
                 if len(ch.sub_values) < ch.spec.subgroup_size:
                     collected += 1
                     continue
@@ -589,9 +594,12 @@ class SpcEngine:
                 else:
                     d = math.sqrt(math.fsum((v - mean) ** 2 for v in sub) / (len(sub) - 1))
                 ch.sub_values = []
+                lot = self._subgroup_lot(ch.sub_lots)
+                ch.sub_lots = []
                 x = mean
             else:
                 d = 0.0
+                lot = int(lots[j])
             if ch.limits is None:
                 collected += 1
                 self._ist[cid, kn.S_SEQ] += 1  # phase-I points keep their place in the numbering
@@ -604,10 +612,26 @@ class SpcEngine:
             out_v.append(x)
             out_d.append(d)
             out_t.append(float(ts[j]))
-            out_l.append(int(lots[j]))
+            out_l.append(lot)
             out_o.append(j)
         return (np.array(out_ids, np.int64), np.array(out_v), np.array(out_d), np.array(out_t),
                 np.array(out_l, np.int32), np.array(out_o, np.int64)), collected
+
+    def _subgroup_lot(self, codes: list[int]) -> int:
+        """Return the lot code naming every lot of a subgroup, comma-separated in arrival order.
+
+        A subgroup is the next n points of the chart, so it can span lots (and a batch's
+        point is already "B1,B2"); its mean stands for all of them, and a reaction that
+        holds the lot of a flagged subgroup must hold each (the daemon splits at commas).
+        """
+        if all(c == codes[0] for c in codes):
+            return codes[0]
+        names: dict[str, None] = {}
+        for c in codes:
+            for name in self._lots[c].split(","):
+                if name.strip():
+                    names[name.strip()] = None
+        return self.lot_code(",".join(names))
 
     def _end_phase_i(self, cid: int, changes: list[LimitChange]) -> None:
         ch = self._charts[cid]

@@ -447,3 +447,37 @@ def test_points_buffered_when_the_daemon_stops_are_tested_after_the_restart():
         (1, 8, "L8"), (2, 8, "L8")]
     v2 = next(v for v in res.violations if v.test == 2)
     assert v2.lot_ids == tuple(f"L{i}" for i in range(9))
+
+
+XBAR_HOLD = ChartSpec(chart_type=ChartType.XBAR_R, subgroup_size=5, center=0.0, sigma=1.0,
+                      reaction=Reaction.HOLD_LOT)
+
+
+def test_a_subgroup_spanning_two_lots_names_and_holds_both():
+    # the next 5 points form the subgroup: 3 of LOTA's wafers, then 2 of LOTB's
+    eng = SpcEngine()
+    cid = eng.register("CMP01/-/S3/thk", spec=XBAR_HOLD, tool_id="CMP01")
+    for i, lot in enumerate(["LOTA"] * 3 + ["LOTB"] * 2):
+        eng.add(cid, 3.0, float(i), lot_id=lot)   # mean 3 > 3 σ/√5
+    (v,) = eng.evaluate().violations
+    assert (v.series, v.test, v.action) == ("xbar", 1, Reaction.HOLD_LOT)
+    assert v.lot_id == "LOTA,LOTB" and v.lot_ids == ("LOTA,LOTB",)
+    # a subgroup of one lot names that lot alone; a batch's point brings its lots
+    for i, lot in enumerate(["LOTC"] * 4 + ["B1,B2"] + ["LOTC"] * 5):
+        eng.add(cid, 3.0, float(10 + i), lot_id=lot)
+    res = eng.evaluate()
+    assert [v.lot_id for v in res.violations if v.test == 1] == ["LOTC,B1,B2", "LOTC"]
+
+
+def test_a_subgroup_partly_collected_before_a_restart_keeps_its_lots():
+    eng = SpcEngine()
+    cid = eng.register("CMP01/-/S3/thk", spec=XBAR_HOLD, tool_id="CMP01")
+    for i in range(3):
+        eng.add(cid, 3.0, float(i), lot_id="LOTA")
+    assert eng.evaluate().points_collected == 3
+    again = SpcEngine()
+    again.restore(eng.snapshot())
+    for i in range(3, 5):
+        again.add(cid, 3.0, float(i), lot_id="LOTB")
+    (v,) = again.evaluate().violations
+    assert v.lot_id == "LOTA,LOTB" and v.action is Reaction.HOLD_LOT
