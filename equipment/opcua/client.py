@@ -49,15 +49,28 @@ def _uri_of(cert: x509.Certificate) -> str:
 
 
 class _LinkLossFilter(logging.Filter):
-    """Drop asyncua's publish-loop traceback for a lost link: the session says it once."""
+    """Drop asyncua's lines about a lost link: the session says it once (one WARNING).
+
+    The publish loop's traceback, and the WARNINGs of the teardown after a loss (the
+    session and channel cannot be closed over a dead link; a reply to a request given up).
+    """
+
+    _TEARDOWN = ("close_session was called but connection is closed",
+                 "close_session but connection wasn't established",
+                 "close_secure_channel was called but connection is closed",
+                 "Future for request id %s is already done")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in self._TEARDOWN:
+            return False
         exc = record.exc_info[1] if record.exc_info else None
         return not (isinstance(exc, OSError | TimeoutError)
                     and str(record.msg).startswith("Publish iteration crashed"))
 
 
-logging.getLogger("asyncua.client.ua_session.UaSession").addFilter(_LinkLossFilter())
+for _name in ("asyncua.client.ua_session.UaSession", "asyncua.client.ua_client.UaClient",
+              "asyncua.client.ua_client.UASocketProtocol"):
+    logging.getLogger(_name).addFilter(_LinkLossFilter())
 
 
 class _PinnedServer:

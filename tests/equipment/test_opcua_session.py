@@ -621,3 +621,19 @@ async def test_sessions_left_on_the_tool_by_link_drops_expire_soon(sim, running)
     assert session.state is OpcUaSessionState.CONNECTED
     with pytest.raises(OpcUaConfigError, match=r"^session_timeout_s: .*watchdog_interval_s"):
         sim.client_profile(watchdog_interval_s=2.0, session_timeout_s=3.0)
+
+
+async def test_a_link_drop_is_one_warning_whoever_logs_it(sim, running, caplog) -> None:
+    # fabd runs asyncua's loggers at WARNING: a reconnect must not add asyncua's own lines
+    # about closing a session over the dead link to the session's one WARNING.
+    caplog.set_level(logging.INFO)
+    session = start(running, sim.client_profile(watchdog_interval_s=0.3, reconnect_min_s=0.1,
+                                                reconnect_max_s=0.5), RecordingSink())
+    await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
+    assert session._client is not None
+    session._client._client.disconnect_socket()  # the link drops; the server stays up
+    await eventually(lambda: session.connects == 2 and
+                     session.state is OpcUaSessionState.CONNECTED, what="reconnected")
+    loud = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING
+            and not r.name.startswith("asyncua.server")]  # the simulated tool's side
+    assert len(loud) == 1 and "ETCH01" in loud[0] and "lost" in loud[0], loud
