@@ -17,7 +17,7 @@ class GemToolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     comm_retry_s: float = 10.0  # E30 CommDelay: wait between S1F13 attempts until COMMACK 0
     trace_period_s: float = 0.0  # S2F23 sample period for the profile's trace ids; 0: no trace
     trace_group_size: int = 1  # REPGSZ: samples per S6F1
-    set_clock: bool = True  # send S2F31 with our UTC clock at start-up
+    set_clock: bool = True  # send S2F31 with our UTC clock at start-up (skipped if unsupported)
     request_spooled: bool = True  # send S6F23 (transmit) after every start-up
     spool_settle_s: float = 0.5  # after S6F23: quiet time before the status read (E30 order)
     inbox_max: int = 1000  # primaries waiting for the ordered worker; beyond: left unacked

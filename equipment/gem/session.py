@@ -10,7 +10,10 @@ whose current lot / process state ToolConnected carries (`running_lot`) for the
 daemon to check its record against. A tool that was power-cycled is therefore back
 in sync without anyone touching it.
 Steps a tool may not support (clock, alarms, recipes, trace, spool) are skipped
-when it answers S9Fx.
+when it answers S9Fx, aborts (function 0), rejects them or leaves them unanswered
+past T3 (secsgem 0.3 drops an S2F31 it cannot decode): one WARNING naming the tool
+and the config option that turns the step off, and the step is not sent again while
+the session lives (a reconnect does not wait T3 for it again).
 
 Primaries from the tool are handled in arrival order by one worker task, so the
 HSMS reader never waits on the daemon: S6F11 → domain events →
@@ -85,6 +88,19 @@ HCACK_TEXT = {
 _HOST_STREAMS = frozenset({1, 2, 5, 6, 7, 9, 10})
 _TRID = 1
 _MAX_OPEN_LOTS = 64  # per-lot trace summaries kept for lots still on the tool
+_SKIPPED = object()  # an optional start-up step the tool does not support
+
+
+def _why(exc: GemError) -> str:
+    """How the tool said it does not support a step: S9Fx, abort, reject or T3."""
+    cause = exc.__cause__
+    if isinstance(cause, HsmsStream9Error):
+        return f"answered S9F{cause.s9_function}"
+    if isinstance(cause, HsmsRejectedError):
+        return f"rejected, reason {cause.reason}"
+    if isinstance(exc, GemTimeoutError):
+        return "no reply within T3"
+    return str(exc)
 
 
 class GemSessionState(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,6 +169,7 @@ class GemHostSession:
         self._was_up = False
         self._lot_trace: dict[str, _LotTrace] = {}
         self._trace_names = [p.name for p in self.profile.trace]
+        self._unsupported: set[tuple[int, int]] = set()  # optional start-up steps to skip
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -275,7 +292,7 @@ class GemHostSession:
             log.warning("tool %s: tool refused on-line (ONLACK 1)", self.tool_id)
         # 3. S2F31 set the equipment clock (optional: not every tool takes it).
         if self.config.set_clock:
-            tiack = await self._optional(2, 31, m.clock_text(), "TIACK")
+            tiack = await self._optional(2, 31, m.clock_text(), "TIACK", "set_clock")
             if tiack:
                 log.info("tool %s: clock set refused (TIACK %d)", self.tool_id, tiack)
         # 4. Events: disable all, delete all reports, define, link, enable; alarms.
@@ -289,19 +306,22 @@ class GemHostSession:
                 self._next_dataid(), [(x.ceid, x.rptids) for x in p.links]), "LRACK")
             await self._ack(2, 37, m.s2f37(True, [x.ceid for x in p.links]), "ERACK")
         for alid in p.alids:
-            ackc5 = await self._optional(5, 3, m.s5f3(True, alid), "ACKC5")
+            ackc5 = await self._optional(5, 3, m.s5f3(True, alid), "ACKC5",
+                                         f"alids of profile {p.name}")
             if ackc5:
                 log.info("tool %s: alarm %d not enabled (ACKC5 %d)", self.tool_id, alid, ackc5)
         # 5. Recipes, trace, then what the tool spooled while we were away (E30 spooling).
-        try:
-            recipes = await self._recipe_list(startup=True)
-        except GemProtocolError as exc:
-            log.info("tool %s: no recipe list at start-up (%s)", self.tool_id, exc)
-            recipes = []
+        recipes: list[str] = []
+        reply = await self._optional_reply(7, 19, None, "")
+        if reply is not _SKIPPED:
+            try:
+                recipes = [str(m.value(x)) for x in m.as_list(reply, "S7F20")]
+            except GemProtocolError as exc:
+                log.info("tool %s: no recipe list at start-up (%s)", self.tool_id, exc)
         if self.config.trace_period_s > 0 and p.trace:
             tiaack = await self._optional(2, 23, m.s2f23(
                 _TRID, self.config.trace_period_s, 0xFFFFFFFF, self.config.trace_group_size,
-                [x.vid for x in p.trace]), "TIAACK")
+                [x.vid for x in p.trace]), "TIAACK", "trace_period_s")
             if tiaack:
                 log.warning("tool %s: trace refused (TIAACK %d)", self.tool_id, tiaack)
         spooled = False
@@ -314,7 +334,7 @@ class GemHostSession:
                 wanted = bool(m.integer_or_zero(count))
             if wanted:
                 asked_at = asyncio.get_running_loop().time()
-                spooled = await self._optional(6, 23, U1(0), "RSDA") == 0
+                spooled = await self._optional(6, 23, U1(0), "RSDA", "request_spooled") == 0
         settled = True
         if spooled:
             # Spooled messages are older than the status we are about to read: let them
@@ -408,14 +428,32 @@ class GemHostSession:
         self._set(**changes)
         return events
 
-    async def _optional(self, stream: int, function: int, body: Item, what: str) -> int | None:
-        """Send a start-up step the tool may not support; None when it answered S9Fx."""
+    async def _optional(self, stream: int, function: int, body: Item, what: str,
+                        option: str) -> int | None:
+        """Send a start-up step the tool may not support; its code, None when not supported."""
+        reply = await self._optional_reply(stream, function, body, option)
+        return None if reply is _SKIPPED else m.code(reply, what)
+
+    async def _optional_reply(self, stream: int, function: int, body: Item | None,
+                              option: str) -> Any:
+        """Send a start-up step the tool may not support; its reply body, or _SKIPPED.
+
+        Not supported: answered S9Fx, an abort (function 0) or a Reject.req, or not answered
+        within T3 (secsgem 0.3 drops an S2F31 it cannot decode). E37: T3 fails that
+        transaction only, so the start-up goes on without the step. The step is not sent
+        again while this session lives, so a reconnect does not wait T3 for it every time.
+        """
+        if (stream, function) in self._unsupported:
+            return _SKIPPED
         try:
-            return m.code(await self._request(stream, function, body, startup=True), what)
-        except GemProtocolError as exc:
-            log.info("tool %s: S%dF%d not supported, skipped (%s)", self.tool_id, stream,
-                     function, exc)
-            return None
+            return await self._request(stream, function, body, startup=True)
+        except (GemProtocolError, GemTimeoutError) as exc:
+            self._unsupported.add((stream, function))
+            turn_off = f"; {option} in its config turns the step off" if option else ""
+            log.warning("tool %s: S%dF%d not supported (%s): GEM start-up goes on without it "
+                        "and will not send it again until fabd restarts%s", self.tool_id,
+                        stream, function, _why(exc), turn_off)
+            return _SKIPPED
 
     async def _ack(self, stream: int, function: int, body: Item, what: str) -> None:
         ack = m.code(await self._request(stream, function, body, startup=True), what)
@@ -466,8 +504,8 @@ class GemHostSession:
         self._set(recipes=recipes)
         return recipes
 
-    async def _recipe_list(self, startup: bool = False) -> list[str]:
-        reply = await self._request(7, 19, None, startup=startup)
+    async def _recipe_list(self) -> list[str]:
+        reply = await self._request(7, 19, None)
         return [str(m.value(x)) for x in m.as_list(reply, "S7F20")]
 
     async def recipe_upload(self, ppid: str) -> bytes:

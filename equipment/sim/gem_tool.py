@@ -23,6 +23,7 @@ Test knobs: `shift()` / `drift()` a process parameter, `raise_alarm()` /
 `clear_alarm()`, `set_e10()`, `set_control()`, `process_time_s`,
 `drop_connection()` now or `drop_on(stream, function)` when the next such message
 arrives, `reply_delay_s` (provoke a host T3), `unsupported` (answer S9F5),
+`unanswered` (answer nothing, as secsgem 0.3 does with an S2F31 it cannot decode),
 `refuse_communication(n)` (COMMACK 1), `send_raw()` / `hsms_frame()` (malformed
 frames, wrong session id, unknown system bytes), `power_cycle()` (new handler,
 same port, every host definition forgotten), `reset_knobs()`.
@@ -808,6 +809,8 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
             if header.require_response:
                 self.send_response(self.stream_function(9, 5)(header.encode()), header.system)
             return
+        if key in self._sim.unanswered:
+            return  # as secsgem 0.3 drops a message it cannot decode (S2F31): the host waits T3
         if key in self._sim._drop_on:
             self._sim._drop_on.discard(key)
             log.info("tool %s: dropping the connection on S%dF%d", self._cfg.tool_id, *key)
@@ -824,6 +827,7 @@ class GemToolSim:
         self.reply_delay_s = 0.0
         self.process_time_s = self.config.process_time_s  # knob: the next lots' process time
         self.unsupported: set[tuple[int, int]] = set()  # knob: (S, F) answered with S9F5
+        self.unanswered: set[tuple[int, int]] = set()  # knob: (S, F) never answered (host T3)
         self.terminal_received: list[str] = []
         self.clock_set_to = ""
         self._listener: socket.socket | None = None
@@ -1001,6 +1005,7 @@ class GemToolSim:
         self.reply_delay_s = 0.0
         self.process_time_s = self.config.process_time_s
         self.unsupported = set()
+        self.unanswered = set()
         self._drop_on.clear()
         self._refuse_comm = 0
         self.reset_process()
