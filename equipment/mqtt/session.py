@@ -322,7 +322,6 @@ class MqttSession(StateWatch[MqttSessionState]):
                         if outages.lost():
                             log.warning("broker %s: MQTT connection lost (%s); reconnecting",
                                         self.broker_id, reason)
-                        await self._tools_down(reason)
                     else:
                         self.failed_attempts += 1
                         refusal = is_refusal(exc)
@@ -335,6 +334,9 @@ class MqttSession(StateWatch[MqttSessionState]):
                         elif say:
                             log.warning("broker %s: cannot connect to %s:%d (%s); retrying",
                                         self.broker_id, cfg.host, cfg.port, reason)
+                    # Also after a failed attempt: the backlog before the SUBACKs announces
+                    # its tools.
+                    await self._tools_down(reason)
                     await asyncio.sleep(outages.delay_s())
         finally:
             self._acks = None

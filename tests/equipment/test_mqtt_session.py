@@ -374,15 +374,11 @@ async def test_a_connection_that_keeps_dropping_backs_off_and_is_logged_once(
     assert len(lines) <= 4, lines
 
 
-async def test_a_broker_lost_while_we_subscribe_is_noticed_at_once(own_mosquitto, sessions,
-                                                                   monkeypatch, caplog) -> None:
-    # The broker restarts while fabd subscribes (after an outage it sends the whole QoS 1
-    # backlog before the SUBACKs, so that window is long): fabd must reconnect as soon as
-    # the broker is back, not wait out subscribe_timeout_s (default 2 minutes) for a SUBACK
-    # that cannot come.
+def kill_broker_while_subscribing(server: MosquittoServer, monkeypatch,
+                                  before=lambda: True) -> asyncio.Event:
+    """Kill the broker as fabd's first SUBSCRIBE goes out (once `before()` holds); set when done."""
     from equipment.mqtt import session as session_module
 
-    caplog.set_level(logging.INFO, logger="equipment.mqtt.session")
     killed = asyncio.Event()
     real_build_client = session_module.build_client
 
@@ -392,8 +388,10 @@ async def test_a_broker_lost_while_we_subscribe_is_noticed_at_once(own_mosquitto
 
         async def subscribe(*args, **kwargs):
             if not killed.is_set():
-                own_mosquitto.proc.kill()  # the broker dies as our SUBSCRIBE goes out
-                own_mosquitto.proc.wait()
+                await eventually(before, what="the moment to kill the broker")
+                server.proc.kill()
+                server.proc.wait()
+                server.proc = None
                 killed.set()
             return await real_subscribe(*args, **kwargs)
 
@@ -401,14 +399,47 @@ async def test_a_broker_lost_while_we_subscribe_is_noticed_at_once(own_mosquitto
         return client
 
     monkeypatch.setattr(session_module, "build_client", build_client)
+    return killed
+
+
+async def test_a_broker_lost_while_we_subscribe_is_noticed_at_once(own_mosquitto, sessions,
+                                                                   monkeypatch, caplog) -> None:
+    # The broker restarts while fabd subscribes (after an outage it sends the whole QoS 1
+    # backlog before the SUBACKs, so that window is long): fabd must reconnect as soon as
+    # the broker is back, not wait out subscribe_timeout_s (default 2 minutes) for a SUBACK
+    # that cannot come.
+    caplog.set_level(logging.INFO, logger="equipment.mqtt.session")
+    killed = kill_broker_while_subscribing(own_mosquitto, monkeypatch)
     sink = RecordingSink()
     session = sessions.start(MqttSession(broker(own_mosquitto, client_id="fabd-subkill",
                                                 subscribe_timeout_s=120.0), sink))
     await asyncio.wait_for(killed.wait(), 30)
-    own_mosquitto.proc = None
     await asyncio.to_thread(own_mosquitto.start)
     await session.wait_state(MqttSessionState.CONNECTED, timeout_s=30)  # not 120 s
     await publish(own_mosquitto, [("fab/LITHO4/pv/dose_mj", b"25.5")])
     await eventually(lambda: sink.point_list, what="a point after the reconnect")
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "timed out" not in warnings[0], warnings
+
+
+async def test_a_tool_heard_from_before_a_connection_fails_is_reported_down(own_mosquitto,
+                                                                          sessions,
+                                                                          monkeypatch) -> None:
+    # The backlog of a persistent session comes right after the CONNACK, before the
+    # SUBACKs: its tools are announced (ToolConnected). If the broker then goes away before
+    # the session is up, those tools must be reported down, not shown connected all outage.
+    config = broker(own_mosquitto, client_id="fabd-backlog-kill")
+    first = sessions.start(MqttSession(config, RecordingSink()))
+    await first.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
+    await sessions.stop()  # fabd goes away; the broker keeps its session and subscriptions
+    await publish(own_mosquitto, [("fab/ETCH09/pv/rf_power_w", b"250")])
+
+    sink = RecordingSink()
+    killed = kill_broker_while_subscribing(own_mosquitto, monkeypatch,
+                                           before=lambda: sink.of(ToolConnected))
+    second = sessions.start(MqttSession(config, sink))
+    await asyncio.wait_for(killed.wait(), 30)
+    await eventually(lambda: second.failed_attempts, what="the attempt failed")
+    assert [e.tool_id for e in sink.of(ToolConnected)] == ["ETCH09"]
+    await eventually(lambda: sink.of(ToolDisconnected), what="ETCH09 reported down")
+    assert [e.tool_id for e in sink.of(ToolDisconnected)] == ["ETCH09"]
