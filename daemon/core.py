@@ -262,6 +262,15 @@ class FabCore:
             except Exception as exc:  # a stale or foreign snapshot: charts start in phase I
                 log.warning("SPC snapshot %s not restored (%s); charts re-estimate limits",
                             path, exc)
+            # the snapshot holds each chart's spec: a config edited while fabd was stopped
+            # (new limits: a new phase) applies now; the changes go out with the first tick
+            changed = self.spc.apply_config()
+            if changed:
+                log.info("SPC: %d charts take the config changed since the snapshot (e.g. %s)",
+                         len(changed), changed[0])
+        # the inhibits the store brought back: one an ERP release lifts before the first
+        # tick is a release too (its chart's runs restart)
+        self._spc_inhibits = self._spc_inhibit_keys()
 
     def _spc_snapshot_path(self) -> Path:
         return Path(self.config.service.state_directory) / "spc.snapshot"
@@ -488,8 +497,7 @@ class FabCore:
         """A chart whose inhibit an engineer released (ERP release_tool) starts its run rules
         afresh: the points from before the corrective action must not trip the tool again."""
         assert self.spc is not None
-        now = {(t.tool_id, k) for t in self.bus.mes.tools.values() if t.inhibits
-               for k in t.inhibits if k.startswith("spc:")}
+        now = self._spc_inhibit_keys()
         for _tool, key in self._spc_inhibits - now:
             chart = key.removeprefix("spc:")
             for candidate in (chart, chart.rsplit("@", 1)[0]):   # "spc:<chart>@<chamber>"
@@ -497,6 +505,10 @@ class FabCore:
                     self.spc.reset(candidate)
                     break
         self._spc_inhibits = now
+
+    def _spc_inhibit_keys(self) -> set[tuple[str, str]]:
+        return {(t.tool_id, k) for t in self.bus.mes.tools.values() if t.inhibits
+                for k in t.inhibits if k.startswith("spc:")}
 
     def step_sync(self) -> None:
         """Bring the dispatch model up to date with the state of record."""

@@ -13,7 +13,8 @@ Usage (daemon core, once per tick, after applying the tick's events):
 
 `set_limits()` and `reset()` apply at once (to points still buffered too) and
 return their LimitChange for the caller to publish. `snapshot()` / `restore()`
-carry limits, run windows, history and the points not yet evaluated across a restart.
+carry limits, run windows, history and the points not yet evaluated across a restart;
+`apply_config()` after `restore()` gives the charts a config edited meanwhile.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class LimitChange(msgspec.Struct, frozen=True, kw_only=True):
     tool_id: str
     chamber: str
     version: int  # 1 for the first limits; +1 on every change or reset
-    reason: str  # config | phase_i | set | reset
+    reason: str  # config (also a config changed across a restart) | phase_i | set | reset
     limits: Limits | None  # None: back in phase I, collecting a new baseline
     ts: float
 
@@ -148,6 +149,14 @@ class _Snapshot(msgspec.Struct, array_like=True):
     # Points buffered for the next evaluate() (chart id, value, ts, lot code): the daemon
     # saves at stop, when points that came in after the last tick are still waiting.
     pending: dict[str, bytes] = msgspec.field(default_factory=dict)
+
+
+def _limits_basis(spec: ChartSpec) -> tuple:
+    """What a chart's limits rest on: when it changes, the old limits mean nothing."""
+    t = spec.chart_type
+    return (t, spec.center, spec.sigma, spec.params().k1_sigma,
+            spec.subgroup_size if t in (ChartType.XBAR_R, ChartType.XBAR_S) else 0,
+            spec.ewma_lambda if t is ChartType.EWMA else 0.0)
 
 
 def _downgrade(action: Reaction, tool_id: str, chamber: str) -> Reaction:
@@ -291,14 +300,42 @@ class SpcEngine:
         cid = self._cid(chart)
         ch = self._charts[cid]
         if reestimate or ch.limits is None:
-            ch.phase_means.clear()
-            ch.phase_disps.clear()
-            ch.limits = None
-            ch.version += 1
-            self._route[cid] = True
-            self._clear_state(cid)
-            return self._change(cid, "reset")
+            return self._phase_i(cid, "reset")
         return self._set(cid, ch.limits, "reset")
+
+    def apply_config(self) -> list[str]:
+        """Give every chart the spec the config names for its key now; return the keys changed.
+
+        A snapshot carries each chart's spec, so without this a config edited between a
+        stop and a start (a new centre and σ, another chart type, K or reaction plan) was
+        ignored for every chart seen before. A change of what the limits rest on starts a
+        new phase: the config's known limits, or phase I again (reason "config"); a change
+        of the tests only restarts the run windows under the same limits; a change of the
+        reaction plan alone keeps windows and limits. The limit changes come out of the
+        next evaluate(), like a new chart's.
+        """
+        changed = []
+        for cid, old in enumerate(self._charts):
+            spec = self.config.spec_for(old.key)
+            if spec == old.spec:
+                continue
+            ch = _Chart(old.key, spec, old.tool_id, old.chamber)
+            ch.limits, ch.version, ch.warned = old.limits, old.version, old.warned
+            ch.phase_means, ch.phase_disps = old.phase_means, old.phase_disps
+            ch.sub_values, ch.sub_lots = old.sub_values, old.sub_lots
+            self._charts[cid] = ch
+            self._ipar[cid] = self._ipar_row(spec)
+            self._widths[cid] = ch.widths
+            changed.append(ch.key)
+            if _limits_basis(spec) != _limits_basis(old.spec):
+                if spec.center is not None and spec.sigma is not None:
+                    lim = known_limits(spec, spec.center, spec.sigma)
+                    self._queued_changes.append(self._set(cid, lim, "config"))
+                else:
+                    self._queued_changes.append(self._phase_i(cid, "config"))
+            elif self._ipar_row(spec) != self._ipar_row(old.spec):
+                self._clear_state(cid)
+        return changed
 
     def snapshot(self) -> bytes:
         """Return the engine's state (charts, limits, run windows, history, pending points) as bytes."""
@@ -524,6 +561,16 @@ class SpcEngine:
         self._fpar[cid] = (z.center, z.u1, z.l1, z.u2, z.l2, z.uk, z.lk, ch.spec.ewma_lambda,
                            z.disp_ucl, z.disp_lcl)
         self._route[cid] = ch.spec.chart_type in (ChartType.XBAR_R, ChartType.XBAR_S)
+        self._clear_state(cid)
+        return self._change(cid, reason)
+
+    def _phase_i(self, cid: int, reason: str) -> LimitChange:
+        ch = self._charts[cid]
+        ch.phase_means.clear()
+        ch.phase_disps.clear()
+        ch.limits = None
+        ch.version += 1
+        self._route[cid] = True
         self._clear_state(cid)
         return self._change(cid, reason)
 

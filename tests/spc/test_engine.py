@@ -481,3 +481,40 @@ def test_a_subgroup_partly_collected_before_a_restart_keeps_its_lots():
         again.add(cid, 3.0, float(i), lot_id="LOTB")
     (v,) = again.evaluate().violations
     assert v.lot_id == "LOTA,LOTB" and v.action is Reaction.HOLD_LOT
+
+
+def _restarted(data: bytes, spec: ChartSpec) -> SpcEngine:
+    eng = SpcEngine(SpcConfig(default=spec))
+    eng.restore(data)
+    eng.apply_config()
+    return eng
+
+
+def test_a_config_changed_across_a_restart_starts_a_new_phase_or_keeps_the_run():
+    eng = SpcEngine(SpcConfig(default=KNOWN))
+    cid = eng.register("T1/-/-/p", tool_id="T1")
+    for i in range(5):
+        eng.add(cid, 0.5, float(i), lot_id=f"L{i}")
+    eng.evaluate()
+    data = eng.snapshot()
+    # limits dropped from the config: phase I again, nothing tested, version 2
+    again = _restarted(data, ChartSpec(phase_i_points=4))
+    for i in range(5, 9):
+        again.add(cid, 0.5, float(i), lot_id=f"L{i}")
+    res = again.evaluate()
+    assert res.violations == [] and again.version(cid) == 2
+    assert [(c.reason, c.version, c.limits) for c in res.limit_changes] == [("config", 2, None)]
+    # another K for test 2: the same limits, the run restarts (9 new points needed, not 4)
+    again = _restarted(data, msgspec.structs.replace(KNOWN, k=RuleParams(k2_points=7)))
+    for i in range(5, 9):
+        again.add(cid, 0.5, float(i), lot_id=f"L{i}")
+    res = again.evaluate()
+    assert res.violations == [] and res.limit_changes == [] and again.version(cid) == 1
+    for i in range(9, 12):
+        again.add(cid, 0.5, float(i), lot_id=f"L{i}")
+    assert [(v.test, v.first_seq, v.seq) for v in again.evaluate().violations] == [(2, 5, 11)]
+    # the same config: everything as it was (the ninth point in a row fires)
+    again = _restarted(data, KNOWN)
+    for i in range(5, 9):
+        again.add(cid, 0.5, float(i), lot_id=f"L{i}")
+    assert [(v.test, v.first_seq) for v in again.evaluate().violations] == [(2, 0)]
