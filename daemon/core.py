@@ -207,6 +207,7 @@ class FabCore:
         mes = self.bus.mes
         mes.on_step_end = self._step_ended
         mes.on_lot_completed = self._lot_completed
+        mes.on_wafers_scrapped = self._wafers_scrapped
         for tool in list(mes.tools.values()):
             if tool.connected:
                 # The store says "connected", but that connection ended with the previous
@@ -231,6 +232,9 @@ class FabCore:
         a hold placed while it ran that step)."""
         metrics.COMPLETIONS.labels(lot.product_id).inc()
         metrics.CYCLE_TIME_LOT.labels(lot.product_id).observe(max(0.0, ts - lot.created_ts))
+
+    def _wafers_scrapped(self, lot: Any, wafers: int) -> None:
+        metrics.WAFERS_SCRAPPED.labels(lot.product_id).inc(wafers)
 
     def _load_recipe_bodies(self) -> None:
         """Approved bodies from [dispatch] recipe_directory, named <recipe_id>.v<version>."""

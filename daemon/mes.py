@@ -179,6 +179,7 @@ class MesState:
         # whichever way it ended (the tool, a late completion, complete_step): the metrics
         self.on_step_end: Callable[[Lot, str, str, float, float], None] | None = None
         self.on_lot_completed: Callable[[Lot, float], None] | None = None  # (lot, at): metrics
+        self.on_wafers_scrapped: Callable[[Lot, int], None] | None = None  # (lot, n): metrics
 
     # ------------------------------------------------------------ persistence
 
@@ -664,6 +665,8 @@ class MesState:
         self.emit(ev.LotScrapped(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
                                  wafers=lot.wafers, reason=reason, by=by))
         log.warning("lot %s scrapped at %s: %s (by %s)", lot_id, lot.step_id, reason, by)
+        if self.on_wafers_scrapped is not None:
+            self.on_wafers_scrapped(lot, lot.wafers)
 
     def scrap_wafers(self, lot_id: str, wafers: int, reason: str, by: str) -> None:
         """Scrap some wafers of a lot; it goes on with the rest."""
@@ -678,6 +681,8 @@ class MesState:
                                     reason=reason, by=by))
         log.warning("lot %s: %d wafers scrapped at %s, %d left: %s (by %s)", lot_id, wafers,
                     lot.step_id, lot.wafers, reason, by)
+        if self.on_wafers_scrapped is not None:
+            self.on_wafers_scrapped(lot, wafers)
 
     def track_in(self, lot_id: str, tool_id: str, recipe_id: str = "",
                  ts: float | None = None, *, held_ok: bool = False) -> None:

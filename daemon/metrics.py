@@ -38,6 +38,9 @@ WIP_LOTS = Gauge("fabd_wip_lots", "Lots in WIP by tool group and step", ["tool_g
 WIP_WAFERS = Gauge("fabd_wip_wafers", "Wafers in WIP by product", ["product"])
 MOVES = Counter("fabd_moves_total", "Lot moves (track-outs to a next step)", ["tool_group"])
 COMPLETIONS = Counter("fabd_lots_completed_total", "Lots that finished their route", ["product"])
+WAFERS_SCRAPPED = Counter(
+    "fabd_wafers_scrapped_total", "Wafers scrapped, with their lot or on their own (line yield "
+    "loss)", ["product"])
 CYCLE_TIME_LOT = Histogram(
     "fabd_lot_cycle_time_seconds", "Lot cycle time from creation to completion", ["product"],
     buckets=CYCLE_BUCKETS_S)

@@ -32,3 +32,20 @@ async def test_holds_are_counted_by_class_of_reason(redis_url, tmp_path) -> None
         mes.hold("L4", "engineering review of lot L4", "eng-kim")
         core.step_gauges()
     assert held_by_class() == {"queue_time": 2.0, "spc": 1.0, "erp": 2.0}
+
+
+def scrapped(product: str) -> float:
+    return REGISTRY.get_sample_value("fabd_wafers_scrapped_total", {"product": product}) or 0.0
+
+
+async def test_scrapped_wafers_are_counted_per_product_whole_lots_and_single_wafers(
+        redis_url, tmp_path) -> None:
+    before = scrapped("P-A")
+    async with running_core(redis_url, tmp_path) as core:
+        define_master_data(core.bus)
+        mes = core.bus.mes
+        mes.create_lot("S1", "PO", "P-A", 25)
+        mes.create_lot("S2", "PO", "P-A", 20)
+        mes.scrap_wafers("S1", 2, "chipped", "op")
+        mes.scrap("S2", "dropped", "op")
+    assert scrapped("P-A") - before == 22
