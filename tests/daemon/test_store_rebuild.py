@@ -56,10 +56,12 @@ async def test_state_and_sequences_survive_a_restart(redis_url, tmp_path) -> Non
         bus.mes.create_lot("L1", "PO", "P-A", 25)
         bus.mes.create_lot("L2", "PO", "P-A", 13)
         bus.mes.hold("L2", "spc", "eng")
+        bus.mes.split_lot("L2", "L2.1", 3, "engineering split", "eng")
         bus.mes.qualify("LITHO01", "R0", True)
         await bus.sink.submit([dom.E10StateChanged(tool_id="LITHO01", ts=1.0,
                                                    state=dom.E10State.PRODUCTIVE),
                                dom.ProcessStarted(tool_id="LITHO01", ts=2.0, lot_id="L1")])
+        bus.mes.future_hold("L1", "audit", "quality", bus.mes.routes["RT-A"].steps[-1].step_id)
         assert await bus.drain(5)
         before = {k: msgspec.json.encode(v) for k, v in bus.mes.lots.items()}
         tools = msgspec.json.encode(bus.mes.tools)
@@ -73,6 +75,8 @@ async def test_state_and_sequences_survive_a_restart(redis_url, tmp_path) -> Non
         assert bus.mes.seq == seqs and bus.mes.instance_id == instance
         assert bus.relay.depth == 0  # everything was published before the stop
         assert bus.mes.holds()["L2"][0].reason == "spc"
+        assert bus.mes.holds()["L2.1"][0].reason == "spc"   # the split-off lot, in the WIP
+        assert [h.reason for h in bus.mes.lots["L1"].future_holds] == ["audit"]
         bus.mes.create_lot("L3", "PO", "P-A", 1)  # sequences continue where they stopped
         relay = asyncio.create_task(bus.relay_loop())
         writer = asyncio.create_task(bus.writer_loop())
