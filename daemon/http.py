@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -24,6 +26,8 @@ Handler = Callable[[], Awaitable[Response]]
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request",
             503: "Service Unavailable"}
 _MAX_REQUEST_BYTES = 8192
+_READ_TIMEOUT_S = 5.0  # to receive the request head
+_SEND_TIMEOUT_S = 10.0  # to hand the response to a client that stopped reading
 
 
 class HttpEndpoint:
@@ -63,8 +67,9 @@ class HttpEndpoint:
             await server.serve_forever()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sending = False
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(_READ_TIMEOUT_S):
                 head = await reader.readuntil(b"\r\n\r\n")
             if len(head) > _MAX_REQUEST_BYTES:
                 raise ValueError("request too large")
@@ -82,11 +87,26 @@ class HttpEndpoint:
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
             if method != "HEAD":
                 writer.write(body)
-            await writer.drain()
+            sending = True
+            async with asyncio.timeout(_SEND_TIMEOUT_S):
+                await writer.drain()
+                writer.close()  # waits for the rest of the buffer to go out
+                await writer.wait_closed()
+            sending = False
         except (TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):
             pass  # a slow, malformed or oversized request: hang up, as for any bad client
         finally:
+            if sending:
+                # A client that stopped reading its response (or a cancelled handler): a plain
+                # close would wait for it to read the rest, holding the socket and the buffered
+                # response for ever; reset the connection instead (SO_LINGER 0: the kernel
+                # drops what it still holds for the client too, rather than keep trying).
+                sock = writer.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
