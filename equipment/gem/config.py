@@ -20,6 +20,7 @@ class GemToolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     set_clock: bool = True  # send S2F31 with our UTC clock at start-up (skipped if unsupported)
     request_spooled: bool = True  # send S6F23 (transmit) after every start-up
     spool_settle_s: float = 0.5  # after S6F23: quiet time before the status read (E30 order)
+    spool_drain_max_s: float = 10.0  # after S6F23: longest wait for that quiet, then read
     inbox_max: int = 1000  # primaries waiting for the ordered worker; beyond: left unacked
 
     def __post_init__(self) -> None:
@@ -48,6 +49,9 @@ class GemToolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             return f"trace_group_size: {self.trace_group_size} outside 1-1000"
         if self.spool_settle_s < 0:
             return "spool_settle_s: must be >= 0"
+        if self.spool_drain_max_s < self.spool_settle_s:
+            return (f"spool_drain_max_s: {self.spool_drain_max_s} is below spool_settle_s "
+                    f"({self.spool_settle_s})")
         if self.inbox_max < 1:
             return "inbox_max: must be >= 1"
         return None

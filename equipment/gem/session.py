@@ -4,7 +4,8 @@ Run `GemHostSession.run()` as a named task (`hsms[<tool_id>]`). It connects
 (HSMS-SS active, reconnecting with jittered backoff), and on every SELECTED runs
 the E30 start-up: S1F13 (retried every CommDelay until COMMACK 0), S1F17, S2F31,
 S2F37 disable all, S2F33 delete all, S2F33 define, S2F35 link, S2F37 enable,
-S5F3 per alarm, S7F19, S2F23 trace, S6F23 spooled data (let it arrive), then the
+S5F3 per alarm, S7F19, S2F23 trace, S6F23 spooled data (let it arrive: until no
+S6F11/S5F1 came for spool_settle_s, at most spool_drain_max_s), then the
 S1F3 status read, whose values are the last word on control and E10 state, and
 whose current lot / process state ToolConnected carries (`running_lot`) for the
 daemon to check its record against. A tool that was power-cycled is therefore back
@@ -88,6 +89,7 @@ HCACK_TEXT = {
 _HOST_STREAMS = frozenset({1, 2, 5, 6, 7, 9, 10})
 _TRID = 1
 _MAX_OPEN_LOTS = 64  # per-lot trace summaries kept for lots still on the tool
+_REPORTS = frozenset({(6, 11), (5, 1)})  # what a tool spools and the record follows
 _SKIPPED = object()  # an optional start-up step the tool does not support
 
 
@@ -163,9 +165,11 @@ class GemHostSession:
         self._inbox: asyncio.Queue[tuple[HsmsSession, Message] | list[DomainEvent]] | None = None
         self._startup_task: asyncio.Task | None = None
         self._dataid = 0
-        self._last_primary_at = 0.0  # loop time a primary last arrived
-        self._handling = False  # the worker is on an item (its answer not sent yet)
-        self._handled_at = 0.0  # loop time the worker last finished an item
+        # The spool replay (S6F11/S5F1, what a tool spools and the record follows), for the
+        # start-up's settle: trace data (S6F1) and terminal messages do not hold it up.
+        self._report_at = 0.0  # loop time an S6F11/S5F1 last arrived
+        self._reports_open = 0  # S6F11/S5F1 queued or being handled (not answered yet)
+        self._report_done_at = 0.0  # loop time the worker last answered one
         self._was_up = False
         self._lot_trace: dict[str, _LotTrace] = {}
         self._trace_names = [p.name for p in self.profile.trace]
@@ -335,21 +339,20 @@ class GemHostSession:
             if wanted:
                 asked_at = asyncio.get_running_loop().time()
                 spooled = await self._optional(6, 23, U1(0), "RSDA", "request_spooled") == 0
-        settled = True
-        if spooled:
-            # Spooled messages are older than the status we are about to read: let them
-            # arrive first, so the daemon ends on the current state, not a spooled one.
-            settled = await self._settle(asked_at)
-            if not settled:
-                log.info("tool %s: spooled data still arriving after %.1f s; what the tool "
-                         "runs is not compared with the record at this connect", self.tool_id,
-                         4 * self.config.spool_settle_s)
+        if spooled and not await self._settle(asked_at):
+            # Spooled messages are older than the status we are about to read: they should
+            # arrive first, so the daemon ends on the current state, not a spooled one. A
+            # tool that never goes quiet is still compared with the record, or a completion
+            # it lost would leave its lot "in process" for ever; a spooled completion that
+            # comes after the comparison still ends its step (the core lifts the hold).
+            log.info("tool %s: spooled data still arriving after %.1f s; comparing what the "
+                     "tool runs with the record now", self.tool_id,
+                     self.config.spool_drain_max_s)
         # 6. Read the current state (after the spool, see above).
         status = await self._read_status(p.status_svids, startup=True) if p.status_svids else {}
         events = self._status_events(status)
-        # The daemon compares it with its record: only once the spool is in (a completion the
-        # tool kept must be applied, not taken for one that was lost).
-        running = self._running_lot(status) if settled else None
+        # The daemon compares what runs with its record (the core's reconcile_connected).
+        running = self._running_lot(status)
         connects = self._state.connects_total + 1
         self._set(communicating=True, recipes=recipes, connects_total=connects,
                   spooled_requested=spooled)
@@ -370,24 +373,24 @@ class GemHostSession:
     async def _settle(self, asked_at: float) -> bool:
         """Wait until the spool the tool announced (RSDA 0) is in; False if it did not settle.
 
-        In: a primary arrived since `asked_at`, then for spool_settle_s nothing arrived and
-        nothing was being answered (the tool sends its next spooled message once we
-        acknowledged the last). A busy tool never goes quiet; the cap of 4 x spool_settle_s
-        keeps its start-up short (the spool then interleaves with live events, which carry
-        their own order).
+        In: an event report or alarm (S6F11/S5F1) arrived since `asked_at`, then for
+        spool_settle_s none arrived and none was waiting or being answered (the tool sends
+        its next spooled message once we acknowledged the last). Trace data (S6F1) does not
+        count: a tool tracing faster than spool_settle_s never went quiet. A tool whose
+        events never pause is given spool_drain_max_s (the spool then interleaves with
+        live events, which carry their own order).
         """
         settle = self.config.spool_settle_s
         loop = asyncio.get_running_loop()
         start = loop.time()
-        deadline = start + 4 * settle
+        deadline = start + self.config.spool_drain_max_s
         while True:
-            quiet = loop.time() - max(self._last_primary_at, self._handled_at, start)
-            if (self._last_primary_at >= asked_at and quiet >= settle and not self._handling
-                    and (self._inbox is None or self._inbox.empty())):
+            quiet = loop.time() - max(self._report_at, self._report_done_at, start)
+            if self._report_at >= asked_at and quiet >= settle and not self._reports_open:
                 return True
             if loop.time() >= deadline:
                 return False
-            await asyncio.sleep(max(0.01, settle - quiet))
+            await asyncio.sleep(min(max(0.01, settle - quiet), max(0.01, deadline - loop.time())))
 
     def _running_lot(self, status: dict[int, Any]) -> str | None:
         """The lot the status read says runs now: its id, "" for none, None if it does not say."""
@@ -581,12 +584,16 @@ class GemHostSession:
     def _on_primary(self, session: HsmsSession, msg: Message) -> None:
         """Queue a primary for the ordered worker (called by the HSMS reader, never blocks)."""
         assert self._inbox is not None
-        self._last_primary_at = asyncio.get_running_loop().time()
+        report = (msg.stream, msg.function) in _REPORTS
+        if report:
+            self._report_at = asyncio.get_running_loop().time()
         if self._inbox.qsize() >= self.config.inbox_max:
             # Bounded: the tool keeps the event (no ack) and re-sends or spools it.
             metrics.MALFORMED.labels(self.tool_id, "hsms").inc()
             log.warning("tool %s: inbox full, %s left unanswered", self.tool_id, msg.sf)
             return
+        if report:
+            self._reports_open += 1
         self._inbox.put_nowait((session, msg))
 
     async def _primary_loop(self) -> None:
@@ -594,12 +601,12 @@ class GemHostSession:
         loop = asyncio.get_running_loop()
         while True:
             item = await self._inbox.get()
-            self._handling = True
             try:
                 await self._serve(item)
             finally:
-                self._handling = False
-                self._handled_at = loop.time()
+                if not isinstance(item, list) and (item[1].stream, item[1].function) in _REPORTS:
+                    self._reports_open -= 1
+                    self._report_done_at = loop.time()
 
     async def _serve(self, item: tuple[HsmsSession, Message] | list[DomainEvent]) -> None:
         if isinstance(item, list):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import struct
 from collections.abc import AsyncIterator, Iterator
 
@@ -510,15 +511,37 @@ async def test_what_runs_is_reported_after_the_whole_spool_even_when_the_sink_is
         assert sink.of(ToolConnected)[0].running_lot == ""
 
 
-async def test_what_runs_is_not_reported_when_the_spool_does_not_settle(
-        sim: GemToolSim) -> None:
+async def test_what_runs_is_reported_after_the_spool_of_a_tool_tracing_faster_than_settle(
+        sim: GemToolSim, caplog: pytest.LogCaptureFixture) -> None:
+    """Trace data every 50 ms kept a 0.5 s quiet time from ever coming: the session gave
+    up and did not say what runs, so the daemon never reconciled the tool."""
+    caplog.set_level(logging.INFO, logger="fabd.gem")
     await _lot_done_while_away(sim)
     sink = SlowE10Sink()
-    async with running(sim, sink, spool_settle_s=0.1):  # gives up after 0.4 s
+    async with running(sim, sink, spool_settle_s=0.5, trace_period_s=0.05):
+        await eventually(lambda: sink.of(ToolConnected) and sink.of(ProcessCompleted),
+                         what="ToolConnected and the spooled completion")
+        slow, completed, connected = sink.order()
+        assert slow < completed < connected
+        assert sink.of(ToolConnected)[0].running_lot == ""
+        assert sim.traces_sent > 10
+        assert not [r for r in caplog.records if "still arriving" in r.getMessage()]
+
+
+async def test_what_runs_is_reported_when_the_spool_does_not_settle_within_the_drain_limit(
+        sim: GemToolSim, caplog: pytest.LogCaptureFixture) -> None:
+    """A tool that never goes quiet was never reconciled; now it is after
+    spool_drain_max_s, and the spooled completion behind still reaches the daemon."""
+    caplog.set_level(logging.INFO, logger="fabd.gem")
+    await _lot_done_while_away(sim)
+    sink = SlowE10Sink()
+    async with running(sim, sink, spool_settle_s=0.1, spool_drain_max_s=0.4):
         await eventually(lambda: sink.of(ToolConnected) and sink.of(ProcessCompleted),
                          what="ToolConnected and the spooled completion")
         assert sink.order()[0] < sink.order()[1]
-        assert sink.of(ToolConnected)[0].running_lot is None  # not compared: no guess
+        assert sink.of(ToolConnected)[0].running_lot == ""  # compared: the tool is idle
+        assert [r for r in caplog.records if "still arriving" in r.getMessage()
+                and "SIM01" in r.getMessage()]
 
 
 def test_what_runs_is_read_from_the_status_without_guessing(sim: GemToolSim) -> None:
@@ -653,3 +676,8 @@ async def test_a_link_loss_while_the_inbox_is_full_still_reaches_the_daemon(
         finally:
             sink.gate.set()
             await sim.set_e10("standby", "test done")
+
+
+def test_a_drain_limit_below_the_settle_time_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="spool_drain_max_s"):
+        GemToolConfig(tool_id="T", spool_settle_s=5.0, spool_drain_max_s=1.0)
