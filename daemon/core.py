@@ -71,8 +71,8 @@ class CoreSink:
     async def submit(self, events: list[dom.DomainEvent]) -> None:
         core = self.core
         mes = core.bus.mes
+        core.spc_from_completions(events)       # before the expansion: a batch is one run
         events = expand_batches(events)
-        core.spc_from_completions(events)
         core.judge_starts(events)
         freed = [e.tool_id for e in events if isinstance(e, dom.ProcessCompleted)
                  and mes.completes(e.lot_id, e.tool_id)]
@@ -435,12 +435,19 @@ class FabCore:
         """Each lot's measured parameters (ProcessCompleted) are one point on its step's chart.
 
         Data of a lot the MES does not know (reported as process_unexpected) is not charted:
-        it belongs to no step, and a chart must not mix it into a step's history.
+        it belongs to no step, and a chart must not mix it into a step's history. A batch's
+        completion ("B1,B2", not expanded yet) is one run: one point, under its known lots.
         """
         lots = self.bus.mes.lots
-        points = [dom.ProcessPoint(e.tool_id, name, float(value), e.ts, e.lot_id, e.chamber)
-                  for e in events if isinstance(e, dom.ProcessCompleted) and e.lot_id in lots
-                  for name, value in e.parameters.items()]
+        points = []
+        for e in events:
+            if not isinstance(e, dom.ProcessCompleted) or not e.parameters:
+                continue
+            known = ",".join(lot for lot in batch_lot_ids(e.lot_id) if lot in lots)
+            if known:
+                points.extend(dom.ProcessPoint(e.tool_id, name, float(value), e.ts, known,
+                                               e.chamber)
+                              for name, value in e.parameters.items())
         if points:
             self._on_points(points)
 
