@@ -15,6 +15,7 @@ import struct
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from daemon.app import App
 
@@ -28,6 +29,16 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Re
 _MAX_REQUEST_BYTES = 8192
 _READ_TIMEOUT_S = 5.0  # to receive the request head
 _SEND_TIMEOUT_S = 10.0  # to hand the response to a client that stopped reading
+
+
+class _Collected:
+    """Families already read from the registry, in the shape generate_latest() walks."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
 
 
 class HttpEndpoint:
@@ -112,7 +123,17 @@ class HttpEndpoint:
                 await writer.wait_closed()
 
     async def _metrics(self) -> Response:
-        return 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+        # A fab-sized page (per-tool and per-step families) takes a CPU-half-second to
+        # produce; in one piece on the loop it would stall HSMS replies and the tick that
+        # long at every scrape. Each family is read on the loop (one consistent reading: the
+        # tick's gauge step clears and refills families on the loop too), yielding between
+        # families; the text is then formatted from those frozen readings on a thread.
+        families: list[Metric] = []
+        for family in REGISTRY.collect():
+            families.append(family)
+            await asyncio.sleep(0)
+        body = await asyncio.to_thread(generate_latest, _Collected(families))
+        return 200, CONTENT_TYPE_LATEST, body
 
     async def _healthz(self) -> Response:
         ok, why = self.app.healthy()
