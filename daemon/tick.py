@@ -3,8 +3,10 @@
 Order inside one tick (ARCHITECTURE.md): apply arrived events → SPC → holds and
 inhibits → dispatch scoring → commands to tools → commit. Later components
 register their steps with `add_step`. A tick that overruns its slot is
-reported (metric + one log line) and the missed slots are skipped, not run
-back to back.
+reported and the missed slots are skipped, not run back to back. Trouble that
+lasts (a tick overrunning slot after slot, a step failing at every tick) is
+counted every time and logged when it starts and when it ends (STYLE: log
+changes of state, not polls).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class _Step:
     name: str
     fn: StepFn
     is_async: bool
+    failing: int = 0  # ticks in a row this step raised
 
 
 class Tick:
@@ -40,6 +43,7 @@ class Tick:
         self._after: list[Callable[[], None]] = []
         self.count = 0
         self.overruns = 0
+        self._overrun_since: tuple[float, int] | None = None  # (clock, overruns) at its start
         self.last_completed_monotonic: float | None = None
         self.last_duration_s = 0.0
 
@@ -68,9 +72,17 @@ class Tick:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                # A broken step must not stop the others (or the watchdog); it is loud instead.
+                # A broken step must not stop the others (or the watchdog); it is loud instead:
+                # counted every tick, its traceback logged when it starts failing.
                 metrics.TICK_STEP_ERRORS.labels(step.name).inc()
-                log.exception("tick step %s failed", step.name)
+                if not step.failing:
+                    log.exception("tick step %s failed (logged again when it works)", step.name)
+                step.failing += 1
+            else:
+                if step.failing:
+                    log.info("tick step %s works again after failing %d tick(s)", step.name,
+                             step.failing)
+                    step.failing = 0
             metrics.TICK_STEP_DURATION.labels(step.name).observe(self._clock() - s0)
         duration = self._clock() - t0
         self.count += 1
@@ -94,11 +106,19 @@ class Tick:
             now = self._clock()
             if now > next_at:
                 missed = int((now - next_at) // self.interval_s) + 1
+                if self._overrun_since is None:
+                    self._overrun_since = (now, self.overruns)
+                    log.warning("tick overran: took %.3fs for a %.3fs slot; skipping %d slot(s) "
+                                "(fabd_tick_overruns_total counts the rest)",
+                                duration, self.interval_s, missed)
                 self.overruns += missed
                 metrics.TICK_OVERRUNS.inc(missed)
-                log.warning("tick overran: took %.3fs for a %.3fs slot; skipping %d slot(s)",
-                            duration, self.interval_s, missed)
                 next_at += missed * self.interval_s
+            elif self._overrun_since is not None:
+                since, before = self._overrun_since
+                self._overrun_since = None
+                log.info("tick on time again after %.1fs; %d slot(s) skipped meanwhile",
+                         now - since, self.overruns - before)
             await asyncio.sleep(max(0.0, next_at - self._clock()))
 
     def is_fresh(self, stale_after_intervals: int) -> bool:
