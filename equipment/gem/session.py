@@ -207,6 +207,7 @@ class GemHostSession:
         # Unbounded: inbox_max bounds the tool's primaries (_on_primary); the few connection
         # events (ToolDisconnected, ToolConnected) must never be refused by it.
         self._inbox = asyncio.Queue()
+        self._reports_open = 0  # a restart after a crash drops what the old inbox held
         link = HsmsActive(self.tool_id, self.config.hsms, self._on_primary,
                           on_selected=self._on_selected, on_lost=self._on_lost)
         link.add_state_listener(self._on_hsms_state)
@@ -427,7 +428,9 @@ class GemHostSession:
         if p.vid_pp_exec_name in status:
             changes["recipe"] = str(status[p.vid_pp_exec_name] or "")
         if p.vid_current_lot in status:
-            changes["lot_id"] = str(status[p.vid_current_lot] or "")
+            # Not the variable as it is: an idle tool often keeps its last lot id there, and
+            # trace data would go to that finished lot until the next start.
+            changes["lot_id"] = self._running_lot(status) or ""
         self._set(**changes)
         return events
 

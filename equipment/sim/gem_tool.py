@@ -132,6 +132,7 @@ class GemToolSimConfig(msgspec.Struct, frozen=True, kw_only=True):
     noise_sigma: dict[str, float] = msgspec.field(default_factory=lambda: {
         "Temperature_C": 0.3, "Pressure_Pa": 0.05, "RFPower_W": 1.0, "Thickness_nm": 0.5})
     spool_max_messages: int = 10_000  # 0: no spooling, events while disconnected are lost
+    current_lot_kept: bool = False  # CurrentLotID keeps the last lot while idle (many tools do)
     seed: int = 1
 
 
@@ -312,6 +313,7 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
         self._e10_reason = ""
         self._pp_exec_name = ""
         self._lot_id = ""
+        self._last_lot_id = ""
         self._lot_result = 0
         self._params: dict[str, float] = dict(config.set_points)
         self._last_control_state = -1
@@ -378,7 +380,8 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
                 now = dt.datetime.now(dt.UTC)
                 return sv.String(now.strftime("%Y%m%d%H%M%S") + f"{now.microsecond // 10000:02d}")
             if key == FabdSim.SV_CURRENT_LOT:
-                return sv.String(self._lot_id)
+                kept = self._last_lot_id if self._cfg.current_lot_kept else ""
+                return sv.String(self._lot_id or kept)
         return status_variable.value_type(status_variable.value)
 
     def _get_sv_value(self, status_variable: Any) -> Any:
@@ -684,7 +687,7 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
             self._process_state = ProcessState.IDLE
             self._sim._lots_done.append((self._lot_id, self._pp_exec_name, self._lot_result,
                                          dict(self._params)))
-            self._lot_id = ""
+            self._last_lot_id, self._lot_id = self._lot_id, ""
         self.set_e10("standby", "lot completed")
 
     def resend_completion(self, lot_id: str) -> bool:
