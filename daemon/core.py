@@ -434,19 +434,34 @@ class FabCore:
     def spc_from_completions(self, events: list[dom.DomainEvent]) -> None:
         """Each lot's measured parameters (ProcessCompleted) are one point on its step's chart.
 
-        Data of a lot the MES does not know (reported as process_unexpected) is not charted:
-        it belongs to no step, and a chart must not mix it into a step's history. A batch's
-        completion ("B1,B2", not expanded yet) is one run: one point, under its known lots.
+        Only a completion that ends the lot's step is charted, as only it makes the lot's
+        process summary: data of a lot the MES does not know, or a completion the tool sends
+        again once the lot has moved on (reported as process_unexpected), belongs to no step
+        of the lot, and a chart must not mix it into a step's history (nor count it twice).
+        The events are not applied yet: a start earlier in them counts. A batch's completion
+        ("B1,B2", not expanded yet) is one run: one point, under the lots it completes.
         """
-        lots = self.bus.mes.lots
+        mes = self.bus.mes
+        running: dict[tuple[str, str], bool] = {}   # (lot, tool): processing there by now
         points = []
         for e in events:
-            if not isinstance(e, dom.ProcessCompleted) or not e.parameters:
+            if isinstance(e, dom.ProcessStarted):   # what the record will make of it
+                for lot in batch_lot_ids(e.lot_id):
+                    rec = mes.lots.get(lot)
+                    running[lot, e.tool_id] = rec is not None and (
+                        rec.state in (QUEUED, HELD) or mes.completes(lot, e.tool_id))
+            if not isinstance(e, dom.ProcessCompleted):
                 continue
-            known = ",".join(lot for lot in batch_lot_ids(e.lot_id) if lot in lots)
-            if known:
-                points.extend(dom.ProcessPoint(e.tool_id, name, float(value), e.ts, known,
-                                               e.chamber)
+            done = []
+            for lot in batch_lot_ids(e.lot_id):
+                if (lot, e.tool_id) not in running:
+                    running[lot, e.tool_id] = mes.completes(lot, e.tool_id)
+                if running[lot, e.tool_id]:
+                    done.append(lot)
+                    running[lot, e.tool_id] = False
+            if done and e.parameters:
+                points.extend(dom.ProcessPoint(e.tool_id, name, float(value), e.ts,
+                                               ",".join(done), e.chamber)
                               for name, value in e.parameters.items())
         if points:
             self._on_points(points)

@@ -50,3 +50,38 @@ async def test_a_batch_completion_is_one_point_on_its_chart(redis_url, tmp_path)
     assert [(v["rule"], v["lot_id"]) for v in violations] == [("nelson2", "L8")]
     assert [p["lot_id"] for p in violations[0]["points"]] == [
         "B0,B1", "B2,B3", "B4,B5", "B6,B7", "B8,B9", "L5", "L6", "L7", "L8"]
+
+
+async def test_a_completion_sent_again_is_not_charted_again(redis_url, tmp_path) -> None:
+    """A tool sends a completion again after a reconnect (spool replay); the lot has moved on
+    to S1 by then. The copy was charted again, and under S1 (the lot's step by then): a chart
+    of a step the lot never ran, and in a step's history a point of another step."""
+    async with running_core(redis_url, tmp_path) as core:
+        core._warm_spc()
+        mes, spc = core.bus.mes, core.spc
+        define_master_data(core.bus)
+        mes.qualify("LITHO01", "R0", True)
+        spc.register(CHART, spec=ChartSpec(center=0.0, sigma=1.0), tool_id="LITHO01")
+        for lot in ("L1", "L2"):
+            mes.create_lot(lot, "PO", "P-A", 25)
+        now = time.time()
+        end = dom.ProcessCompleted(tool_id="LITHO01", ts=now + 1, lot_id="L1", recipe_id="R0",
+                                   parameters={"THK": 0.5})
+        await core.sink.submit([dom.ProcessStarted(tool_id="LITHO01", ts=now, lot_id="L1",
+                                                   recipe_id="R0")])
+        await core.sink.submit([end])
+        await core.sink.submit([end])           # the same completion again
+        # a start and its end in one delivery: charted (the start counts though not applied)
+        await core.sink.submit([
+            dom.ProcessStarted(tool_id="LITHO01", ts=now + 2, lot_id="L2", recipe_id="R0"),
+            dom.ProcessCompleted(tool_id="LITHO01", ts=now + 3, lot_id="L2", recipe_id="R0",
+                                 parameters={"THK": 0.7})])
+        core.step_spc()
+        assert mes.lots["L1"].step_id == mes.lots["L2"].step_id == "S1"
+        assert [spc.key_of(c) for c in range(len(spc))] == [CHART]
+        assert spc.points_evaluated_total == 2
+        assert await core.bus.drain(5)
+    unexpected = [(e["data"]["lot_id"], e["data"]["what"])
+                  for e in read_stream(redis_url, "fab:equipment")
+                  if e["type"] == "process_unexpected"]
+    assert unexpected == [("L1", "completed")]
