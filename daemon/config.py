@@ -241,7 +241,13 @@ def _check_value(value: Any, tp: Any, where: str) -> list[tuple[str, str]]:
             out.extend(_check_value(item, val_tp, _join(where, str(k))))
         return out
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(base):
+        options = typing.get_args(base)
+        structs = [o for o in options if _is_struct(o)]
+        if isinstance(value, dict) and len(structs) == 1:
+            # `tls: MqttTls | None`: a table is that Struct, so walk it for unknown keys; the
+            # convert below would take a Struct without forbid_unknown_fields, typos and all
+            return _check_value(value, structs[0], where)
+        for option in options:
             if not _check_value(value, option, where):
                 return []
     try:
@@ -249,6 +255,11 @@ def _check_value(value: Any, tp: Any, where: str) -> list[tuple[str, str]]:
     except msgspec.ValidationError as exc:
         return [(where, _split_msgspec_error(str(exc))[1])]
     return []
+
+
+def _is_struct(tp: Any) -> bool:
+    base, _ = _strip_annotated(tp)
+    return isinstance(base, type) and issubclass(base, msgspec.Struct)
 
 
 def _strip_annotated(tp: Any) -> tuple[Any, tuple]:

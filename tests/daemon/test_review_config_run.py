@@ -1,0 +1,37 @@
+"""Review of what an engineer deploying fabd under systemd meets: config typos, start-up refusals."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon import config
+from daemon.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fabd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def test_a_typo_inside_an_optional_table_is_refused_with_its_key(tmp_path):
+    # [equipment.mqtt.tls] is `MqttTls | None`: a misspelt ca_file was accepted and the broker
+    # was then verified against the system CAs instead of the plant's CA.
+    path = tmp_path / "fabd.toml"
+    path.write_text('[[equipment.mqtt]]\nbroker_id = "plant"\n'
+                    '[equipment.mqtt.tls]\nca_fil = "/etc/fabd/plant-ca.pem"\n')
+    result = fabd("check-config", str(path))
+    assert result.returncode == 2, result.stdout
+    assert "equipment.mqtt[0].tls.ca_fil: unknown key (known keys here: ca_file," in result.stderr
+
+
+def test_a_typo_in_an_opcua_recipes_table_is_named_not_only_the_missing_key():
+    text = ('[[equipment.opcua]]\ntool_id = "T1"\nendpoint_url = "opc.tcp://127.0.0.1:4840"\n'
+            '[equipment.opcua.recipes]\nobject_node = "ns=2;s=Recipes"\n'
+            'download_methd = "ns=2;s=Download"\n')
+    with pytest.raises(ConfigError) as info:
+        config.loads(text)
+    assert [p for p, _ in info.value.problems] == ["equipment.opcua[0].recipes.download_methd"]
