@@ -134,8 +134,12 @@ class Writer:
         self._commits += 1
         prune = 0
         keep = self.config.journal_keep_events
-        if self._commits % PRUNE_EVERY_COMMITS == 0 and sent is not None and sent > keep:
-            prune = sent - keep + 1
+        # The cursor on disk once this commits: this batch's, else the last one written (a
+        # commit without a new cursor must prune too, or a rhythm where those fall on every
+        # PRUNE_EVERY_COMMITS-th commit would never prune).
+        cursor = sent if sent is not None else self.sent_jseq
+        if self._commits % PRUNE_EVERY_COMMITS == 0 and cursor > keep:
+            prune = cursor - keep + 1
         t0 = time.perf_counter()
         try:
             self.store.stage(batch.entities, batch.events, batch.commands, meta, prune,
