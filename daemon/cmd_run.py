@@ -23,12 +23,45 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # numba reads NUMBA_CACHE_DIR at import: set it before anything imports numba.
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(cfg.service.cache_directory, "numba"))
+    problems = _unwritable_directories(cfg.service.state_directory, os.environ["NUMBA_CACHE_DIR"])
+    if problems:
+        # exit 2, not a crash in the store warm-up: Restart=on-failure would retry it for ever
+        print(ConfigError(problems, args.config), file=sys.stderr)
+        return 2
     from daemon import assemble, log, runner
 
     log.setup(cfg.service.log_level)
     _raise_open_files()
     app, _ = assemble.build(cfg, config_path=args.config)
     return runner.run(app.run(), cfg.service.event_loop)
+
+
+def _unwritable_directories(state_dir: str, numba_dir: str) -> list[tuple[str, str]]:
+    """Return (key, reason) for each directory fabd must write to and cannot, as this user."""
+    import tempfile
+
+    hint = ("; under systemd only StateDirectory=/CacheDirectory= (/var/lib/fabd, "
+            "/var/cache/fabd) and ReadWritePaths= are writable (ProtectSystem=strict)")
+    out: list[tuple[str, str]] = []
+    for key, path in (("service.state_directory", state_dir),
+                      ("service.cache_directory (NUMBA_CACHE_DIR)", numba_dir)):
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as exc:
+            out.append((key, f"cannot write to {path} as user {_user()}: "
+                             f"{exc.strerror or exc}{hint}"))
+    return out
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _raise_open_files() -> None:

@@ -35,3 +35,18 @@ def test_a_typo_in_an_opcua_recipes_table_is_named_not_only_the_missing_key():
     with pytest.raises(ConfigError) as info:
         config.loads(text)
     assert [p for p, _ in info.value.problems] == ["equipment.opcua[0].recipes.download_methd"]
+
+
+def test_run_refuses_a_state_directory_it_cannot_write_with_exit_2_and_the_key(tmp_path):
+    # Under ProtectSystem=strict any state_directory outside StateDirectory= is read-only: the
+    # store warm-up crashed with a traceback and exit 1, so Restart=on-failure retried for ever.
+    (tmp_path / "a-file").write_text("")
+    path = tmp_path / "fabd.toml"
+    path.write_text(f'[service]\nstate_directory = "{tmp_path}/a-file/state"\n'
+                    f'cache_directory = "{tmp_path}/cache"\n[http]\nenabled = false\n')
+    result = fabd("run", "--config", str(path))
+    assert result.returncode == 2, result.stderr
+    assert f"{path}: service.state_directory: cannot write to {tmp_path}/a-file/state" \
+        in result.stderr
+    assert "ReadWritePaths=" in result.stderr
+    assert "Traceback" not in result.stderr
