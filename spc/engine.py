@@ -371,6 +371,18 @@ class SpcEngine:
         if snap.history_capacity != self.history_capacity:
             raise SpcConfigError(f"snapshot history capacity {snap.history_capacity} differs "
                                  f"from this engine's {self.history_capacity}")
+        # checked before anything is loaded: a chart restored without its arrays would test
+        # against zero limits (every point beyond them); refused whole, the charts start over
+        n = len(snap.charts)
+        for name in _SNAPSHOT_ARRAYS:
+            arr = getattr(self, name)
+            if len(snap.arrays.get(name, b"")) != n * arr[:1].nbytes:
+                raise SpcConfigError(f"damaged SPC snapshot: {name.strip('_')} does not hold "
+                                     f"{n} charts")
+        lens = {len(snap.pending.get(name, b"")) // np.dtype(dtype).itemsize
+                for name, dtype in zip(_PENDING_COLUMNS, _PENDING_DTYPES, strict=True)}
+        if snap.pending and len(lens) != 1:
+            raise SpcConfigError("damaged SPC snapshot: its pending points do not line up")
         for st in snap.charts:
             cid = self.register(st.key, spec=st.spec, tool_id=st.tool_id, chamber=st.chamber)
             ch = self._charts[cid]
@@ -379,7 +391,6 @@ class SpcEngine:
                                                              st.sub_values)
             ch.sub_lots = [0] * (len(st.sub_values) - len(st.sub_lots)) + st.sub_lots
         self._queued_changes.clear()  # restoring publishes nothing
-        n = len(snap.charts)
         for name in _SNAPSHOT_ARRAYS:
             arr = getattr(self, name)
             arr[:n] = np.frombuffer(snap.arrays[name], arr.dtype).reshape((n, *arr.shape[1:]))

@@ -518,3 +518,17 @@ def test_a_config_changed_across_a_restart_starts_a_new_phase_or_keeps_the_run()
     for i in range(5, 9):
         again.add(cid, 0.5, float(i), lot_id=f"L{i}")
     assert [(v.test, v.first_seq) for v in again.evaluate().violations] == [(2, 0)]
+
+
+def test_a_damaged_snapshot_is_refused_whole_not_loaded_with_zero_limits():
+    eng = SpcEngine()
+    eng.register("T1/-/-/p", spec=KNOWN, tool_id="T1")
+    snap = msgspec.msgpack.decode(eng.snapshot())
+    snap[4]["_fpar"] = snap[4]["_fpar"][:-8]     # the limits' bytes cut short
+    again = SpcEngine(SpcConfig(default=KNOWN))
+    with pytest.raises(SpcConfigError, match="damaged"):
+        again.restore(msgspec.msgpack.encode(snap))
+    assert len(again) == 0                       # nothing half-loaded: the charts start over
+    cid = again.register("T1/-/-/p")
+    again.add(cid, 0.5, 0.0)                     # in control: no alarm from zeroed limits
+    assert again.evaluate().violations == []
