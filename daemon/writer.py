@@ -13,6 +13,7 @@ So a burst of 5,000 tool events costs one fsync, not 5,000.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class Writer:
         self._sent_pending: int | None = None
         self._rejected: list[RejectedRow] = []  # ERP entries refused since the last commit
         self._wake = asyncio.Event()
+        self._full = asyncio.Event()  # commit_max_events wait: commit now
         self._collecting: asyncio.Future[None] | None = None  # resolves at the next commit
         self._inflight: asyncio.Future[None] | None = None  # resolves at the running commit
         self._failed: BaseException | None = None
@@ -58,6 +60,8 @@ class Writer:
     def _on_pending(self, n_events: int) -> None:
         if n_events <= 1 or n_events >= self.config.commit_max_events:
             self._wake.set()
+        if n_events >= self.config.commit_max_events:
+            self._full.set()  # ends the group-commit window early
 
     def reject(self, row: RejectedRow) -> None:
         """Record an ERP entry the state refused (committed with the changes made before it)."""
@@ -100,8 +104,12 @@ class Writer:
         while True:
             await self._wake.wait()
             if interval_s > 0 and self.mes.pending_events() < self.config.commit_max_events:
-                await asyncio.sleep(interval_s)  # the group-commit window: let more arrive
+                # The group-commit window: let more arrive, unless the batch fills first.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval_s):
+                        await self._full.wait()
             self._wake.clear()
+            self._full.clear()
             await self.commit_once()
 
     async def commit_once(self) -> None:
