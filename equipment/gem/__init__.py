@@ -24,9 +24,9 @@ API for the daemon (stable; additions only):
 - On every SELECTED (first connect, reconnect, power-cycled tool) it runs the E30
   start-up: S1F13 (retried every comm_retry_s until COMMACK 0), S1F17, S2F31, S2F37
   disable all, S2F33 delete all, S2F33 define, S2F35 link, S2F37 enable, S5F3 per ALID,
-  S7F19, S2F23 (if trace_period_s), S6F23 transmit spooled data (and let it arrive:
-  until no S6F11/S5F1 came for spool_settle_s, trace data not counted, at most
-  spool_drain_max_s),
+  S7F19, S2F23 (if trace_period_s), S6F23 transmit spooled data (asked again while
+  the tool answers RSDA 1 busy, and let it arrive: until no S6F11/S5F1 came for
+  spool_settle_s, trace data not counted; each at most spool_drain_max_s),
   then S1F3 status read → ToolConnected, ControlStateChanged, E10StateChanged.
   A step the tool does not support (S2F31, S5F3, S7F19, S2F23, S6F23 answered S9Fx, an
   abort or a reject, or not answered within T3) is skipped with one WARNING naming the

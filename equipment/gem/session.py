@@ -4,8 +4,9 @@ Run `GemHostSession.run()` as a named task (`hsms[<tool_id>]`). It connects
 (HSMS-SS active, reconnecting with jittered backoff), and on every SELECTED runs
 the E30 start-up: S1F13 (retried every CommDelay until COMMACK 0), S1F17, S2F31,
 S2F37 disable all, S2F33 delete all, S2F33 define, S2F35 link, S2F37 enable,
-S5F3 per alarm, S7F19, S2F23 trace, S6F23 spooled data (let it arrive: until no
-S6F11/S5F1 came for spool_settle_s, at most spool_drain_max_s), then the
+S5F3 per alarm, S7F19, S2F23 trace, S6F23 spooled data (asked again every second
+while the tool answers RSDA 1 busy; then let it arrive: until no S6F11/S5F1 came for
+spool_settle_s; both at most spool_drain_max_s), then the
 S1F3 status read, whose values are the last word on control and E10 state, and
 whose current lot / process state ToolConnected carries (`running_lot`) for the
 daemon to check its record against. A tool that was power-cycled is therefore back
@@ -90,6 +91,7 @@ _HOST_STREAMS = frozenset({1, 2, 5, 6, 7, 9, 10})
 _TRID = 1
 _MAX_OPEN_LOTS = 64  # per-lot trace summaries kept for lots still on the tool
 _REPORTS = frozenset({(6, 11), (5, 1)})  # what a tool spools and the record follows
+_SPOOL_BUSY_RETRY_S = 1.0  # S6F23 answered RSDA 1 (busy): ask again after this
 _SKIPPED = object()  # an optional start-up step the tool does not support
 
 
@@ -338,8 +340,7 @@ class GemHostSession:
                     p.vid_spool_count)
                 wanted = bool(m.integer_or_zero(count))
             if wanted:
-                asked_at = asyncio.get_running_loop().time()
-                spooled = await self._optional(6, 23, U1(0), "RSDA", "request_spooled") == 0
+                asked_at, spooled = await self._request_spool()
         if spooled and not await self._settle(asked_at):
             # Spooled messages are older than the status we are about to read: they should
             # arrive first, so the daemon ends on the current state, not a spooled one. A
@@ -370,6 +371,27 @@ class GemHostSession:
                                          peer=peer, running_lot=running,
                                          running_recipe=self._state.recipe if running else ""),
                            *events])
+
+    async def _request_spool(self) -> tuple[float, bool]:
+        """S6F23 transmit; on RSDA 1 (busy) ask again for up to spool_drain_max_s.
+
+        Returns when it was accepted (loop time) and whether it was (RSDA 0). A spool left
+        on the tool keeps growing: an E30 tool spools new messages behind it, so nothing it
+        reports would reach fabd until the next reconnect.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.spool_drain_max_s
+        while True:
+            asked_at = loop.time()
+            rsda = await self._optional(6, 23, U1(0), "RSDA", "request_spooled")
+            if rsda != 1:
+                return asked_at, rsda == 0
+            if loop.time() + _SPOOL_BUSY_RETRY_S > deadline:
+                log.warning("tool %s: spooled data not sent, the tool stayed busy (RSDA 1) "
+                            "for %.1f s; its events may stay in its spool until the next "
+                            "reconnect", self.tool_id, self.config.spool_drain_max_s)
+                return asked_at, False
+            await asyncio.sleep(_SPOOL_BUSY_RETRY_S)
 
     async def _settle(self, asked_at: float) -> bool:
         """Wait until the spool the tool announced (RSDA 0) is in; False if it did not settle.

@@ -24,9 +24,10 @@ Test knobs: `shift()` / `drift()` a process parameter, `raise_alarm()` /
 `drop_connection()` now or `drop_on(stream, function)` when the next such message
 arrives, `reply_delay_s` (provoke a host T3), `unsupported` (answer S9F5),
 `unanswered` (answer nothing, as secsgem 0.3 does with an S2F31 it cannot decode),
-`refuse_communication(n)` (COMMACK 1), `send_raw()` / `hsms_frame()` (malformed
-frames, wrong session id, unknown system bytes), `power_cycle()` (new handler,
-same port, every host definition forgotten), `reset_knobs()`.
+`refuse_communication(n)` (COMMACK 1), `spool_busy(n)` (RSDA 1), `send_raw()` /
+`hsms_frame()` (malformed frames, wrong session id, unknown system bytes),
+`power_cycle()` (new handler, same port, every host definition forgotten),
+`reset_knobs()`.
 Command line: `python -m equipment.sim.gem_tool --port 5000`.
 """
 
@@ -525,6 +526,9 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
         """Answer the host's spooled-data request: RSDC 0 transmit, 1 purge."""
         rsdc = self.settings.streams_functions.decode(message).get()
         with self._lock:
+            if rsdc == 0 and self._spool and self._sim._spool_busy > 0:
+                self._sim._spool_busy -= 1
+                return self.stream_function(6, 24)(1)  # RSDA 1: busy, try later
             spooled, self._spool = self._spool, []
         if not spooled:
             return self.stream_function(6, 24)(2)  # RSDA 2: no spooled data
@@ -847,6 +851,7 @@ class GemToolSim:
         self._received: list[tuple[int, int]] = []
         self._traces_sent = 0
         self._refuse_comm = 0
+        self._spool_busy = 0
         self.disconnects = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -1011,6 +1016,7 @@ class GemToolSim:
         self.unanswered = set()
         self._drop_on.clear()
         self._refuse_comm = 0
+        self._spool_busy = 0
         self.reset_process()
 
     def reset_process(self) -> None:
@@ -1090,6 +1096,10 @@ class GemToolSim:
     def refuse_communication(self, times: int) -> None:
         """Answer the next `times` S1F13 with COMMACK 1 (denied)."""
         self._refuse_comm = times
+
+    def spool_busy(self, times: int) -> None:
+        """Answer the next `times` S6F23 transmit requests with RSDA 1 (busy) while spooling."""
+        self._spool_busy = times
 
     def drop_on(self, stream: int, function: int) -> None:
         """Close the TCP connection, without answering, when the next SxFy arrives."""

@@ -6,7 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from equipment.events import ProcessCompleted, RecordingSink, RemoteCommand, ToolConnected
+from equipment.events import (
+    E10State,
+    E10StateChanged,
+    ProcessCompleted,
+    RecordingSink,
+    RemoteCommand,
+    ToolConnected,
+)
 from equipment.gem.config import GemToolConfig
 from equipment.gem.session import GemHostSession
 from equipment.hsms.config import HsmsConfig
@@ -59,5 +66,34 @@ async def test_trace_of_an_idle_tool_after_a_reconnect_belongs_to_no_lot() -> No
             await eventually(lambda: len(sink.point_list) >= 5, 60, what="trace after reconnect")
             assert session.state.lot_id == ""
             assert {p.lot_id for p in sink.point_list} == {""}
+    finally:
+        await sim.stop()
+
+
+async def test_a_tool_busy_at_the_spool_request_still_sends_its_spool_and_live_events() -> None:
+    """A tool answering the start-up's S6F23 with RSDA 1 (busy) was never asked again:
+    its spool stayed on the tool, and as E30 tools do it kept spooling behind it, so no
+    event of that tool reached fabd until the next reconnect."""
+    sim = GemToolSim(GemToolSimConfig(tool_id="SIM-BUSY", process_time_s=0.3,
+                                      t3_reply_timeout_s=30.0))
+    await sim.start()
+    try:
+        async with _running(sim, RecordingSink()):
+            pass   # our reports are linked and enabled; nobody listens now
+        await eventually(lambda: not sim.communicating, 60, what="the tool sees the host go")
+        await eventually(lambda: sim.handler._outbox.empty(), 60, what="the tool's queue sent")
+        await sim.set_e10("engineering", "while away")
+        await eventually(lambda: sim.spooled >= 1, 60, what="event spooled")
+        sim.spool_busy(2)
+        sink = RecordingSink()
+        async with _running(sim, sink) as session:
+            await eventually(lambda: any(e.reason == "while away"
+                                         for e in sink.of(E10StateChanged)), 60,
+                             what="the spooled event")
+            assert sim.received.count((6, 23)) >= 3 and sim.spooled == 0
+            await sim.set_e10("standby", "live")
+            await eventually(lambda: any(e.reason == "live" for e in sink.of(E10StateChanged)),
+                             60, what="a live event")
+            assert session.state.e10 is E10State.STANDBY
     finally:
         await sim.stop()
