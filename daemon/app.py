@@ -147,6 +147,7 @@ class App:
         # minutes on a first start), so a stop signal is noted by a plain handler and looked
         # at between warm-ups; then the loop's handlers take over.
         previous = {sig: signal.signal(sig, self._signal_during_start) for sig in _STOP_SIGNALS}
+        hook = None
         try:
             for hook in self._warmups:
                 if self._start_signal is not None or self._stop.is_set():
@@ -158,8 +159,9 @@ class App:
         except Exception as exc:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            log.exception("warm-up failed; not starting")
-            self.notifier.stopping(f"warm-up failed: {exc}")
+            name = hook.name if hook is not None else "?"
+            log.exception("warm-up %s failed: %s; not starting", name, exc)
+            self.notifier.stopping(f"warm-up {name} failed: {exc}")
             return 1
         for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
