@@ -77,13 +77,16 @@ class Writer:
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(self._failed)
             return fut
+        # Every caller shares the commit's future, so each gets it shielded: a caller that is
+        # cancelled (a session whose tool dropped) would otherwise cancel the shared future,
+        # and with it every other caller waiting on that commit (no S6F12, no XACK for them).
         if self._has_pending():
             if self._collecting is None:
                 self._collecting = asyncio.get_running_loop().create_future()
             self._wake.set()
-            return self._collecting
+            return asyncio.shield(self._collecting)
         if self._inflight is not None and not self._inflight.done():
-            return self._inflight
+            return asyncio.shield(self._inflight)
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
