@@ -21,7 +21,7 @@ class _JournalFormatter(logging.Formatter):
 def setup(level: str = "INFO") -> None:
     """Send logs to stderr: journald-friendly under systemd, timestamped on a terminal."""
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+    if _stderr_is_journal():
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter(
@@ -31,3 +31,20 @@ def setup(level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("asyncua", "secsgem", "numba", "aiomqtt"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _stderr_is_journal() -> bool:
+    """True when stderr itself is the journal stream systemd named in $JOURNAL_STREAM.
+
+    systemd sets JOURNAL_STREAM when stdout *or* stderr goes to the journal (and children
+    inherit it), so a StandardError=append:FILE drop-in or a shell started from a unit would
+    otherwise get priority prefixes and no timestamps; systemd.exec(5) says to compare.
+    """
+    dev, sep, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
