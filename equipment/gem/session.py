@@ -176,6 +176,8 @@ class GemHostSession:
         self._lot_trace: dict[str, _LotTrace] = {}
         self._trace_names = [p.name for p in self.profile.trace]
         self._unsupported: set[tuple[int, int]] = set()  # optional start-up steps to skip
+        self._unanswered: set[tuple[int, int]] = set()  # ... T3 in this start-up attempt
+        self._said_unsupported: set[tuple[int, int]] = set()  # the WARNING is out
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -281,6 +283,7 @@ class GemHostSession:
 
     async def _startup(self) -> None:
         p = self.profile
+        self._unanswered.clear()
         # 1. S1F13 establish communications, retried every CommDelay until COMMACK 0 (E30).
         while True:
             try:
@@ -356,6 +359,7 @@ class GemHostSession:
         # The daemon compares what runs with its record (the core's reconcile_connected).
         running = self._running_lot(status)
         connects = self._state.connects_total + 1
+        self._unsupported |= self._unanswered  # the tool answered what came after: no glitch
         self._set(communicating=True, recipes=recipes, connects_total=connects,
                   spooled_requested=spooled)
         if self._was_up:
@@ -469,18 +473,23 @@ class GemHostSession:
         Not supported: answered S9Fx, an abort (function 0) or a Reject.req, or not answered
         within T3 (secsgem 0.3 drops an S2F31 it cannot decode). E37: T3 fails that
         transaction only, so the start-up goes on without the step. The step is not sent
-        again while this session lives, so a reconnect does not wait T3 for it every time.
+        again while this session lives, so a reconnect does not wait T3 for it every time;
+        after a T3 only once the start-up completed (a link dying also leaves steps
+        unanswered, and the next start-up asks again).
         """
-        if (stream, function) in self._unsupported:
+        sf = (stream, function)
+        if sf in self._unsupported or sf in self._unanswered:
             return _SKIPPED
         try:
             return await self._request(stream, function, body, startup=True)
         except (GemProtocolError, GemTimeoutError) as exc:
-            self._unsupported.add((stream, function))
+            (self._unanswered if isinstance(exc, GemTimeoutError) else self._unsupported).add(sf)
             turn_off = f"; {option} in its config turns the step off" if option else ""
-            log.warning("tool %s: S%dF%d not supported (%s): GEM start-up goes on without it "
-                        "and will not send it again until fabd restarts%s", self.tool_id,
-                        stream, function, _why(exc), turn_off)
+            level = logging.DEBUG if sf in self._said_unsupported else logging.WARNING
+            self._said_unsupported.add(sf)
+            log.log(level, "tool %s: S%dF%d not supported (%s): GEM start-up goes on without "
+                    "it and will not send it again until fabd restarts%s", self.tool_id,
+                    stream, function, _why(exc), turn_off)
             return _SKIPPED
 
     async def _ack(self, stream: int, function: int, body: Item, what: str) -> None:

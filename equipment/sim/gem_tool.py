@@ -252,9 +252,11 @@ class _ListenerConnection(TcpConnection):
             self.disconnect()
 
     def _start_accept(self) -> None:
-        self._accept_thread = threading.Thread(
+        # Started before it is published: disable() may join it from another thread.
+        thread = threading.Thread(
             target=self._accept_loop, daemon=True, name=f"gemsim-accept-{self._settings.port}")
-        self._accept_thread.start()
+        thread.start()
+        self._accept_thread = thread
 
     def _accept_loop(self) -> None:
         # The previous receiver thread resets its flags after on_disconnected: let it finish.

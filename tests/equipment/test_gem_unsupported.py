@@ -131,3 +131,21 @@ async def test_a_tool_without_s2f31_is_warned_about_once_and_not_asked_again(
         assert sim.received.count((2, 31)) == 1
         assert len(_warnings(caplog, "SIM-NOCLK")) == 1
         assert sim.enabled_ceids == [3001, 3002, 3003, 3004, 3005]  # the rest of the start-up
+
+
+async def test_an_s2f31_unanswered_in_a_start_up_that_then_failed_is_sent_again(
+        sim: GemToolSim, caplog: pytest.LogCaptureFixture) -> None:
+    # A link going bad leaves every message unanswered, the clock set among them: that
+    # start-up fails, and the clock is set at the next one, not given up for good.
+    caplog.set_level(logging.INFO)
+    sim.unanswered = {(2, 31), (2, 37)}
+    config = GemToolConfig(tool_id="SIM-NOCLK", hsms=_hsms(sim.port, 1.0), comm_retry_s=0.3,
+                           spool_settle_s=0.2)
+    async with _session(config, RecordingSink()) as session:
+        await eventually(lambda: sim.received.count((2, 37)) >= 1, 30,
+                         what="the start-up reached S2F37")
+        sim.unanswered = set()
+        await session.wait_for(lambda s: s.communicating, 60)
+        assert sim.received.count((2, 31)) >= 2 and sim.clock_set_to
+        await _reconnect(session)
+        assert sim.received.count((2, 31)) >= 3   # supported after all: set at every connect
