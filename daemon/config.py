@@ -109,6 +109,16 @@ class EquipmentSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
                 raise ValueError(f"tool id {t.tool_id!r} appears twice (hsms and opcua tools "
                                  "share one namespace)")
             seen.add(t.tool_id)
+        endpoints: dict[tuple[str, int], str] = {}
+        for t in self.hsms:
+            # E37 HSMS-SS: one session per equipment port. A second tool id on the same address
+            # (a copied block, a port left at its default) is refused by the tool or, through a
+            # gateway, gets the same tool's events under two tool ids.
+            other = endpoints.setdefault((t.hsms.host, t.hsms.port), t.tool_id)
+            if other != t.tool_id:
+                raise ValueError(f"hsms: tools {other!r} and {t.tool_id!r} both connect to "
+                                 f"{t.hsms.host}:{t.hsms.port} (HSMS-SS is one session per "
+                                 "port); give each tool its own hsms.host and hsms.port")
         brokers: set[str] = set()
         for b in self.mqtt:
             if b.broker_id in brokers:

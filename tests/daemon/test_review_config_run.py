@@ -50,3 +50,16 @@ def test_run_refuses_a_state_directory_it_cannot_write_with_exit_2_and_the_key(t
         in result.stderr
     assert "ReadWritePaths=" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_two_hsms_tools_on_one_address_are_refused_naming_both(tmp_path):
+    # A copied [[equipment.hsms]] block whose port was not changed: HSMS-SS takes one session
+    # per port, so one of the two tools never came up (or both got the same tool's events).
+    path = tmp_path / "fabd.toml"
+    path.write_text("".join(f'[[equipment.hsms]]\ntool_id = "{t}"\n'
+                            f'[equipment.hsms.hsms]\nhost = "10.1.2.3"\nport = {p}\n'
+                            for t, p in (("ETCH01", 5000), ("ETCH02", 5001), ("ETCH03", 5000))))
+    result = fabd("check-config", str(path))
+    assert result.returncode == 2, result.stdout
+    assert ("equipment.hsms: tools 'ETCH01' and 'ETCH03' both connect to 10.1.2.3:5000"
+            in result.stderr), result.stderr
