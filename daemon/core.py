@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -285,8 +286,16 @@ class FabCore:
             return
         path = self._spc_snapshot_path()
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(self.spc.snapshot())
+        with open(tmp, "wb") as f:
+            f.write(self.spc.snapshot())
+            f.flush()
+            os.fsync(f.fileno())   # on disk before it replaces the last good snapshot
         tmp.replace(path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)   # and the rename with it
+        finally:
+            os.close(dir_fd)
 
     def _warm_dispatch(self) -> None:
         from dispatch import scorer
