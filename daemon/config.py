@@ -238,8 +238,11 @@ def _check_value(value: Any, tp: Any, where: str) -> list[tuple[str, str]]:
     if isinstance(base, type) and issubclass(base, msgspec.Struct):
         return check(value, base, where)
     origin = typing.get_origin(base)
-    if origin is list and isinstance(value, list):
-        (item_tp,) = typing.get_args(base) or (Any,)
+    args = typing.get_args(base)
+    variadic_tuple = origin is tuple and len(args) == 2 and args[1] is Ellipsis
+    if (origin is list or variadic_tuple) and isinstance(value, list):
+        # tuple[X, ...] too ([[spc.overrides]]): its tables need the same walk as a list's
+        item_tp = args[0] if args else Any
         out: list[tuple[str, str]] = []
         for i, item in enumerate(value):
             out.extend(_check_value(item, item_tp, f"{where}[{i}]"))

@@ -63,3 +63,15 @@ def test_two_hsms_tools_on_one_address_are_refused_naming_both(tmp_path):
     assert result.returncode == 2, result.stdout
     assert ("equipment.hsms: tools 'ETCH01' and 'ETCH03' both connect to 10.1.2.3:5000"
             in result.stderr), result.stderr
+
+
+def test_a_typo_in_an_spc_override_is_refused_not_left_at_the_default(tmp_path):
+    # [[spc.overrides]] is a tuple of tables, which the key walk skipped: k1_sigm = 2 was
+    # accepted and the ETCH charts kept 3-sigma limits the engineer meant to tighten.
+    path = tmp_path / "fabd.toml"
+    path.write_text('[[spc.overrides]]\npattern = "ETCH*/*/rf_power"\n'
+                    '[spc.overrides.spec.k]\nk1_sigm = 2.0\n')
+    result = fabd("check-config", str(path))
+    assert result.returncode == 2, result.stdout
+    assert "spc.overrides[0].spec.k.k1_sigm: unknown key (known keys here: k1_sigma," \
+        in result.stderr, result.stderr
