@@ -25,3 +25,8 @@ MALFORMED = Counter(
     "fabd_equipment_malformed_total",
     "Malformed messages or payloads received and rejected (HSMS: answered with S9Fx)",
     ["tool", "protocol"])
+EVENT_QUEUE_OVERFLOWS = Counter(
+    "fabd_equipment_event_queue_overflows_total",
+    "Times the tool's event queue was full because the daemon core fell behind "
+    "(OPC UA: the session is dropped and the tool resynced once the core catches up)",
+    ["tool", "protocol"])

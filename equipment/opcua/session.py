@@ -6,6 +6,14 @@ translates each data change into domain events (`sink.submit`, in order, by a
 delivery task) or SPC points (`sink.points`, batched per publish), and when the
 connection goes away it says so once, reconnects and re-subscribes. The
 session is also the tool's `ToolControl`: remote commands become method calls.
+
+OPC UA keeps no spool, so an event the bounded queue cannot take is not dropped:
+when the daemon core falls that far behind, the session drops the connection
+(one ERROR), ignores data changes, and reconnects once the core has taken
+everything queued. The reconnect resyncs the record: `ToolConnected` says what
+the tool runs now and the subscription's first values give the E10 state, the
+control state and the alarms. The session's own state (lot, E10 state, alarms)
+only ever moves with an event queued, so it is what the record will hold.
 """
 
 from __future__ import annotations
@@ -108,7 +116,10 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         self._rng = random.Random(seed)
         self._init_state(OpcUaSessionState.NOT_CONNECTED)
         self._client: OpcUaClient | None = None
+        self._link: OpcUaClient | None = None  # the current attempt's client, up or not
         self._events: asyncio.Queue[DomainEvent] | None = None
+        self._drained: asyncio.Event | None = None  # set: everything queued was submitted
+        self._resyncing = False  # the queue overflowed: data changes ignored until reconnect
         self._points: list[ProcessPoint] = []
         self._flush_scheduled = False
         self._roles: dict[ua.NodeId, tuple[_Role, Any]] = {}
@@ -130,6 +141,7 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         """Supervise the tool forever: connect, subscribe, deliver, reconnect (until cancelled)."""
         self.config.validate()
         self._events = asyncio.Queue(EVENT_QUEUE_SIZE)
+        self._drained = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._deliver_loop(), name=f"opcua-deliver[{self.tool_id}]")
             tg.create_task(self._connection_loop(), name=f"opcua-connect[{self.tool_id}]")
@@ -137,11 +149,21 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
     async def _connection_loop(self) -> None:
         cfg = self.config
         outages = Outages(cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
+        assert self._events is not None and self._drained is not None
+        # ToolConnected, ToolDisconnected and the lot ended while away wait for room: the
+        # record's connection state and lots must never miss them.
+        queue = self._events
         try:
             while True:
                 raise_if_cancelled()
+                resynced = self._resyncing
+                if resynced:
+                    # Only once the core has taken everything queued: sooner, the resync's
+                    # first values would find the queue full again.
+                    await self._drained.wait()
+                    self._resyncing = False
                 self._set_state(OpcUaSessionState.CONNECTING)
-                client = OpcUaClient(cfg)
+                client = self._link = OpcUaClient(cfg)
                 announced = False
                 try:
                     await client.connect()
@@ -149,9 +171,10 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
                     if running is not None and self.lot_id and running[0] != self.lot_id:
                         # the lot we saw start ended while we were away: its end first, so
                         # the record does not take it for lost at ToolConnected
-                        self._on_lot("")
+                        for event in self._lot_change(""):
+                            await queue.put(event)
                     # Before subscribing: the initial values must follow ToolConnected.
-                    self._emit(ToolConnected(
+                    await queue.put(ToolConnected(
                         tool_id=self.tool_id, ts=self._clock(), protocol=PROTOCOL,
                         peer=cfg.endpoint_url, running_lot=None if running is None else running[0],
                         running_recipe="" if running is None else running[1]))
@@ -161,8 +184,9 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
                 except (OpcUaError, OSError, TimeoutError, ua.UaError) as exc:
                     await client.close()
                     if announced:
-                        self._emit(ToolDisconnected(tool_id=self.tool_id, ts=self._clock(),
-                                                    protocol=PROTOCOL, reason=status_name(exc)))
+                        await queue.put(ToolDisconnected(tool_id=self.tool_id, ts=self._clock(),
+                                                         protocol=PROTOCOL,
+                                                         reason=status_name(exc)))
                     self.failed_attempts += 1
                     self._set_state(OpcUaSessionState.NOT_CONNECTED)
                     refusal = isinstance(exc, OpcUaSecurityError)
@@ -184,6 +208,9 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
                 if outages.up():
                     log.info("tool %s: back: OPC UA session up at %s after %d failed attempt(s)",
                              self.tool_id, cfg.endpoint_url, outages.failures)
+                elif resynced:
+                    log.info("tool %s: resynced: OPC UA session up again at %s after the "
+                             "event queue overflow", self.tool_id, cfg.endpoint_url)
                 elif self.connects == 1:
                     log.info("tool %s: OPC UA session up at %s", self.tool_id, cfg.endpoint_url)
                 self._set_state(OpcUaSessionState.CONNECTED)
@@ -191,15 +218,17 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
                 self._client = None
                 metrics.CONNECTED.labels(*self._labels).set(0)
                 self._set_state(OpcUaSessionState.NOT_CONNECTED)
-                if outages.lost():
+                overflow = self._resyncing  # we dropped it (said by _overflow), not the tool
+                if not overflow and outages.lost():
                     log.warning("tool %s: OPC UA connection to %s lost (%s); reconnecting",
                                 self.tool_id, cfg.endpoint_url, reason)
-                self._emit(ToolDisconnected(tool_id=self.tool_id, ts=self._clock(),
-                                            protocol=PROTOCOL, reason=reason))
+                await queue.put(ToolDisconnected(tool_id=self.tool_id, ts=self._clock(),
+                                                 protocol=PROTOCOL, reason=reason))
                 await client.close()
-                await asyncio.sleep(outages.delay_s())
+                if not overflow:
+                    await asyncio.sleep(outages.delay_s())
         finally:
-            client, self._client = self._client, None
+            client, self._client, self._link = self._client, None, None
             metrics.CONNECTED.labels(*self._labels).set(0)
             self._set_state(OpcUaSessionState.NOT_CONNECTED)
             if client is not None:
@@ -251,19 +280,47 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
 
     # -- data changes -> events and points ------------------------------------------------
 
+    def _room(self, n: int) -> bool:
+        """Tell whether n more events fit the queue; if not, start a resync.
+
+        Asked before the session's state moves, so that state never runs ahead of what
+        the record will hold: the resync then reports what changed in the meantime.
+        """
+        queue = self._events
+        assert queue is not None
+        if not self._resyncing and queue.maxsize - queue.qsize() >= n:
+            return True
+        self._overflow()
+        return False
+
+    def _overflow(self) -> None:
+        if self._resyncing:
+            return  # once per overflow, not once per data change
+        self._resyncing = True
+        metrics.EVENT_QUEUE_OVERFLOWS.labels(*self._labels).inc()
+        assert self._events is not None
+        log.error("tool %s: event queue full (%d events), the daemon core is behind (stuck?): "
+                  "dropping the OPC UA session; fabd will resync the tool when the core "
+                  "catches up", self.tool_id, self._events.maxsize)
+        if self._link is not None:
+            self._link.mark_lost("event queue full")
+
     def _emit(self, event: DomainEvent) -> None:
+        # Room was checked (_room) before the state moved.
         assert self._events is not None
         try:
             self._events.put_nowait(event)
         except asyncio.QueueFull:
-            log.error("tool %s: event queue full (%d), dropping %s; is the daemon core stuck?",
-                      self.tool_id, EVENT_QUEUE_SIZE, type(event).__name__)
+            self._overflow()
 
     async def _deliver_loop(self) -> None:
-        assert self._events is not None
-        queue = self._events
+        assert self._events is not None and self._drained is not None
+        queue, drained = self._events, self._drained
         while True:
+            if queue.empty():
+                drained.set()  # every event taken has been submitted: a resync may go on
             batch = [await queue.get()]
+            drained.clear()
             while not queue.empty():
                 batch.append(queue.get_nowait())
             await self.sink.submit(batch)
@@ -272,8 +329,8 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         """Translate one data change (called by the subscription handler)."""
         self._m_received.inc()
         role = self._roles.get(node_id)
-        if role is None:
-            return
+        if role is None or self._resyncing:
+            return  # resyncing: the reconnect's first values report where the tool is then
         kind, arg = role
         if kind is _Role.PARAMETER:
             self._on_parameter(arg, value, source_ts)
@@ -348,7 +405,7 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         except (KeyError, ValueError):
             self._malformed(f"control state value {value!r}")
             return
-        if state is not self.control_state:
+        if state is not self.control_state and self._room(1):
             self.control_state = state
             self._emit(ControlStateChanged(tool_id=self.tool_id, ts=self._clock(), state=state))
 
@@ -360,30 +417,37 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
         except (KeyError, ValueError):
             self._malformed(f"E10 state value {value!r}")
             return
-        if state is not self.e10_state:
+        if state is not self.e10_state and self._room(1):
             self.e10_state = state
             self._emit(E10StateChanged(tool_id=self.tool_id, ts=self._clock(), state=state))
 
     def _on_lot(self, lot: str) -> None:
-        if lot == self.lot_id:
+        if lot == self.lot_id or not self._room(bool(self.lot_id) + bool(lot)):
             return
+        for event in self._lot_change(lot):
+            self._emit(event)
+
+    def _lot_change(self, lot: str) -> list[DomainEvent]:
+        """Move to `lot` ("" for none); return the events saying so, the last lot's end first."""
+        events: list[DomainEvent] = []
         now = self._clock()
         if self.lot_id:
             means = {k: s / n for k, (s, n) in self._sums.items() if n}
             # The recipe the lot ran with: the recipe variable may already name the next one.
-            self._emit(ProcessCompleted(tool_id=self.tool_id, ts=now, lot_id=self.lot_id,
-                                        recipe_id=self._lot_recipe_id, parameters=means))
+            events.append(ProcessCompleted(tool_id=self.tool_id, ts=now, lot_id=self.lot_id,
+                                           recipe_id=self._lot_recipe_id, parameters=means))
             log.debug("tool %s: lot %s completed", self.tool_id, self.lot_id)
         self._sums = {}
         self.lot_id = lot
         self._lot_recipe_id = self.recipe_id if lot else ""
         if lot:
-            self._emit(ProcessStarted(tool_id=self.tool_id, ts=now, lot_id=lot,
-                                      recipe_id=self.recipe_id))
+            events.append(ProcessStarted(tool_id=self.tool_id, ts=now, lot_id=lot,
+                                         recipe_id=self.recipe_id))
             log.debug("tool %s: lot %s started (recipe %s)", self.tool_id, lot, self.recipe_id)
+        return events
 
     def _on_alarm_bool(self, a: Any, on: bool) -> None:
-        if self._alarm_on.get(a.alid, False) == on:
+        if self._alarm_on.get(a.alid, False) == on or not self._room(1):
             return
         self._alarm_on[a.alid] = on
         cls = AlarmSet if on else AlarmCleared
@@ -396,7 +460,7 @@ class OpcUaSession(StateWatch[OpcUaSessionState]):
             self._malformed(f"alarm code {value!r}")
             return
         prev = self._alarm_code.get(a.node_id, 0)
-        if code == prev:
+        if code == prev or not self._room(bool(prev) + bool(code)):
             return
         self._alarm_code[a.node_id] = code
         now = self._clock()

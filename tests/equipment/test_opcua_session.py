@@ -28,6 +28,7 @@ from equipment.events import (
     ToolConnected,
     ToolDisconnected,
 )
+from equipment.opcua import session as session_module
 from equipment.opcua.config import OpcUaSecurity, OpcUaToolConfig
 from equipment.opcua.errors import OpcUaCommandError, OpcUaConfigError
 from equipment.opcua.session import OpcUaSession, OpcUaSessionState
@@ -637,3 +638,91 @@ async def test_a_link_drop_is_one_warning_whoever_logs_it(sim, running, caplog) 
     loud = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING
             and not r.name.startswith("asyncua.server")]  # the simulated tool's side
     assert len(loud) == 1 and "ETCH01" in loud[0] and "lost" in loud[0], loud
+
+
+class StuckCoreSink(RecordingSink):
+    """A daemon core that takes nothing until `unblock()`: each submit waits on a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._gate = asyncio.Event()
+
+    async def submit(self, events: list) -> None:
+        await self._gate.wait()
+        await super().submit(events)
+
+    def unblock(self) -> None:
+        self._gate.set()
+
+
+async def test_a_stuck_core_gets_the_tool_resynced_not_its_events_dropped(
+        running, caplog, monkeypatch) -> None:
+    # The core stops taking events while the tool runs lots: the session's queue fills.
+    # OPC UA keeps no spool, so a dropped ProcessStarted/Completed or E10 change left the
+    # record wrong for good (a lot "processing" for ever). The session now drops the link
+    # (one ERROR) and, once the core has caught up, reconnects: the record learns what the
+    # tool runs now and its E10 state.
+    monkeypatch.setattr(session_module, "EVENT_QUEUE_SIZE", 8)
+    caplog.set_level(logging.INFO, logger="equipment.opcua.session")
+    tool = OpcUaToolSim(OpcUaToolSimConfig(tool_id="ETCH08", process_time_s=600,
+                                           sample_interval_s=0.05))
+    await tool.start()
+    try:
+        overflows = metrics.EVENT_QUEUE_OVERFLOWS.labels("ETCH08", "opcua")._value.get()
+        sink = StuckCoreSink()
+        session = start(running, tool.client_profile(watchdog_interval_s=0.3,
+                                                     reconnect_min_s=0.1,
+                                                     reconnect_max_s=0.5), sink)
+        await session.wait_state(OpcUaSessionState.CONNECTED, timeout_s=30)
+
+        def errors() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+        for i in range(40):  # 4 events a lot (E10 and lot, in and out): a few overflow 8
+            if errors():
+                break
+            await tool.start_lot(f"L{i}", "ETCH-A")
+            await eventually(lambda i=i: session.lot_id == f"L{i}" or errors(),
+                             what=f"L{i} started")
+            await tool.stop_lot()
+            await eventually(lambda: session.lot_id == "" or errors(), what="lot ended")
+        assert errors(), "the queue never overflowed"
+        # While the core is stuck the tool goes on: a new lot, an engineering run.
+        await session.wait_state(OpcUaSessionState.NOT_CONNECTED, timeout_s=30)
+        await tool.start_lot("L-NOW", "ETCH-B")
+        await tool.set_e10(E10State.ENGINEERING)
+        assert session.connects == 1  # no reconnect while the core has not caught up
+
+        sink.unblock()
+
+        def resynced() -> bool:
+            back = [i for i, e in enumerate(sink.events) if isinstance(e, ToolConnected)][1:]
+            return bool(back) and any(isinstance(e, E10StateChanged)
+                                      for e in sink.events[back[0]:])
+
+        await eventually(resynced, what="the tool resynced")
+        events = sink.events
+        (dropped,) = sink.of(ToolDisconnected)
+        again = sink.of(ToolConnected)[-1]
+        assert dropped.reason == "event queue full"
+        between = events[events.index(dropped) + 1:events.index(again)]
+        assert all(isinstance(e, ProcessCompleted) for e in between), between
+        assert (again.running_lot, again.running_recipe) == ("L-NOW", "ETCH-B")
+        assert [e.lot_id for e in sink.of(ProcessStarted)][-1] == "L-NOW"
+        assert sink.of(E10StateChanged)[-1].state is E10State.ENGINEERING
+        # No lot left "processing" in the record: every lot it saw start but L-NOW ended,
+        # and no lot ended that it did not see start.
+        started = [e.lot_id for e in sink.of(ProcessStarted)]
+        completed = [e.lot_id for e in sink.of(ProcessCompleted)]
+        assert set(started) - set(completed) == {"L-NOW"}
+        for done in sink.of(ProcessCompleted):
+            assert any(isinstance(e, ProcessStarted) and e.lot_id == done.lot_id
+                       for e in events[:events.index(done)]), done
+        # One ERROR for the overflow, naming the tool and saying what fabd does about it.
+        (error,) = errors()
+        assert "ETCH08" in error and "resync" in error
+        assert metrics.EVENT_QUEUE_OVERFLOWS.labels("ETCH08", "opcua")._value.get() == \
+            overflows + 1
+        assert session.state is OpcUaSessionState.CONNECTED
+    finally:
+        await tool.close()
