@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -22,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     # numba reads NUMBA_CACHE_DIR at import: set it before anything imports numba.
-    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(cfg.service.cache_directory, "numba"))
+    configured_cache = os.path.join(cfg.service.cache_directory, "numba")
+    os.environ.setdefault("NUMBA_CACHE_DIR", configured_cache)
     problems = _unwritable_directories(cfg.service.state_directory, os.environ["NUMBA_CACHE_DIR"])
     if problems:
         # exit 2, not a crash in the store warm-up: Restart=on-failure would retry it for ever
@@ -31,6 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from daemon import assemble, log, runner
 
     log.setup(cfg.service.log_level)
+    if os.path.normpath(os.environ["NUMBA_CACHE_DIR"]) != os.path.normpath(configured_cache):
+        # the environment wins (the unit's Environment=), so say so instead of ignoring the key
+        logging.getLogger("fabd").warning(
+            "service.cache_directory = %s is not used: the environment's NUMBA_CACHE_DIR=%s "
+            "wins (Environment= in the unit); set both to the same place",
+            cfg.service.cache_directory, os.environ["NUMBA_CACHE_DIR"])
     _raise_open_files()
     app, _ = assemble.build(cfg, config_path=args.config)
     return runner.run(app.run(), cfg.service.event_loop)

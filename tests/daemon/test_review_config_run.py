@@ -75,3 +75,25 @@ def test_a_typo_in_an_spc_override_is_refused_not_left_at_the_default(tmp_path):
     assert result.returncode == 2, result.stdout
     assert "spc.overrides[0].spec.k.k1_sigm: unknown key (known keys here: k1_sigma," \
         in result.stderr, result.stderr
+
+
+def test_a_cache_directory_the_environment_overrides_is_named_in_the_log(tmp_path):
+    # The unit sets NUMBA_CACHE_DIR=/var/cache/fabd/numba, which wins over [service]
+    # cache_directory: a changed cache_directory was ignored without a word.
+    import os
+
+    (tmp_path / "state").mkdir()
+    path = tmp_path / "fabd.toml"
+    path.write_text(f'[service]\nstate_directory = "{tmp_path}/state"\n'
+                    f'cache_directory = "{tmp_path}/fast-disk"\nevent_loop = "asyncio"\n'
+                    '[http]\nenabled = false\n[tick]\ninterval_s = 1.0\n')
+    env_cache = os.environ.get("NUMBA_CACHE_DIR") or str(tmp_path / "env-cache")
+    # a watchdog the 1 s tick cannot serve: fabd refuses to start right after the warm-up
+    env = dict(os.environ, NUMBA_CACHE_DIR=env_cache, WATCHDOG_USEC="1000000")
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("JOURNAL_STREAM", None)
+    result = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(path)],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert (f"service.cache_directory = {tmp_path}/fast-disk is not used: the environment's "
+            f"NUMBA_CACHE_DIR={env_cache} wins") in result.stderr, result.stderr
