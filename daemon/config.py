@@ -30,6 +30,8 @@ PositiveSeconds = Annotated[float, Meta(gt=0)]
 
 # TimeoutStopSec= of systemd/fabd.service: after it systemd SIGKILLs a stop in progress.
 UNIT_TIMEOUT_STOP_S = 30.0
+# WatchdogSec= of systemd/fabd.service: WATCHDOG=1 follows each tick (App.run checks the real one).
+UNIT_WATCHDOG_S = 15.0
 
 
 class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -184,6 +186,12 @@ def _semantic_checks(cfg: FabdConfig) -> list[tuple[str, str]]:
                          f"stop_sessions_budget_s = {svc.stop_budget_total_s:g} s, must stay below"
                          f" the unit's TimeoutStopSec ({UNIT_TIMEOUT_STOP_S:g} s), or systemd"
                          " kills the stop before the outbox is drained and the store closed"))
+    if 2 * cfg.tick.interval_s >= UNIT_WATCHDOG_S:
+        # fabd run under the unit refuses this (exit 2); check-config says so beforehand
+        problems.append(("tick.interval_s",
+                         f"{cfg.tick.interval_s:g} s must be below half the unit's WatchdogSec"
+                         f" ({UNIT_WATCHDOG_S:g} s): the watchdog ping follows each tick, so one"
+                         " late tick would get fabd killed by systemd"))
     try:
         load_policy(cfg.dispatch.policy)
     except PolicyError as exc:

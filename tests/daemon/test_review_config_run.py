@@ -97,3 +97,20 @@ def test_a_cache_directory_the_environment_overrides_is_named_in_the_log(tmp_pat
     assert result.returncode == 2, result.stderr
     assert (f"service.cache_directory = {tmp_path}/fast-disk is not used: the environment's "
             f"NUMBA_CACHE_DIR={env_cache} wins") in result.stderr, result.stderr
+
+
+def test_check_config_refuses_a_tick_the_units_watchdog_would_refuse(tmp_path):
+    # check-config said ok to interval_s = 10, and fabd run under the unit (WatchdogSec=15)
+    # then refused to start with exit 2: the check before a restart must say it first.
+    import re
+
+    watchdog_s = float(re.search(r"^WatchdogSec=(\d+)$",
+                                 (ROOT / "systemd" / "fabd.service").read_text(), re.M).group(1))
+    path = tmp_path / "fabd.toml"
+    path.write_text(f"[tick]\ninterval_s = {watchdog_s / 2:g}\n")
+    result = fabd("check-config", str(path))
+    assert result.returncode == 2, result.stdout
+    assert (f"tick.interval_s: {watchdog_s / 2:g} s must be below half the unit's WatchdogSec "
+            f"({watchdog_s:g} s)") in result.stderr, result.stderr
+    path.write_text(f"[tick]\ninterval_s = {watchdog_s / 2 - 0.5:g}\n")
+    assert fabd("check-config", str(path)).returncode == 0
