@@ -227,8 +227,9 @@ class App:
                     if isinstance(res, BaseException):
                         log.error("stop %s: %s failed: %r", phase, hook.name, res)
             except TimeoutError:
-                log.error("stop %s: over its %.1fs budget; moving on (%s)", phase, budgets[phase],
-                          ", ".join(h.name for h in hooks))
+                log.error("stop %s: %s over its %.1fs budget (service.stop_%s_budget_s); moving "
+                          "on, the rest of it cancelled", phase,
+                          ", ".join(h.name for h in hooks), budgets[phase], phase)
             log.info("stop %s done in %.2fs", phase, time.perf_counter() - t0)
 
     async def _supervise(self, comp: Component) -> None:

@@ -6,6 +6,7 @@ import logging
 from daemon.app import App
 from daemon.sdnotify import Notifier
 from tests.daemon.test_app import NotifySocket, make_app
+from tests.support import eventually
 
 
 async def test_a_failed_warm_up_is_named_in_the_log_and_in_systemctl_status(tmp_path, caplog):
@@ -26,3 +27,21 @@ async def test_a_failed_warm_up_is_named_in_the_log_and_in_systemctl_status(tmp_
     msgs = notify.messages()
     assert "STATUS=warm-up http failed: [Errno 98] address already in use" in msgs, msgs
     assert "READY=1" not in msgs
+
+
+async def test_a_stop_phase_over_its_budget_names_the_key_that_sets_it(caplog):
+    # "stop flush: over its 0.2s budget; moving on (outbox)" did not say which setting that is.
+    app = make_app(stop_flush_budget_s=0.2)
+
+    async def slow_flush() -> None:
+        await asyncio.sleep(30)
+
+    app.add_stop_hook("flush", "outbox", slow_flush)
+    task = asyncio.create_task(app.run())
+    await eventually(lambda: app.ready)
+    with caplog.at_level(logging.ERROR, logger="fabd.app"):
+        app.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("stop flush: outbox over its 0.2s budget "
+                            "(service.stop_flush_budget_s)") for m in lines), lines
