@@ -6,6 +6,7 @@ next to its field with the reason for it.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 import msgspec
@@ -32,6 +33,34 @@ class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     def __post_init__(self) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"url: must start with redis://, rediss:// or unix://, got {self.url!r}")
+        # Found here, a TLS file problem names its key at start; found at the first connect, it
+        # looked like a Redis outage (retried for ever, the outbox growing) or, with redis://,
+        # the files were ignored and the password went out in clear text.
+        for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(self, key)
+            if path and not self.url.startswith("rediss://"):
+                raise ValueError(f"{key}: set, but url is not rediss://, so the connection would "
+                                 f"not use TLS; use a rediss:// url or leave {key} empty")
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{key}: no such file: {path}")
+        if self.tls_key_file and not self.tls_cert_file:
+            raise ValueError("tls_key_file: set without tls_cert_file")
+        import ssl
+
+        if self.tls_ca_file:
+            try:
+                ssl.create_default_context(cafile=self.tls_ca_file)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ValueError(f"tls_ca_file: cannot load CA certificates from "
+                                 f"{self.tls_ca_file}: {exc}") from None
+        if self.tls_cert_file:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+                    self.tls_cert_file, self.tls_key_file or None, password=lambda: b"")
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ValueError(f"tls_cert_file: cannot load {self.tls_cert_file} with the key "
+                                 f"{self.tls_key_file or '(in the same file)'} (PEM, unencrypted,"
+                                 f" matching): {exc}") from None
 
 
 class StoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

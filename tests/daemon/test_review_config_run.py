@@ -114,3 +114,21 @@ def test_check_config_refuses_a_tick_the_units_watchdog_would_refuse(tmp_path):
             f"({watchdog_s:g} s)") in result.stderr, result.stderr
     path.write_text(f"[tick]\ninterval_s = {watchdog_s / 2 - 0.5:g}\n")
     assert fabd("check-config", str(path)).returncode == 0
+
+
+@pytest.mark.parametrize("url,ca,expect", [
+    # a CA path that is not there: every connect failed and it looked like a Redis outage
+    ("rediss://10.0.0.9:6380/0", "{tmp}/redis-ca.pem",
+     "redis.tls_ca_file: no such file: {tmp}/redis-ca.pem"),
+    # TLS files with a plain redis:// url were ignored: the password went out in clear text
+    ("redis://10.0.0.9:6379/0", "{tmp}/fabd.toml",
+     "redis.tls_ca_file: set, but url is not rediss://"),
+    ("rediss://10.0.0.9:6380/0", "{tmp}/fabd.toml",
+     "redis.tls_ca_file: cannot load CA certificates from {tmp}/fabd.toml"),
+])
+def test_redis_tls_files_that_cannot_work_are_refused_at_start(tmp_path, url, ca, expect):
+    path = tmp_path / "fabd.toml"
+    path.write_text(f'[redis]\nurl = "{url}"\ntls_ca_file = "{ca.format(tmp=tmp_path)}"\n')
+    result = fabd("check-config", str(path))
+    assert result.returncode == 2, result.stdout
+    assert expect.format(tmp=tmp_path) in result.stderr, result.stderr
