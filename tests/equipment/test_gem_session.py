@@ -518,7 +518,7 @@ async def test_what_runs_is_reported_after_the_spool_of_a_tool_tracing_faster_th
     caplog.set_level(logging.INFO, logger="fabd.gem")
     await _lot_done_while_away(sim)
     sink = SlowE10Sink()
-    async with running(sim, sink, spool_settle_s=0.5, trace_period_s=0.05):
+    async with running(sim, sink, spool_settle_s=0.5, trace_period_s=0.05) as session:
         await eventually(lambda: sink.of(ToolConnected) and sink.of(ProcessCompleted),
                          what="ToolConnected and the spooled completion")
         slow, completed, connected = sink.order()
@@ -526,6 +526,7 @@ async def test_what_runs_is_reported_after_the_spool_of_a_tool_tracing_faster_th
         assert sink.of(ToolConnected)[0].running_lot == ""
         assert sim.traces_sent > 10
         assert not [r for r in caplog.records if "still arriving" in r.getMessage()]
+        assert await session.trace_init(1, 0.05, 0, [2010]) == 0  # TOTSMP 0: stop it
 
 
 async def test_what_runs_is_reported_when_the_spool_does_not_settle_within_the_drain_limit(
