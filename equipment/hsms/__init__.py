@@ -39,7 +39,9 @@ API for the GEM layer (stable; additions only):
   `HsmsNotSelectedError`, `HsmsReplyTimeoutError` (T3; retryable, the session
   stays), `HsmsControlTimeoutError` (T6; the connection closed),
   `HsmsRejectedError` (`.reason`), `HsmsStream9Error` (peer answered S9Fx,
-  `.s9_function`), `HsmsProtocolError`.
+  `.s9_function`), `HsmsProtocolError`. A Reject.req with reason 4 (entity not
+  selected) while SELECTED also closes the connection, so the supervisor selects
+  again; a rejected periodic Linktest.req turns it off for that connection.
 - Per-tool metrics (`equipment.metrics`, protocol="hsms"): connected (1 while
   SELECTED), messages in/out, reconnects, T3 timeouts, malformed.
 - Passive: `eq = HsmsPassive(tool_id, HsmsConfig(mode="passive", port=0), handler)`;

@@ -135,6 +135,13 @@ class HsmsSession:
             await self.linktest()
         except (HsmsConnectionLostError, HsmsControlTimeoutError):
             return  # T6 closed the connection; the endpoint logs the loss once
+        except HsmsRejectedError as exc:
+            # Reason 4 (not selected) closed the connection (on_message); any other: the
+            # peer will not take Linktest.req, asking every interval changes nothing.
+            if self.selected:
+                log.warning("hsms %s: peer rejects Linktest.req (reason %d): no periodic "
+                            "linktest on this connection", self.tool_id, exc.reason)
+            return
         self._schedule_linktest()
 
     def _spawn(self, coro: Awaitable[Any], what: str) -> None:
@@ -421,6 +428,13 @@ class HsmsSession:
                     entry[0].set_exception(HsmsRejectedError(
                         f"{self.tool_id}: message rejected by peer (reason {msg.function})",
                         msg.function))
+            if (msg.function == RejectReason.ENTITY_NOT_SELECTED and self.selected
+                    and self.protocol is not None):
+                # The peer no longer counts us SELECTED (it reset its HSMS state, the TCP
+                # connection stayed): nothing sent here will be taken and, SELECTED on our
+                # side, neither T7 nor linktest would end it. Start over: the supervisor
+                # connects and selects again (and the GEM start-up runs).
+                self.protocol.abort("peer rejected a message as not selected (reason 4)")
         else:
             self.reject(msg, RejectReason.STYPE_NOT_SUPPORTED)
 
