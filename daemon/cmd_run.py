@@ -20,16 +20,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_mod.load(args.config)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        return _refuse(exc)
     # numba reads NUMBA_CACHE_DIR at import: set it before anything imports numba.
     configured_cache = os.path.join(cfg.service.cache_directory, "numba")
     os.environ.setdefault("NUMBA_CACHE_DIR", configured_cache)
     problems = _unwritable_directories(cfg.service.state_directory, os.environ["NUMBA_CACHE_DIR"])
     if problems:
         # exit 2, not a crash in the store warm-up: Restart=on-failure would retry it for ever
-        print(ConfigError(problems, args.config), file=sys.stderr)
-        return 2
+        return _refuse(ConfigError(problems, args.config))
     from daemon import assemble, log, runner
 
     log.setup(cfg.service.log_level)
@@ -42,6 +40,17 @@ def run(args: argparse.Namespace) -> int:
     _raise_open_files()
     app, _ = assemble.build(cfg, config_path=args.config)
     return runner.run(app.run(), cfg.service.event_loop)
+
+
+def _refuse(exc: ConfigError) -> int:
+    """Print why the config is refused, at error priority in the journal; return exit code 2."""
+    from daemon.log import stderr_is_journal
+
+    text = str(exc)
+    if stderr_is_journal():  # journalctl -p err, and the red lines, show why fabd did not start
+        text = "\n".join(f"<3>{line}" for line in text.splitlines())
+    print(text, file=sys.stderr)
+    return 2
 
 
 def _unwritable_directories(state_dir: str, numba_dir: str) -> list[tuple[str, str]]:

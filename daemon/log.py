@@ -21,7 +21,7 @@ class _JournalFormatter(logging.Formatter):
 def setup(level: str = "INFO") -> None:
     """Send logs to stderr: journald-friendly under systemd, timestamped on a terminal."""
     handler = logging.StreamHandler(sys.stderr)
-    if _stderr_is_journal():
+    if stderr_is_journal():
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter(
@@ -33,7 +33,7 @@ def setup(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-def _stderr_is_journal() -> bool:
+def stderr_is_journal() -> bool:
     """True when stderr itself is the journal stream systemd named in $JOURNAL_STREAM.
 
     systemd sets JOURNAL_STREAM when stdout *or* stderr goes to the journal (and children

@@ -35,3 +35,20 @@ def test_stderr_to_a_file_keeps_timestamps_when_stdout_is_the_journal(tmp_path):
 def test_stderr_that_is_the_journal_gets_the_priority_prefix(tmp_path):
     line = _log_line(tmp_path, lambda st: f"{st.st_dev}:{st.st_ino}")
     assert line == "<4>fabd.hsms: tool ETCH01 not selected"
+
+
+def test_a_refused_config_is_at_error_priority_in_the_journal(tmp_path):
+    # fabd run printed the refused keys without a priority prefix, so journald filed them at
+    # info: `journalctl -u fabd -p err` showed nothing about why fabd would not start.
+    config = tmp_path / "fabd.toml"
+    config.write_text("[service]\nstop_flush_budget_s = -1\n[htttp]\n")
+    path = tmp_path / "stderr"
+    with open(path, "wb") as f:
+        st = os.fstat(f.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        rc = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)],
+                            stderr=f, env=env, cwd=ROOT, timeout=60).returncode
+    lines = path.read_text().splitlines()
+    assert rc == 2
+    assert f"<3>{config}: htttp: unknown key" in "\n".join(lines), lines
+    assert len(lines) == 2 and all(line.startswith("<3>") for line in lines), lines
