@@ -151,6 +151,7 @@ class FabCore:
         self._blocked: dict[tuple[str, str], float] = {}  # (tool, recipe) -> monotonic end
         self._checked_at: dict[str, float] = {}  # tool -> monotonic time of its last S7 upload
         self._reserved_lots: set[str] = set()
+        self._stopping = False  # the stop began: no new lot is started on a tool
         self._last_lists: dict[str, tuple[str, ...]] = {}
         self._state_since: dict[str, tuple[str, float]] = {}  # tool -> (E10 state, since)
         self._unchecked: set[str] = set()  # tools logged as not saying what they run
@@ -577,7 +578,7 @@ class FabCore:
                                       [float(lists.key[t, k, 0]) for k in range(len(lots))])
                     if lots:
                         metrics.DISPATCH_DECISIONS.labels(tool.tool_group, "advised").inc()
-        if not auto_groups:
+        if not auto_groups or self._stopping:
             return
         # Auto groups: the scorer's assignment (a batch on batch tools, no lot on two tools),
         # among the tools a lot can be started on now and the lots not already on their way.
@@ -673,6 +674,10 @@ class FabCore:
         while True:
             tool_id, lots = await self._actions.get()
             try:
+                if self._stopping:
+                    # a lot started now would run on a tool whose session ends in a moment:
+                    # it stays queued for the next run (a start under way goes on)
+                    continue
                 if lots:
                     await self._start_lots(tool_id, lots)
                 else:
@@ -815,6 +820,7 @@ class FabCore:
 
     # -- stopping -----------------------------------------------------------------------------
     async def _stop_intake(self) -> None:
+        self._stopping = True
         erp = self.bus.erp
         if erp is not None and hasattr(erp, "stop"):
             await _maybe(erp.stop())

@@ -301,3 +301,19 @@ async def test_a_tool_inhibited_for_a_recipe_body_is_checked_again_and_runs_once
 
         assert await eventually(started, timeout_s=30.0, what="L1 started") == "ETCH01"
         assert not fab.mes.tools["ETCH01"].inhibits
+
+
+async def test_no_lot_is_started_once_the_stop_has_begun(redis_url, tmp_path) -> None:
+    """SIGTERM: the stop's first phase (intake) has run; the tick still runs until the
+    sessions stop, but a lot started now would run on a tool fabd is about to leave. L1
+    stays queued for the next run; before the stop it would have been started."""
+    tools = {"ETCH01": "ETCH"}
+    held = {"ETCH01": {"E1": body("E1")}}
+    async with running_fab(redis_url, tmp_path, tools, held, route(("ETCH", "E1"))) as fab:
+        fab.mes.create_lot("L1", "PO", "P", 25)
+        await fab.core._stop_intake()
+        for _ in range(10):
+            fab.tick()
+            await asyncio.sleep(0.1)
+        assert fab.lot("L1").state == "queued"
+        assert "lot_tracked_in" not in [e["type"] for e in await fab.lots_stream()]
