@@ -68,6 +68,8 @@ class App:
         self.components: list[Component] = []
         self._warmups: list[_Hook] = []
         self._readiness: list[_Hook] = []
+        self._liveness: list[_Hook] = []
+        self._not_alive = ""  # the failed liveness check said once (until it passes again)
         self._stop_hooks: dict[Phase, list[_Hook]] = {p: [] for p in PHASES}
         self._closers: list[_Hook] = []
         self._stop = asyncio.Event()
@@ -77,7 +79,7 @@ class App:
         self.started_at = time.time()
         if self.tick is None:
             self.tick = Tick(self.config.tick.interval_s)
-        self.tick.after_tick(self.notifier.watchdog)
+        self.tick.after_tick(self._watchdog)
 
     # -- wiring -------------------------------------------------------------------------
     def add_component(self, name: str, run: Callable[[], Awaitable[None]], *,
@@ -92,6 +94,11 @@ class App:
     def add_readiness_check(self, name: str, fn: Callable[[], object]) -> None:
         """`fn()` (sync or async) returns truthy when that part is ready; /readyz asks all."""
         self._readiness.append(_Hook(name, fn))
+
+    def add_liveness_check(self, name: str, fn: Callable[[], str]) -> None:
+        """`fn()` returns "" while that part makes progress, else what is stuck: /healthz
+        fails and the systemd watchdog pings stop (systemd restarts fabd)."""
+        self._liveness.append(_Hook(name, fn))
 
     def add_stop_hook(self, phase: Phase, name: str, fn: Callable[[], object]) -> None:
         """Run `fn` during the graceful stop, within the phase's budget."""
@@ -112,11 +119,32 @@ class App:
 
     # -- health -------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, str]:
-        """Process alive and tick fresh."""
+        """Process alive, tick fresh, and every liveness check passes."""
         assert self.tick is not None
         if self.tick.count and not self.tick.is_fresh(self.config.tick.stale_after_intervals):
             return False, "tick is stale"
-        return True, "ok"
+        stuck = self._stuck()
+        return (False, stuck) if stuck else (True, "ok")
+
+    def _stuck(self) -> str:
+        """What a liveness check says is stuck ("" when none is)."""
+        for hook in self._liveness:
+            why = hook.fn()
+            if why:
+                return f"{hook.name}: {why}"
+        return ""
+
+    def _watchdog(self) -> None:
+        """After each tick: ping the systemd watchdog, unless a part is stuck."""
+        stuck = self._stuck()
+        if stuck and stuck != self._not_alive:
+            log.error("%s; not pinging the systemd watchdog (systemd restarts fabd after "
+                      "WatchdogSec)", stuck)
+        elif not stuck and self._not_alive:
+            log.info("%s no more: pinging the systemd watchdog again", self._not_alive)
+        self._not_alive = stuck
+        if not stuck:
+            self.notifier.watchdog()
 
     async def readiness(self) -> tuple[bool, dict[str, bool]]:
         """Ready to serve: warm, and every readiness check passes."""

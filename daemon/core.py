@@ -59,6 +59,7 @@ _RECIPE_REFUSALS = frozenset((
     enforce.Refusal.UNKNOWN_RECIPE, enforce.Refusal.WRONG_TOOL_GROUP,
     enforce.Refusal.NOT_QUALIFIED, enforce.Refusal.RECIPE_VERSION_MISMATCH,
     enforce.Refusal.RECIPE_NOT_VERIFIED, enforce.Refusal.RECIPE_CHECKSUM_MISMATCH))
+STORE_STALL_S = 30.0  # a store commit running this long is a stuck disk: /healthz fails
 _SPC_SAVE_EVERY_TICKS = 60  # SPC chart state is saved about once a minute (and at stop)
 _SPC_LOG_LINES = 20  # above this many violations in a tick, notify-only ones are summarised
 
@@ -195,12 +196,23 @@ class FabCore:
         app.tick.add_step("gauges", self.step_gauges)
         app.add_readiness_check("store", lambda: self.bus.store is not None)
         app.add_readiness_check("redis", self._redis_reachable)
+        app.add_liveness_check("store", self._store_alive)
         app.add_stop_hook("intake", "erp", self._stop_intake)
         app.add_stop_hook("flush", "outbox", self._flush)
         app.add_stop_hook("sessions", "equipment", self._stop_sessions)
         app.add_closer("spc", self.save_spc)
         app.add_closer("readiness", self._close_ping_client)
         app.add_closer("store", self.bus.close)
+
+    def _store_alive(self) -> str:
+        """A commit that does not come back (a disk that stopped answering) stops every
+        acknowledgement to the tools: say so ("" while commits come back)."""
+        stalled = self.bus.writer.commit_stalled_s()
+        if stalled < STORE_STALL_S:
+            return ""
+        return (f"a store commit has been running for {stalled:.0f} s (the disk under "
+                f"{self.config.service.state_directory} is not answering?); no event is "
+                "acknowledged to the tools meanwhile")
 
     async def start(self) -> None:
         """Open the store, rebuild the state of record and the dispatch model."""

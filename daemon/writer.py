@@ -53,6 +53,7 @@ class Writer:
         self._inflight: asyncio.Future[None] | None = None  # resolves at the running commit
         self._failed: BaseException | None = None
         self._commits = 0
+        self._commit_since: float | None = None  # monotonic start of the commit under way
         self._lock: asyncio.Lock | None = None  # run() and flush() may both commit at stop
         self.on_commit: list[Callable[[list[EventRow]], None]] = []  # relay's in-memory feed
         mes.on_pending = self._on_pending
@@ -158,6 +159,7 @@ class Writer:
         except Exception as exc:
             self._finish(batch.events, waiter, sent, exc, t0)
             raise
+        self._commit_since = time.monotonic()
         fut = asyncio.get_running_loop().run_in_executor(self.store.executor, self.store.commit)
         try:
             await asyncio.shield(fut)
@@ -172,8 +174,14 @@ class Writer:
             raise
         self._finish(batch.events, waiter, sent, None, t0)
 
+    def commit_stalled_s(self) -> float:
+        """How long the commit on the store thread has been running (0 when none is)."""
+        since = self._commit_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def _finish(self, events: list[EventRow], waiter: asyncio.Future[None], sent: int | None,
                 exc: BaseException | None, t0: float) -> None:
+        self._commit_since = None
         if exc is not None:
             # Memory is now ahead of disk: nothing may be acknowledged any more. Fail every
             # waiter; the daemon stops and restarts from what the store holds.
