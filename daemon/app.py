@@ -121,7 +121,7 @@ class App:
     def healthy(self) -> tuple[bool, str]:
         """Process alive, tick fresh, and every liveness check passes."""
         assert self.tick is not None
-        if self.tick.count and not self.tick.is_fresh(self.config.tick.stale_after_intervals):
+        if not self.tick.is_fresh(self.config.tick.stale_after_intervals):
             return False, "tick is stale"
         stuck = self._stuck()
         return (False, stuck) if stuck else (True, "ok")

@@ -45,6 +45,7 @@ class Tick:
         self.overruns = 0
         self._overrun_since: tuple[float, int] | None = None  # (clock, overruns) at its start
         self.last_completed_monotonic: float | None = None
+        self.loop_started_monotonic: float | None = None  # run_loop began (after warm-up)
         self.last_duration_s = 0.0
 
     def add_step(self, name: str, fn: StepFn) -> None:
@@ -96,7 +97,7 @@ class Tick:
 
     async def run_loop(self) -> None:
         """Tick forever at a fixed rate until cancelled."""
-        next_at = self._clock()
+        next_at = self.loop_started_monotonic = self._clock()
         while True:
             now = self._clock()
             lateness = max(0.0, now - next_at)
@@ -122,7 +123,9 @@ class Tick:
             await asyncio.sleep(max(0.0, next_at - self._clock()))
 
     def is_fresh(self, stale_after_intervals: int) -> bool:
-        """True when a tick completed recently enough for /healthz."""
-        if self.last_completed_monotonic is None:
-            return False
-        return self._clock() - self.last_completed_monotonic < stale_after_intervals * self.interval_s
+        """True when a tick completed recently enough for /healthz (before the loop runs,
+        during the warm-up: True; a first tick that never ends is stale like any other)."""
+        last = self.last_completed_monotonic or self.loop_started_monotonic
+        if last is None:
+            return True
+        return self._clock() - last < stale_after_intervals * self.interval_s

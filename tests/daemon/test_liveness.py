@@ -74,3 +74,21 @@ async def test_a_commit_that_does_not_come_back_is_measured(redis_url, tmp_path)
             gate.set()
         await asyncio.wait_for(bus.writer.durable(), 10)
         assert bus.writer.commit_stalled_s() == 0.0
+
+
+async def test_a_first_tick_that_never_ends_makes_healthz_fail() -> None:
+    """/healthz said ok for as long as no tick had completed, so a first tick stuck on an
+    await (a step waiting on something that never comes) was never reported."""
+    app = App(config.loads("[tick]\ninterval_s = 0.05\nstale_after_intervals = 2\n"
+                           "[http]\nenabled = false\n"), notifier=Notifier({}))
+    assert app.healthy() == (True, "ok")        # warming up: the tick has not started
+    never = asyncio.Event()
+    app.tick.add_step("stuck", never.wait)
+    task = asyncio.create_task(app.tick.run_loop())
+    try:
+        await eventually(lambda: not app.healthy()[0], what="stale reported")
+        assert app.healthy() == (False, "tick is stale") and app.tick.count == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
