@@ -6,6 +6,9 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from daemon.app import App
 from daemon.config import FabdConfig
@@ -31,6 +34,14 @@ def build(config: FabdConfig, *, config_path: str | Path | None = None,
     return app, core
 
 
+def _changed_sections(running: Any, new: Any) -> list[str]:
+    """The config sections (as [name]) that differ, [dispatch.policy] aside."""
+    old_d, new_d = msgspec.to_builtins(running), msgspec.to_builtins(new)
+    for d in (old_d, new_d):
+        d.get("dispatch", {}).pop("policy", None)
+    return [f"[{k}]" for k in sorted(set(old_d) | set(new_d)) if old_d.get(k) != new_d.get(k)]
+
+
 def _install_sighup(core: FabCore, path: Path) -> None:
     """SIGHUP (systemctl reload) re-reads the config file and swaps the dispatch policy."""
     from daemon import config as config_mod
@@ -47,5 +58,9 @@ def _install_sighup(core: FabCore, path: Path) -> None:
             log.error("reload refused, keeping the running policy: %s", problems)
         else:
             log.info("reloaded dispatch policy from %s", path)
+        changed = _changed_sections(core.config, cfg)
+        if changed:
+            log.warning("%s changed in %s: a reload applies only [dispatch.policy]; restart "
+                        "fabd (systemctl restart fabd) for the rest", ", ".join(changed), path)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)

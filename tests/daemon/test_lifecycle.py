@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,30 @@ def test_readyz_says_whether_redis_answers_now(tmp_path, own_redis):
         assert status == 200 and b'"redis": true' in body, body
     finally:
         d.close()
+
+
+def test_sighup_reloads_the_policy_and_names_what_needs_a_restart(daemon):
+    """systemctl reload: the new [dispatch.policy] is taken; a changed [tick] is not, and
+    the log says so, naming the section and the restart; a broken file is refused and the
+    daemon runs on."""
+    daemon.start()
+    daemon.read_notify("READY=1")
+    text = daemon.config_path.read_text()
+    daemon.config_path.write_text(
+        text.replace("interval_s = 0.1", "interval_s = 0.2")
+        + '[dispatch.policy]\npreset = "deliver"\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while "restart fabd" not in daemon.logtext() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = daemon.logtext()
+    assert "reloaded dispatch policy" in log
+    assert re.search(r"\[tick\] changed in .*restart fabd", log), log
+    daemon.config_path.write_text("[tick\nbroken")
+    daemon.proc.send_signal(signal.SIGHUP)
+    while "reload refused" not in daemon.logtext() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "reload refused" in daemon.logtext()
+    assert daemon.http("/healthz")[0] == 200
+    rc, _ = daemon.terminate(signal.SIGTERM)
+    assert rc == 0, daemon.logtext()
