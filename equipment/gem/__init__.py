@@ -30,7 +30,8 @@ API for the daemon (stable; additions only):
   then S1F3 status read → ToolConnected, ControlStateChanged, E10StateChanged.
   A step the tool does not support (S2F31, S5F3, S7F19, S2F23, S6F23 answered S9Fx, an
   abort or a reject, or not answered within T3) is skipped with one WARNING naming the
-  option that turns it off, and not sent again while the session lives.
+  option that turns it off, and not sent again while the session lives (a T3: after
+  two completed start-ups in a row without an answer).
 - What the tool sends goes to the sink in arrival order: S6F11 → events → `await
   sink.submit()` → S6F12 (acknowledged only once durable); S5F1 → AlarmSet/Cleared →
   S5F2; S6F1 → `sink.points()` plus `<name>_trace_mean/min/max/n` on the lot's

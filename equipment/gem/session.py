@@ -14,8 +14,10 @@ in sync without anyone touching it.
 Steps a tool may not support (clock, alarms, recipes, trace, spool) are skipped
 when it answers S9Fx, aborts (function 0), rejects them or leaves them unanswered
 past T3 (secsgem 0.3 drops an S2F31 it cannot decode): one WARNING naming the tool
-and the config option that turns the step off, and the step is not sent again while
-the session lives (a reconnect does not wait T3 for it again).
+and the config option that turns the step off. An answered refusal is not sent again
+while the session lives; a step unanswered past T3 in two completed start-ups in a row
+is given up too (a reconnect does not wait T3 for it every time, and one slow answer
+from a busy tool does not switch its alarms or trace off for good).
 
 Primaries from the tool are handled in arrival order by one worker task, so the
 HSMS reader never waits on the daemon: S6F11 → domain events →
@@ -93,6 +95,11 @@ _MAX_OPEN_LOTS = 64  # per-lot trace summaries kept for lots still on the tool
 _REPORTS = frozenset({(6, 11), (5, 1)})  # what a tool spools and the record follows
 _SPOOL_BUSY_RETRY_S = 1.0  # S6F23 answered RSDA 1 (busy): ask again after this
 _SKIPPED = object()  # an optional start-up step the tool does not support
+
+
+# An optional start-up step left unanswered (T3) in this many completed start-ups in a row is
+# taken as not supported (secsgem 0.3 never answers an S2F31 it cannot decode).
+T3_STARTUPS_TO_GIVE_UP = 2
 
 
 def _why(exc: GemError) -> str:
@@ -177,6 +184,10 @@ class GemHostSession:
         self._trace_names = [p.name for p in self.profile.trace]
         self._unsupported: set[tuple[int, int]] = set()  # optional start-up steps to skip
         self._unanswered: set[tuple[int, int]] = set()  # ... T3 in this start-up attempt
+        # optional steps -> completed start-ups in a row that had a T3 on them: a step is given
+        # up at T3_STARTUPS_TO_GIVE_UP (one slow answer from a busy tool must not switch its
+        # alarms or trace off until fabd restarts)
+        self._t3_startups: dict[tuple[int, int], int] = {}
         self._said_unsupported: set[tuple[int, int]] = set()  # the WARNING is out
 
     # ---- state ---------------------------------------------------------------------------
@@ -359,7 +370,10 @@ class GemHostSession:
         # The daemon compares what runs with its record (the core's reconcile_connected).
         running = self._running_lot(status)
         connects = self._state.connects_total + 1
-        self._unsupported |= self._unanswered  # the tool answered what came after: no glitch
+        for sf in self._unanswered:   # the tool answered what came after: not a dying link
+            self._t3_startups[sf] = self._t3_startups.get(sf, 0) + 1
+            if self._t3_startups[sf] >= T3_STARTUPS_TO_GIVE_UP:
+                self._unsupported.add(sf)
         self._set(communicating=True, recipes=recipes, connects_total=connects,
                   spooled_requested=spooled)
         if self._was_up:
@@ -472,25 +486,30 @@ class GemHostSession:
 
         Not supported: answered S9Fx, an abort (function 0) or a Reject.req, or not answered
         within T3 (secsgem 0.3 drops an S2F31 it cannot decode). E37: T3 fails that
-        transaction only, so the start-up goes on without the step. The step is not sent
-        again while this session lives, so a reconnect does not wait T3 for it every time;
-        after a T3 only once the start-up completed (a link dying also leaves steps
-        unanswered, and the next start-up asks again).
+        transaction only, so the start-up goes on without the step. A refused step is not
+        sent again while this session lives; an unanswered one only after
+        T3_STARTUPS_TO_GIVE_UP completed start-ups in a row left it unanswered (a link dying
+        leaves steps unanswered in a start-up that fails; a busy tool may answer late once).
         """
         sf = (stream, function)
         if sf in self._unsupported or sf in self._unanswered:
             return _SKIPPED
         try:
-            return await self._request(stream, function, body, startup=True)
+            reply = await self._request(stream, function, body, startup=True)
         except (GemProtocolError, GemTimeoutError) as exc:
-            (self._unanswered if isinstance(exc, GemTimeoutError) else self._unsupported).add(sf)
+            t3 = isinstance(exc, GemTimeoutError)
+            (self._unanswered if t3 else self._unsupported).add(sf)
             turn_off = f"; {option} in its config turns the step off" if option else ""
             level = logging.DEBUG if sf in self._said_unsupported else logging.WARNING
             self._said_unsupported.add(sf)
+            again = (f"it is sent again at the next connect and given up after "
+                     f"{T3_STARTUPS_TO_GIVE_UP} start-ups without an answer" if t3 else
+                     "it is not sent again until fabd restarts")
             log.log(level, "tool %s: S%dF%d not supported (%s): GEM start-up goes on without "
-                    "it and will not send it again until fabd restarts%s", self.tool_id,
-                    stream, function, _why(exc), turn_off)
+                    "it; %s%s", self.tool_id, stream, function, _why(exc), again, turn_off)
             return _SKIPPED
+        self._t3_startups.pop(sf, None)
+        return reply
 
     async def _ack(self, stream: int, function: int, body: Item, what: str) -> None:
         ack = m.code(await self._request(stream, function, body, startup=True), what)
