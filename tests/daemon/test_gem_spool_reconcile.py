@@ -15,80 +15,28 @@ relay the test cuts and restores; the bus runs against the test's redis-server.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-from daemon.config import DispatchSection, EquipmentSection, FabdConfig, ServiceConfig
-from daemon.core import FabCore
 from daemon.mes import HELD
-from dispatch.config import Policy
-from equipment.gem.config import GemToolConfig
-from equipment.gem.session import GemHostSession
-from equipment.hsms.config import HsmsConfig
-from equipment.sim.gem_tool import GemToolSim, GemToolSimConfig
-from tests.daemon.bus_support import configs, stop_tasks
-from tests.daemon.test_dispatch_auto import Fab, body, eventually, route, sha
+from tests.daemon.test_dispatch_auto import Fab, eventually
 from tests.daemon.test_reconnect_reconcile import (
     TOOL,
     Link,
     drop_link,
+    fab_with_link,
     of_lot,
     restore_link,
     start_lot,
 )
 
 
-@contextlib.asynccontextmanager
-async def tracing_fab(redis_url: str, tmp_path: Path, *, spool_max_messages: int,
-                      **gem: object) -> AsyncIterator[tuple[Fab, Link]]:
+def tracing_fab(redis_url: str, tmp_path: Path, *, spool_max_messages: int,
+                **gem: object) -> contextlib.AbstractAsyncContextManager[tuple[Fab, Link]]:
     """One auto-dispatched ETCH tool tracing every 50 ms, behind a Link; route RT = one step."""
-    sim = GemToolSim(GemToolSimConfig(tool_id=TOOL, process_time_s=2.0,
-                                      recipes={"E1": body("E1")},
-                                      spool_max_messages=spool_max_messages))
-    await sim.start()
-    link = Link(sim.port)
-    await link.start()
-    values: dict[str, object] = {"spool_settle_s": 0.5, "trace_period_s": 0.05, **gem}
-    cfg_gem = GemToolConfig(tool_id=TOOL, comm_retry_s=0.3,
-                            hsms=HsmsConfig(host="127.0.0.1", port=link.port,
-                                            t5_connect_separation_s=0.2,
-                                            reconnect_backoff_max_s=0.5,
-                                            linktest_interval_s=0, e37_ranges=False),
-                            **values)  # type: ignore[arg-type]
-    bus_cfg = configs(redis_url)
-    cfg = FabdConfig(service=ServiceConfig(state_directory=str(tmp_path)),
-                     redis=bus_cfg["redis"], store=bus_cfg["store"], bus=bus_cfg["bus"],
-                     dispatch=DispatchSection(mode="auto", command_timeout_s=5.0,
-                                              policy=Policy()),
-                     equipment=EquipmentSection(hsms=[cfg_gem]))
-    core = FabCore(cfg)
-    session = GemHostSession(cfg_gem, core.sink)
-    core.sessions[TOOL] = session
-    await core.start()
-    core._warm_dispatch()
-    mes = core.bus.mes
-    mes.define_route("RT", route(("ETCH", "E1")))
-    mes.define_product("P", "RT")
-    mes.approve_recipe("E1", 1, sha(body("E1")))
-    mes.define_tool(TOOL, "ETCH")
-    mes.qualify(TOOL, "E1", True)
-    bus = core.bus
-    tasks = [asyncio.create_task(bus.writer_loop(), name="bus.writer"),
-             asyncio.create_task(bus.relay_loop(), name="bus.relay"),
-             asyncio.create_task(bus.erp_loop(), name="erp"),
-             asyncio.create_task(session.run(), name=f"hsms[{TOOL}]"),
-             asyncio.create_task(core._actions_loop(), name="dispatch.actions[0]")]
-    try:
-        await eventually(lambda: mes.tools[TOOL].connected, what="the tool connected")
-        await eventually(lambda: sim.traces_sent >= 3, what="the tool tracing")
-        yield Fab(core, {TOOL: sim}, redis_url), link
-    finally:
-        await stop_tasks(tasks, failed_ok=True)
-        await bus.close()
-        await link.stop()
-        await sim.stop()
+    return fab_with_link(redis_url, tmp_path, process_time_s=2.0,
+                         spool_max_messages=spool_max_messages,
+                         **{"trace_period_s": 0.05, **gem})
 
 
 async def test_a_fast_tracing_tool_is_reconciled_after_a_spool_replay(

@@ -101,28 +101,36 @@ class Link:
 
 
 @contextlib.asynccontextmanager
-async def fab_with_link(redis_url: str, tmp_path: Path, *, spool: bool,
-                        process_time_s: float) -> AsyncIterator[tuple[Fab, Link]]:
-    """One auto-dispatched ETCH tool holding E1, behind a Link; route RT = one E1 step."""
+async def fab_with_link(redis_url: str, tmp_path: Path, *, spool: bool = True,
+                        process_time_s: float, spool_max_messages: int | None = None,
+                        **gem: object) -> AsyncIterator[tuple[Fab, Link]]:
+    """One auto-dispatched ETCH tool holding E1, behind a Link; route RT = one E1 step.
+
+    `gem`: GemToolConfig values over the defaults (spool_settle_s 0.5); with a
+    trace_period_s the tool is seen tracing before the fab is handed over."""
+    if spool_max_messages is None:
+        spool_max_messages = 10_000 if spool else 0
     sim = GemToolSim(GemToolSimConfig(tool_id=TOOL, process_time_s=process_time_s,
                                       recipes={"E1": body("E1")},
-                                      spool_max_messages=10_000 if spool else 0))
+                                      spool_max_messages=spool_max_messages))
     await sim.start()
     link = Link(sim.port)
     await link.start()
-    gem = GemToolConfig(tool_id=TOOL, comm_retry_s=0.3, spool_settle_s=0.5,
-                        hsms=HsmsConfig(host="127.0.0.1", port=link.port,
-                                        t5_connect_separation_s=0.2,
-                                        reconnect_backoff_max_s=0.5, linktest_interval_s=0,
-                                        e37_ranges=False))
+    values: dict[str, object] = {"spool_settle_s": 0.5, **gem}
+    gem_cfg = GemToolConfig(tool_id=TOOL, comm_retry_s=0.3,
+                            hsms=HsmsConfig(host="127.0.0.1", port=link.port,
+                                            t5_connect_separation_s=0.2,
+                                            reconnect_backoff_max_s=0.5,
+                                            linktest_interval_s=0, e37_ranges=False),
+                            **values)  # type: ignore[arg-type]
     bus_cfg = configs(redis_url)
     cfg = FabdConfig(service=ServiceConfig(state_directory=str(tmp_path)),
                      redis=bus_cfg["redis"], store=bus_cfg["store"], bus=bus_cfg["bus"],
                      dispatch=DispatchSection(mode="auto", command_timeout_s=5.0,
                                               policy=Policy()),
-                     equipment=EquipmentSection(hsms=[gem]))
+                     equipment=EquipmentSection(hsms=[gem_cfg]))
     core = FabCore(cfg)
-    session = GemHostSession(gem, core.sink)
+    session = GemHostSession(gem_cfg, core.sink)
     core.sessions[TOOL] = session
     await core.start()
     core._warm_dispatch()
@@ -140,6 +148,8 @@ async def fab_with_link(redis_url: str, tmp_path: Path, *, spool: bool,
              asyncio.create_task(core._actions_loop(), name="dispatch.actions[0]")]
     try:
         await eventually(lambda: mes.tools[TOOL].connected, what="the tool connected")
+        if gem.get("trace_period_s"):
+            await eventually(lambda: sim.traces_sent >= 3, what="the tool tracing")
         yield Fab(core, {TOOL: sim}, redis_url), link
     finally:
         await stop_tasks(tasks, failed_ok=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -24,20 +23,8 @@ from equipment.gem.profile import GemDriverProfile
 from equipment.gem.session import GemHostSession
 from equipment.hsms.config import HsmsConfig
 from equipment.sim.gem_tool import GemToolSim, GemToolSimConfig
-from tests.support import eventually, free_port
-
-_SECSGEM_EQUIPMENT = """
-import os, sys
-import secsgem.common, secsgem.gem, secsgem.hsms
-eq = secsgem.gem.GemEquipmentHandler(secsgem.hsms.HsmsSettings(
-    address="127.0.0.1", port=int(sys.argv[1]), session_id=0,
-    connect_mode=secsgem.hsms.HsmsConnectMode.PASSIVE,
-    device_type=secsgem.common.DeviceType.EQUIPMENT))
-eq.enable()
-print("ready", flush=True)
-sys.stdin.read()  # until the test closes our stdin
-os._exit(0)  # secsgem's server thread is not a daemon: do not wait for it
-"""
+from tests.equipment.test_hsms_interop import secsgem_equipment
+from tests.support import eventually
 
 # secsgem's own equipment knows none of the fabd-sim report, event or status ids.
 _PLAIN = GemDriverProfile(name="secsgem-plain")
@@ -80,12 +67,7 @@ def _warnings(caplog: pytest.LogCaptureFixture, tool_id: str) -> list[str]:
 async def test_a_secsgem_tool_that_never_answers_s2f31_comes_online_with_a_warning(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _SECSGEM_EQUIPMENT, str(port),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    try:
-        assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"ready"
+    async with secsgem_equipment() as port:
         timeouts = metrics.REPLY_TIMEOUTS.labels("SG-PLAIN", "hsms")
         t3_before = timeouts._value.get()
         config = GemToolConfig(tool_id="SG-PLAIN", hsms=_hsms(port, 2.0), comm_retry_s=0.3)
@@ -97,10 +79,6 @@ async def test_a_secsgem_tool_that_never_answers_s2f31_comes_online_with_a_warni
             [warning] = _warnings(caplog, "SG-PLAIN")
             assert "S2F31" in warning and "T3" in warning
             assert timeouts._value.get() - t3_before == 1   # one T3, not one per attempt
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        await proc.wait()
 
 
 @pytest.fixture

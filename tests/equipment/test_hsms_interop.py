@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
 
 import secsgem.common
 import secsgem.gem
@@ -39,15 +41,30 @@ os._exit(0)  # secsgem's server thread is not a daemon: do not wait for it
 """
 
 
-async def test_our_host_selects_a_secsgem_equipment_and_talks_gem() -> None:
-    # secsgem runs in a child process: its listening thread is not a daemon thread and
-    # can outlive disable(), which would keep a test process from exiting
+@contextlib.asynccontextmanager
+async def secsgem_equipment() -> AsyncIterator[int]:
+    """A plain secsgem 0.3 GEM equipment listening on a free port (yielded), in a child
+    process: its listening thread is not a daemon thread and can outlive disable(), which
+    would keep a test process from exiting."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _SECSGEM_EQUIPMENT, str(port),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     try:
         assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"ready"
+        yield port
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_our_host_selects_a_secsgem_equipment_and_talks_gem() -> None:
+    async with secsgem_equipment() as port:
 
         def host_handler(session: HsmsSession, msg: Message) -> None:
             # secsgem's equipment also opens with S1F13: answer it as a GEM host does
@@ -71,13 +88,6 @@ async def test_our_host_selects_a_secsgem_equipment_and_talks_gem() -> None:
             reply = await host.request(1, 11, L())
             assert reply.function == 12 and len(reply.body) > 0
             await host.session.linktest()
-    finally:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_secsgem_host_selects_our_passive_equipment_and_establishes_communication() -> None:
