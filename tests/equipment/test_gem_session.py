@@ -53,8 +53,10 @@ def _lot() -> str:
     return f"LOT-{next(_lots):04d}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def sim() -> Iterator[GemToolSim]:
+    """A tool of each test's own: a tool shared by the module carried one test's left-overs
+    (a send loop still waiting for an ack, spooled events) into the next."""
     tool = GemToolSim(GemToolSimConfig(tool_id="SIM01", process_time_s=0.3,
                                        t3_reply_timeout_s=30.0))
     asyncio.run(tool.start())
