@@ -316,7 +316,11 @@ class GemHostSession:
             tiack = await self._optional(2, 31, m.clock_text(), "TIACK", "set_clock")
             if tiack:
                 log.info("tool %s: clock set refused (TIACK %d)", self.tool_id, tiack)
-        # 4. Events: disable all, delete all reports, define, link, enable; alarms.
+        # 4. Events: disable all, delete all reports, define, link, enable; alarms. An event
+        # the tool has between the disable and the enable is not reported (E30: disabled);
+        # a lot completion lost that way is caught by the status read in step 6 (the daemon
+        # holds the lot). Keeping a tool's old definitions instead would risk decoding
+        # another host's reports with ours, which S6F15 cannot rule out (it shows no VIDs).
         await self._ack(2, 37, m.s2f37(False), "ERACK")
         await self._ack(2, 33, m.s2f33_delete_all(self._next_dataid()), "DRACK")
         if p.reports:

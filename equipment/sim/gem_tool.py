@@ -21,6 +21,7 @@ host running on the same event loop can still answer.
 
 Test knobs: `shift()` / `drift()` a process parameter, `raise_alarm()` /
 `clear_alarm()`, `set_e10()`, `set_control()`, `process_time_s`,
+`hold_process()` / `release_process()` (lots end only when the test says),
 `drop_connection()` now or `drop_on(stream, function)` when the next such message
 arrives, `reply_delay_s` (provoke a host T3), `unsupported` (answer S9F5),
 `unanswered` (answer nothing, as secsgem 0.3 does with an S2F31 it cannot decode),
@@ -682,6 +683,10 @@ class _SimHandler(secsgem.gem.GemEquipmentHandler):
             step = min(0.05, remaining)
             time.sleep(step)
             remaining -= step
+        # hold_process(): the lot's time is up, but it ends only when the test says so
+        while (not self._sim._end_gate.wait(0.05) and not self._lot_stop.is_set()
+               and not self._stopping.is_set()):
+            pass
         with self._lock:
             if self._lot_stop.is_set() and self._lot_result == 0:
                 self._lot_result = 1  # a stopped lot did not get its full process
@@ -854,6 +859,8 @@ class GemToolSim:
         self._traces_sent = 0
         self._refuse_comm = 0
         self._spool_busy = 0
+        self._end_gate = threading.Event()  # clear: lots do not end (hold_process)
+        self._end_gate.set()
         self.disconnects = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -1019,7 +1026,17 @@ class GemToolSim:
         self._drop_on.clear()
         self._refuse_comm = 0
         self._spool_busy = 0
+        self._end_gate.set()
         self.reset_process()
+
+    def hold_process(self) -> None:
+        """Lots do not end, once their process time is up, until `release_process()`: a lot
+        still running at the moment a test chooses, however slow the machine."""
+        self._end_gate.clear()
+
+    def release_process(self) -> None:
+        """Let held lots end (CE ProcessCompleted) and the next ones end on their own."""
+        self._end_gate.set()
 
     def reset_process(self) -> None:
         """Forget every shift and drift: parameters go back around their set points."""
