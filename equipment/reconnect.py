@@ -1,11 +1,12 @@
-"""The reconnect rule the OPC UA and MQTT sessions share: backoff, and what is said when.
+"""The reconnect rule the HSMS, OPC UA and MQTT sessions share: backoff, what is said when.
 
 STYLE: one WARNING when a peer goes away, one INFO when it is back, and one
 ERROR per outage when the peer refuses us (that will not end by itself). A
-connection lost sooner than 2 x the backoff cap after it came up (a broker that
-kicks us at once because another client took our client id, an OPC UA server
-that closes the secure channel as soon as the session is up) is the same
-outage: the backoff goes on growing and nothing more is said, instead of a
+connection lost sooner than 2 x the backoff cap after it came up (HSMS: 60 s,
+its cap is minutes) is the same outage (a broker that kicks us at once because
+another client took our client id, an OPC UA server that closes the secure
+channel as soon as the session is up, a tool that drops the host right after
+the select): the backoff goes on growing and nothing more is said, instead of a
 reconnect and a WARNING and an INFO as fast as the peer answers.
 """
 
@@ -16,19 +17,30 @@ import time
 from collections.abc import Callable
 
 
-def backoff_s(attempt: int, floor_s: float, cap_s: float, rng: random.Random) -> float:
-    """Return the jittered exponential delay before reconnect attempt `attempt` (0-based)."""
-    return min(cap_s, floor_s * 2 ** min(attempt, 30)) * rng.uniform(0.5, 1.0)
+def backoff_s(attempt: int, floor_s: float, cap_s: float, rng: random.Random, *,
+              floor_is_minimum: bool = False) -> float:
+    """Return the jittered exponential delay before reconnect attempt `attempt` (0-based).
+
+    The jitter takes up to half off the doubled delay; with `floor_is_minimum` it never
+    goes below the floor (HSMS: E37's T5 is the least time between connect attempts).
+    """
+    ceiling = min(cap_s, floor_s * 2 ** min(attempt, 30))
+    if floor_is_minimum:
+        return rng.uniform(floor_s, max(floor_s, ceiling))
+    return ceiling * rng.uniform(0.5, 1.0)
 
 
 class Outages:
     """One peer's outages: how long to wait before the next attempt, and when to speak."""
 
     def __init__(self, floor_s: float, cap_s: float, rng: random.Random, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, stable_s: float | None = None,
+                 floor_is_minimum: bool = False) -> None:
         self._floor_s = floor_s
         self._cap_s = cap_s
-        self._stable_s = 2 * cap_s  # up at least this long: its loss is a new outage
+        # up at least this long: its loss is a new outage (default 2 x the cap)
+        self._stable_s = 2 * cap_s if stable_s is None else stable_s
+        self._floor_is_minimum = floor_is_minimum
         self._rng = rng
         self._clock = clock
         self._attempt = 0  # backoff exponent in this outage
@@ -70,7 +82,8 @@ class Outages:
 
     def delay_s(self) -> float:
         """Return how long to wait before the next attempt (grows until the peer stays up)."""
-        delay = backoff_s(self._attempt, self._floor_s, self._cap_s, self._rng)
+        delay = backoff_s(self._attempt, self._floor_s, self._cap_s, self._rng,
+                          floor_is_minimum=self._floor_is_minimum)
         self._attempt += 1
         return delay
 

@@ -10,8 +10,13 @@ from equipment import metrics
 from equipment.hsms.endpoint import HsmsEndpoint
 from equipment.hsms.errors import HsmsError
 from equipment.hsms.protocol import HsmsProtocol
+from equipment.reconnect import Outages
 
 log = logging.getLogger("fabd.hsms")
+
+# A connection up this long (or 2 x the backoff cap, if less) was a real one: its loss
+# is a new outage, said again, and the next attempt waits T5 only.
+STABLE_CONNECTION_S = 60.0
 
 
 class HsmsActive(HsmsEndpoint):
@@ -19,12 +24,6 @@ class HsmsActive(HsmsEndpoint):
 
     Run `await active.run()` as a named task; it returns after `stop()`.
     """
-
-    def backoff_s(self, attempt: int) -> float:
-        """Return the wait before connect attempt `attempt` (0-based): jittered, T5 the floor."""
-        t5 = self.config.t5_connect_separation_s
-        ceiling = min(self.config.reconnect_backoff_max_s, t5 * 2.0 ** min(attempt, 30))
-        return random.uniform(t5, max(t5, ceiling))
 
     async def connect_once(self) -> None:
         """Open the TCP connection and select (raises OSError, TimeoutError or HsmsError)."""
@@ -42,51 +41,60 @@ class HsmsActive(HsmsEndpoint):
             raise
 
     async def run(self) -> None:
-        """Supervise the connection until stop(): one WARNING when lost, one INFO when back."""
+        """Supervise the connection until stop(): one WARNING when lost, one INFO when back.
+
+        A connection lost within a minute (STABLE_CONNECTION_S) of its select is the same outage (a tool that
+        drops the host right after the select): the backoff goes on growing from T5 and
+        nothing more is said, instead of a WARNING, an INFO and a GEM start-up every T5.
+        """
         cfg = self.config
         where = f"{cfg.host}:{cfg.port}"
-        attempt = 0
+        outages = Outages(cfg.t5_connect_separation_s, cfg.reconnect_backoff_max_s,
+                          random.Random(), floor_is_minimum=True,
+                          stable_s=min(STABLE_CONNECTION_S, 2 * cfg.reconnect_backoff_max_s))
         ever_selected = False
-        down_logged = False
         try:
             while not self._stopping:
                 try:
                     await self.connect_once()
                 except (OSError, TimeoutError, HsmsError) as exc:
-                    if not down_logged:
+                    if outages.failed():
                         log.warning("hsms %s: cannot reach the tool at %s: %s; retrying every "
                                     "%g..%g s", self.tool_id, where, exc or type(exc).__name__,
                                     cfg.t5_connect_separation_s, cfg.reconnect_backoff_max_s)
-                        down_logged = True
                     else:
                         log.debug("hsms %s: connect attempt %d to %s failed: %s",
-                                  self.tool_id, attempt + 1, where, exc)
-                    await self._sleep(self.backoff_s(attempt))
-                    attempt += 1
+                                  self.tool_id, outages.failures, where, exc)
+                    await self._sleep(outages.delay_s())
                     continue
                 session = self.session
                 assert session is not None
                 if self._stopping:  # stop() came while we were connecting
                     break
+                attempts = outages.failures + 1
                 if ever_selected:
                     metrics.RECONNECTS.labels(self.tool_id, "hsms").inc()
+                if outages.up():
                     log.info("hsms %s: back: SELECTED on %s after %d attempt(s)",
-                             self.tool_id, where, attempt + 1)
-                else:
+                             self.tool_id, where, attempts)
+                elif not ever_selected:
                     log.info("hsms %s: SELECTED on %s", self.tool_id, where)
-                attempt = 0
+                else:
+                    log.debug("hsms %s: SELECTED again on %s", self.tool_id, where)
                 ever_selected = True
-                down_logged = False
                 await self._call_hook(self.on_selected, session, "on_selected")
                 reason = await asyncio.shield(session.closed)
                 if self._stopping:
                     break
-                log.warning("hsms %s: connection to %s lost: %s; reconnecting", self.tool_id,
-                            where, reason)
-                down_logged = True
+                if outages.lost():
+                    log.warning("hsms %s: connection to %s lost: %s; reconnecting", self.tool_id,
+                                where, reason)
+                else:
+                    log.debug("hsms %s: connection to %s lost again soon after the select: %s",
+                              self.tool_id, where, reason)
                 await self._call_hook(self.on_lost, reason, "on_lost")
                 # E37 T5: leave at least T5 between connection attempts
-                await self._sleep(self.backoff_s(0))
+                await self._sleep(outages.delay_s())
         finally:
             if self.session is not None:
                 self.session.close("host stopped")

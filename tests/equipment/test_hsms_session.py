@@ -535,3 +535,27 @@ async def test_reply_with_an_unsupported_ptype_is_rejected_not_taken_as_the_repl
         assert not request.done()
         peer.write(frame(0, 1, 4, False, SType.DATA, primary.system, L(U4(5))))
         assert (await asyncio.wait_for(request, 5)).body == L(U4(5))
+
+
+async def test_a_tool_dropping_the_host_right_after_each_select_is_one_outage(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A tool that closed the connection right after every select (one that takes the
+    select but not this host) got a WARNING, an INFO "back" and, in GEM, a whole start-up
+    every T5 for as long as it did so; now it is one outage, said once, backing off."""
+    caplog.set_level(logging.INFO, "fabd.hsms")
+    async with raw_server() as (port, peers):
+        host = HsmsActive("EQ-FLAP", host_config(port, reconnect_backoff_max_s=5.0))
+        async with running(host):
+            for _ in range(5):
+                peer = await asyncio.wait_for(peers.get(), 10)
+                await peer.answer_select()
+                await host.wait_state(HsmsState.SELECTED, 5)
+                peer.writer.close()  # and the host tries again
+            peer = await asyncio.wait_for(peers.get(), 10)
+            await peer.answer_select()
+            await host.wait_state(HsmsState.SELECTED, 5)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records
+            if "EQ-FLAP" in r.getMessage() and r.levelno >= logging.INFO
+            and "endpoint stopped" not in r.getMessage()]
+    assert [level for level, _ in said] == [logging.INFO, logging.WARNING, logging.INFO], said
+    assert "lost" in said[1][1] and "back" in said[2][1]

@@ -32,3 +32,22 @@ def test_a_refusal_is_said_once_per_outage_even_after_the_warning() -> None:
     assert outages.failed(refused=True)  # the ERROR, though the WARNING is out
     assert not outages.failed(refused=True)
     assert not outages.failed()
+
+
+def test_hsms_backoff_never_waits_less_than_t5_and_grows_while_the_tool_flaps() -> None:
+    """E37: T5 is the least time between connect attempts, jitter or not."""
+    now = [0.0]
+    outages = Outages(10.0, 120.0, random.Random(3), clock=lambda: now[0], stable_s=60.0,
+                      floor_is_minimum=True)
+    assert outages.failed()
+    delays = [outages.delay_s() for _ in range(6)]
+    assert all(d >= 10.0 for d in delays) and max(delays) <= 120.0
+    assert delays[0] == 10.0 and max(delays[3:]) > 20.0  # ceilings 10, 20, 40, 80, 120, 120
+    assert outages.up()
+    now[0] += 30.0
+    assert not outages.lost()  # dropped within a minute of the select: the same outage
+    assert outages.delay_s() >= 10.0
+    assert not outages.up()
+    now[0] += 60.0
+    assert outages.lost()  # up a minute: a new outage, said, and T5 again
+    assert outages.delay_s() == 10.0
