@@ -185,7 +185,8 @@ class FabCore:
         for broker in self.config.equipment.mqtt:
             from equipment.mqtt.session import MqttSession
 
-            s = MqttSession(broker, self.sink, current_lot=self.current_lot)
+            s = MqttSession(broker, self.sink, current_lot=self.current_lot,
+                            lot_at=self.lot_at)
             self.mqtt.append(s)
             app.add_component(f"mqtt[{broker.broker_id}]", s.run)
         for i in range(4):
@@ -332,6 +333,9 @@ class FabCore:
     def current_lot(self, tool_id: str) -> str:
         tool = self.bus.mes.tools.get(tool_id)
         return tool.lot_id if tool else ""
+
+    def lot_at(self, tool_id: str, ts: float) -> str:
+        return self.bus.mes.lot_at(tool_id, ts)
 
     def judge_starts(self, events: list[dom.DomainEvent]) -> None:
         """Report a start fabd did not make that the track-in checks would have refused.

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 
 import msgspec
@@ -154,6 +154,9 @@ class Batch(msgspec.Struct, kw_only=True):
     commands: list[tuple[str, float]]  # (command id, ts)
 
 
+_RUNS_KEPT = 32  # a tool's last runs lot_at() can name (hours of a tool's work)
+
+
 class MesState:
     """The state of record in memory, its transitions, and the pending batch for the writer."""
 
@@ -166,6 +169,10 @@ class MesState:
         self.tools: dict[str, Tool] = {}
         self.lots: dict[str, Lot] = {}  # every lot ever (completed and scrapped ones too)
         self._active: dict[str, Lot] = {}  # lots still in the WIP: what the tick iterates
+        # In memory only, for lot_at(): when each processing lot started, and each tool's
+        # last runs (lot, started, ended)
+        self._started: dict[str, float] = {}
+        self._runs: dict[str, deque[tuple[str, float, float]]] = {}
         self.applied: set[str] = set()
         self.jseq = 0  # journal sequence across all streams (the outbox order)
         self.seq: dict[str, int] = dict.fromkeys(ev.STREAMS, 0)  # per-stream entry seq
@@ -703,6 +710,7 @@ class MesState:
         lot.state = PROCESSING
         lot.tool_id = tool_id
         tool.lot_id = lot_id
+        self._started[lot_id] = self.clock() if ts is None else ts
         self._touch("lot", lot_id, lot)
         self._touch("tool", tool_id, tool)
         self.emit(ev.LotTrackedIn(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
@@ -763,7 +771,7 @@ class MesState:
         end lifts, released at the step it was held at before the lot moves on."""
         lot_id = lot.lot_id
         step_id, arrived = lot.step_id, lot.arrived_ts
-        self._free_tool(lot)
+        self._free_tool(lot, now)
         self.emit(ev.LotTrackedOut(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
                                    wafers=lot.wafers, tool_id=tool_id, ok=ok), now)
         if settle is not None:
@@ -851,12 +859,34 @@ class MesState:
                                  step_id=lot.step_id, wafers=lot.wafers, from_step_id=from_step,
                                  route_id=rework.route_id, return_step_id=from_step), now)
 
-    def _free_tool(self, lot: Lot) -> None:
+    def _free_tool(self, lot: Lot, ended: float | None = None) -> None:
         tool = self.tools.get(lot.tool_id) if lot.tool_id else None
+        started = self._started.pop(lot.lot_id, None)
+        if started is not None and lot.tool_id:
+            runs = self._runs.setdefault(lot.tool_id, deque(maxlen=_RUNS_KEPT))
+            runs.append((lot.lot_id, started, self.clock() if ended is None else ended))
         if tool is not None and tool.lot_id == lot.lot_id:
             tool.lot_id = ""
             self._touch("tool", tool.tool_id, tool)
         lot.tool_id = ""
+
+    def lot_at(self, tool_id: str, ts: float) -> str:
+        """The lot a tool processed at `ts` ("" for none; "L1,L2" for a batch): for data that
+        arrives late with its own time, e.g. an MQTT broker's backlog after an outage, which
+        belongs to the lot of its time, not to the lot processing now.
+
+        The current lot from its start on, else one of the tool's last runs (kept in memory:
+        after a restart only the current lot is known, taken for any time).
+        """
+        tool = self.tools.get(tool_id)
+        if tool is None:
+            return ""
+        if tool.lot_id:
+            started = self._started.get(tool.lot_id)
+            if started is None or ts >= started:
+                return tool.lot_id
+        past = [lot for lot, start, end in self._runs.get(tool_id, ()) if start <= ts <= end]
+        return ",".join(dict.fromkeys(past))
 
     def refuse_track_in(self, lot_id: str, tool_id: str, code: str, detail: str = "") -> None:
         """Publish that a lot was refused on a tool (the enforcement decided; nothing changes)."""

@@ -4,7 +4,8 @@ Files: `config.py` (MqttBrokerConfig, TopicMapping, MqttTls), `client.py`
 (aiomqtt client from config, TopicRouter), `session.py` (MqttSession:
 supervisor, mapping, retained tool state), `errors.py` (rooted in FabdError).
 
-    session = MqttSession(broker_config, sink, current_lot=core.current_lot)
+    session = MqttSession(broker_config, sink, current_lot=core.current_lot,
+                          lot_at=core.lot_at)
     tg.create_task(session.run(), name=f"mqtt[{broker_config.broker_id}]")
     await session.publish_tool_state("ETCH01", {"e10": "productive", "lot": "L1"})
 
@@ -29,4 +30,8 @@ A broker in the daemon's TOML:
     state_values = { "RUN" = "productive", "IDLE" = "standby", "DOWN" = "unscheduled_down" }
     [[equipment.mqtt.subscriptions]]
     topic = "fab/{tool_id}/pv/{parameter}"   # bare number or {"value": x}
+
+Without a lot_field a sample gets the lot processing on the tool; with a ts_field,
+a sample older than the connection (the broker's backlog after an outage) gets the
+lot that processed at its time (core.lot_at), "" if the tool was idle then.
 """

@@ -41,7 +41,7 @@ class TopicMapping(msgspec.Struct, frozen=True, kw_only=True):
     tool_id: str = ""  # a fixed tool id, when neither the topic nor the payload names one
     tool_field: str = ""  # payload field holding the tool id
     values: dict[str, str] = {}  # payload field -> SPC parameter; {} = every numeric field
-    lot_field: str = ""  # payload field with the lot id ("" = ask the daemon's current lot)
+    lot_field: str = ""  # payload field with the lot id ("" = the daemon's lot on the tool then)
     chamber_field: str = ""
     ts_field: str = ""  # payload field with the sample time in epoch seconds ("" = arrival)
     state_field: str = ""  # payload field with the tool state -> E10StateChanged

@@ -217,11 +217,14 @@ class MqttSession(StateWatch[MqttSessionState]):
 
     def __init__(self, config: MqttBrokerConfig, sink: EventSink, *,
                  current_lot: Callable[[str], str] | None = None,
+                 lot_at: Callable[[str, float], str] | None = None,
                  clock: Callable[[], float] = time.time, seed: int | None = None) -> None:
         self.config = config
         self.broker_id = config.broker_id
         self.sink = sink
         self.current_lot = current_lot  # tool id -> lot in process (from the daemon core)
+        self.lot_at = lot_at  # (tool id, time) -> lot in process then (from the daemon core)
+        self._connecting_since = 0.0  # when the current connection's attempt began
         self.e10_states: dict[str, E10State] = {}
         self.received_total = 0
         self.malformed_total = 0
@@ -270,6 +273,7 @@ class MqttSession(StateWatch[MqttSessionState]):
             while True:
                 raise_if_cancelled()
                 self._set_state(MqttSessionState.CONNECTING)
+                self._connecting_since = self._clock()
                 client = build_client(cfg, queue_type=self._queue_type)
                 inner = paho_client(client)
                 # PUBACK only once what a message produced is durable (_on_message); set
@@ -514,6 +518,10 @@ class MqttSession(StateWatch[MqttSessionState]):
         lot = ""
         if c.lot:
             lot = _text(_get(doc, c.lot), "lot field")
+        elif c.ts and self.lot_at is not None and ts < self._connecting_since:
+            # Sent before this connection, kept by the broker (a persistent session's
+            # backlog): the lot of its time, which may have ended while we were away.
+            lot = self.lot_at(tool_id, ts)
         elif self.current_lot is not None:
             lot = self.current_lot(tool_id)
         chamber = _text(_get(doc, c.chamber), "chamber field") if c.chamber else ""

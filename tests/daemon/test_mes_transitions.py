@@ -477,3 +477,21 @@ def test_a_merge_of_lots_at_different_steps_or_held_is_refused() -> None:
     with pytest.raises(IllegalTransition, match="L3 is held"):
         mes.merge_lot("L1", "L3", "x", "eng")
     assert [mes.lots[x].wafers for x in ("L1", "L2", "L3")] == [25, 25, 25]
+
+
+def test_lot_at_names_the_lot_a_tool_ran_at_a_time_for_data_that_arrives_late() -> None:
+    """Samples from an MQTT broker's backlog carry their own time: they belong to the lot of
+    that time (which may have ended meanwhile), not to the lot processing when they arrive."""
+    mes = make_state()
+    for lot in ("L1", "L2"):
+        mes.create_lot(lot, "PO-7", "P1", 25)
+    mes.track_in("L1", "LITHO01", ts=1000.0)
+    mes.track_out("L1", "LITHO01", ts=1100.0)
+    mes.track_in("L2", "LITHO01", ts=1200.0)
+    assert mes.lot_at("LITHO01", 1050.0) == "L1"   # ended since
+    assert mes.lot_at("LITHO01", 1150.0) == ""     # the tool was idle
+    assert mes.lot_at("LITHO01", 1250.0) == "L2"   # processing now
+    assert mes.lot_at("LITHO01", 900.0) == ""
+    assert mes.lot_at("NO-SUCH", 1050.0) == ""
+    mes.completion_lost("L2", "LITHO01", "completion not reported")
+    assert mes.lot_at("LITHO01", 1250.0) == "L2"   # its run ended when it was taken off

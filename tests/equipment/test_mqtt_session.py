@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import aiomqtt
@@ -213,6 +214,38 @@ async def test_qos1_data_sent_while_away_arrives_after_restart_of_fabd(mosquitto
     await second.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
     await eventually(lambda: len(sink.point_list) == 5, what="backlog delivered")
     assert [p.value for p in sink.point_list] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+async def test_backlog_samples_belong_to_the_lot_of_their_time(mosquitto_server,
+                                                                 sessions) -> None:
+    """A sensor's samples kept by the broker while fabd was away were all charted under the
+    lot on the tool when they arrived: a lot that ended during the outage lost its data to
+    the next one (which an SPC violation would then hold instead)."""
+    fdc = TopicMapping(topic="fab/fdc/{tool_id}", ts_field="ts", qos=1)
+    config = broker(mosquitto_server, client_id="fabd-lot-at", subscriptions=[fdc])
+    first = sessions.start(MqttSession(config, RecordingSink()))
+    await first.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
+    await sessions.stop()  # fabd goes away; the broker keeps its session
+    now = time.time()
+    # LOT-A ran from now-100 to now-50 (while fabd was away), LOT-B since now-20.
+    runs = [("LOT-A", now - 100, now - 50), ("LOT-B", now - 20, float("inf"))]
+
+    def lot_at(tool: str, ts: float) -> str:
+        return next((lot for lot, start, end in runs if start <= ts <= end), "")
+
+    await publish(mosquitto_server, [
+        ("fab/fdc/CVD09", f'{{"rf_w": 1, "ts": {now - 80}}}'),
+        ("fab/fdc/CVD09", f'{{"rf_w": 2, "ts": {now - 30}}}'),   # between the lots
+        ("fab/fdc/CVD09", f'{{"rf_w": 3, "ts": {now - 10}}}')])
+    sink = RecordingSink()
+    second = sessions.start(MqttSession(config, sink, current_lot=lambda tool: "LOT-B",
+                                        lot_at=lot_at))
+    await second.wait_state(MqttSessionState.CONNECTED, timeout_s=30)
+    await eventually(lambda: len(sink.point_list) == 3, what="backlog delivered")
+    await publish(mosquitto_server, [("fab/fdc/CVD09", f'{{"rf_w": 4, "ts": {time.time()}}}')])
+    await eventually(lambda: len(sink.point_list) == 4, what="live sample")
+    assert [(p.value, p.lot_id) for p in sink.point_list] == [
+        (1.0, "LOT-A"), (2.0, ""), (3.0, "LOT-B"), (4.0, "LOT-B")]
 
 
 class BlockingSink(RecordingSink):
