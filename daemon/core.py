@@ -446,11 +446,12 @@ class FabCore:
             return
         mes = self.bus.mes
 
-        def step_of(lot_id: str) -> str:
+        def step_of(p: dom.ProcessPoint) -> str:
+            lot_id = p.lot_id
             if "," in lot_id:   # a batch: its lots run the same step
                 lot_id = next(iter(batch_lot_ids(lot_id)), "")
-            lot = mes.lots.get(lot_id)
-            return lot.step_id if lot is not None else ""
+            # a late sample (an MQTT backlog) of a lot that has moved on: its step then
+            return mes.step_at(p.tool_id, lot_id, p.ts) if lot_id else ""
 
         accepted = self.spc.add_points(points, step_of=step_of)
         metrics.SPC_POINTS.inc(accepted)

@@ -169,10 +169,10 @@ class MesState:
         self.tools: dict[str, Tool] = {}
         self.lots: dict[str, Lot] = {}  # every lot ever (completed and scrapped ones too)
         self._active: dict[str, Lot] = {}  # lots still in the WIP: what the tick iterates
-        # In memory only, for lot_at(): when each processing lot started, and each tool's
-        # last runs (lot, started, ended)
+        # In memory only, for lot_at() and step_at(): when each processing lot started, and
+        # each tool's last runs (lot, step, started, ended)
         self._started: dict[str, float] = {}
-        self._runs: dict[str, deque[tuple[str, float, float]]] = {}
+        self._runs: dict[str, deque[tuple[str, str, float, float]]] = {}
         self.applied: set[str] = set()
         self.jseq = 0  # journal sequence across all streams (the outbox order)
         self.seq: dict[str, int] = dict.fromkeys(ev.STREAMS, 0)  # per-stream entry seq
@@ -864,7 +864,8 @@ class MesState:
         started = self._started.pop(lot.lot_id, None)
         if started is not None and lot.tool_id:
             runs = self._runs.setdefault(lot.tool_id, deque(maxlen=_RUNS_KEPT))
-            runs.append((lot.lot_id, started, self.clock() if ended is None else ended))
+            runs.append((lot.lot_id, lot.step_id, started,
+                         self.clock() if ended is None else ended))
         if tool is not None and tool.lot_id == lot.lot_id:
             tool.lot_id = ""
             self._touch("tool", tool.tool_id, tool)
@@ -885,8 +886,20 @@ class MesState:
             started = self._started.get(tool.lot_id)
             if started is None or ts >= started:
                 return tool.lot_id
-        past = [lot for lot, start, end in self._runs.get(tool_id, ()) if start <= ts <= end]
+        past = [lot for lot, _, start, end in self._runs.get(tool_id, ()) if start <= ts <= end]
         return ",".join(dict.fromkeys(past))
+
+    def step_at(self, tool_id: str, lot_id: str, ts: float) -> str:
+        """The step a lot ran on a tool at `ts` (its SPC chart): the step of the tool's run of
+        it that `ts` falls in, else the step the lot is at ("" for an unknown lot)."""
+        lot = self.lots.get(lot_id)
+        if lot is None:
+            return ""
+        if lot.state != PROCESSING or lot.tool_id != tool_id:
+            for run_lot, step, start, end in reversed(self._runs.get(tool_id, ())):
+                if run_lot == lot_id and start <= ts <= end:
+                    return step
+        return lot.step_id
 
     def refuse_track_in(self, lot_id: str, tool_id: str, code: str, detail: str = "") -> None:
         """Publish that a lot was refused on a tool (the enforcement decided; nothing changes)."""

@@ -406,11 +406,11 @@ class SpcEngine:
     # ---- points -------------------------------------------------------------
 
     def add_points(self, points: Iterable[ProcessPoint], *,
-                   step_of: Callable[[str], str] | None = None) -> int:
+                   step_of: Callable[[ProcessPoint], str] | None = None) -> int:
         """Buffer process points, registering a chart per tool/chamber/step/parameter on first sight.
 
-        step_of maps a lot id to the step it is on (the daemon knows); without it the
-        key's step is "-". Returns how many points were accepted.
+        step_of maps a point to the step its lot ran when it was taken (the daemon knows);
+        without it the key's step is "-". Returns how many points were accepted.
         """
         ids = self._ids
         codes = self._lot_codes
@@ -421,7 +421,7 @@ class SpcEngine:
             if accepted >= room:
                 self.points_dropped_total += 1
                 continue
-            step = step_of(p.lot_id) if step_of is not None else ""
+            step = step_of(p) if step_of is not None else ""
             key = f"{p.tool_id}/{p.chamber or '-'}/{step or '-'}/{p.parameter}"  # chart_key()
             cid = ids.get(key)
             if cid is None:

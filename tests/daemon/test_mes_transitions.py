@@ -488,7 +488,9 @@ def test_lot_at_names_the_lot_a_tool_ran_at_a_time_for_data_that_arrives_late() 
     mes.track_in("L1", "LITHO01", ts=1000.0)
     mes.track_out("L1", "LITHO01", ts=1100.0)
     mes.track_in("L2", "LITHO01", ts=1200.0)
-    assert mes.lot_at("LITHO01", 1050.0) == "L1"   # ended since
+    assert mes.lot_at("LITHO01", 1050.0) == "L1"   # ended since, and moved on to ETCH:
+    assert mes.step_at("LITHO01", "L1", 1050.0) == "COAT"   # its data charts at COAT
+    assert mes.step_at("LITHO01", "L1", 1150.0) == "ETCH"   # no run then: where it is
     assert mes.lot_at("LITHO01", 1150.0) == ""     # the tool was idle
     assert mes.lot_at("LITHO01", 1250.0) == "L2"   # processing now
     assert mes.lot_at("LITHO01", 900.0) == ""

@@ -276,7 +276,7 @@ def test_process_points_register_their_chart_on_first_sight():
                                                 reaction=Reaction.INHIBIT_CHAMBER)))
     pts = [ProcessPoint(tool_id="ETCH01", parameter="rf_power", value=400.5, ts=float(i),
                         lot_id="LOT3", chamber="PM2") for i in range(9)]
-    assert eng.add_points(pts, step_of=lambda lot: "STEP12") == 9
+    assert eng.add_points(pts, step_of=lambda p: "STEP12") == 9
     (v,) = eng.evaluate().violations
     assert v.chart_key == spc.chart_key("ETCH01", "rf_power", chamber="PM2", step="STEP12")
     assert v.chart_key == "ETCH01/PM2/STEP12/rf_power"
