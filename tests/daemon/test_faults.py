@@ -175,6 +175,10 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(fab):
 
 
 async def test_tool_dropping_mid_lot_neither_loses_nor_repeats_the_lot(fab):
+    # Lots end only once the link is back: one that ended while the reconnecting host
+    # redefined its reports would go unreported (and be held), which is another test.
+    for sim in fab.sims.values():
+        sim.hold_process()
     await asyncio.to_thread(fab.start_daemon)
     fab.send(master_data() + lot_commands(2))
 
@@ -194,10 +198,6 @@ async def test_tool_dropping_mid_lot_neither_loses_nor_repeats_the_lot(fab):
         return ("tool_disconnected" in kinds
                 and "tool_connected" in kinds[kinds.index("tool_disconnected"):])
 
-    # Lots end only once the link is back: one that ended while the reconnecting host
-    # redefined its reports would go unreported (and be held), which is another test.
-    for sim in fab.sims.values():
-        sim.hold_process()
     tool = await eventually(processing, timeout_s=60, what="a lot processing on a DEP tool")
     await fab.sims[tool].drop_connection()  # the link drops while the lot runs
     await eventually(lambda: back(tool), timeout_s=60, what=f"{tool} reconnected")
