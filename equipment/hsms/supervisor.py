@@ -43,9 +43,10 @@ class HsmsActive(HsmsEndpoint):
     async def run(self) -> None:
         """Supervise the connection until stop(): one WARNING when lost, one INFO when back.
 
-        A connection lost within a minute (STABLE_CONNECTION_S) of its select is the same outage (a tool that
-        drops the host right after the select): the backoff goes on growing from T5 and
-        nothing more is said, instead of a WARNING, an INFO and a GEM start-up every T5.
+        A connection lost within STABLE_CONNECTION_S of its select is the same outage (a
+        tool that drops the host right after the select): the backoff goes on growing from
+        T5 and nothing more is said, instead of a WARNING, an INFO and a GEM start-up every
+        T5.
         """
         cfg = self.config
         where = f"{cfg.host}:{cfg.port}"
