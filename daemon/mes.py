@@ -122,7 +122,8 @@ class Lot(msgspec.Struct, kw_only=True):
     # queue-time limit (s) of the step the lot left to come here, the window that closes when
     # this step starts: the route's previous step, or the last step of a rework route the lot
     # returns from; 0 none (a first step, a rework route entered); -1 not recorded (a lot
-    # stored by an older fabd: the route's previous step)
+    # stored by an older fabd: the route's previous step); after a merge, from the earlier
+    # arrival to the earlier of the two lots' deadlines
     qt_limit_s: float = -1.0
     # it ended the last step of its route while held: it completes when its holds are released
     route_done: bool = False
@@ -520,8 +521,13 @@ class MesState:
             raise IllegalTransition(f"lot {lot_id} is to be held at "
                                     f"{', '.join(h.at_step for h in lot.future_holds)}: "
                                     "withdraw its future holds first")
-        if lot.arrived_ts < into.arrived_ts:   # the merged wafers' queue-time window counts
-            into.arrived_ts, into.qt_waived_arrival = lot.arrived_ts, lot.qt_waived_arrival
+        # The lot waits since the earlier arrival and must start by the earlier of the two
+        # queue-time deadlines: one back from rework may have another window, none, or one
+        # an engineer waived, and each lot's wafers keep theirs.
+        deadline = min(self._qt_deadline(lot), self._qt_deadline(into))
+        into.arrived_ts = min(lot.arrived_ts, into.arrived_ts)
+        into.qt_limit_s = 0.0 if deadline == math.inf else deadline - into.arrived_ts
+        into.qt_waived_arrival = -1.0
         into.wafers += lot.wafers
         lot.state = MERGED
         self._active.pop(lot_id, None)
@@ -532,6 +538,17 @@ class MesState:
                                reason=reason, by=by))
         log.info("lot %s merged into %s at %s (%d wafers now): %s (by %s)", lot_id, into_id,
                  lot.step_id, into.wafers, reason, by)
+
+    def _qt_deadline(self, lot: Lot) -> float:
+        """When the lot must start its step (queue time, as fabsync gives it to dispatch);
+        inf: no window, or one an engineer waived."""
+        limit_s = lot.qt_limit_s
+        if limit_s < 0:   # not recorded (stored by an older fabd): the route's previous step
+            limit_s = (self.routes[lot.route_id].steps[lot.step_index - 1].queue_time_limit_s
+                       if lot.step_index > 0 else 0.0)
+        if limit_s <= 0 or lot.qt_waived_arrival == lot.arrived_ts:
+            return math.inf
+        return lot.arrived_ts + limit_s
 
     def update_lot(self, lot_id: str, reason: str, by: str, *,
                    priority: int | msgspec.UnsetType = msgspec.UNSET,

@@ -38,16 +38,16 @@ def fab():
     return mes, FabSync(mes), now
 
 
-def try_start(mes, sync, tool):
+def try_start(mes, sync, tool, lot_id="L1"):
     """What the daemon does before PP-SELECT + START (daemon.core._start_lots)."""
     sync.sync()
-    step = mes.step_of(mes.lots["L1"])
-    res = check_track_in(sync.model, "L1", tool, step.recipe_id, sync.model.minutes(mes.clock()),
-                         recipe_version=step.recipe_version)
+    step = mes.step_of(mes.lots[lot_id])
+    res = check_track_in(sync.model, lot_id, tool, step.recipe_id,
+                         sync.model.minutes(mes.clock()), recipe_version=step.recipe_version)
     if res.ok:
-        mes.track_in("L1", tool, step.recipe_id)
+        mes.track_in(lot_id, tool, step.recipe_id)
     elif res.action == "hold":
-        mes.hold("L1", res.hold_reason, "enforcement",
+        mes.hold(lot_id, res.hold_reason, "enforcement",
                  "queue_time" if res.reason == Refusal.QUEUE_TIME_EXCEEDED else "")
     return res
 
@@ -143,3 +143,32 @@ def test_a_lot_stored_by_an_older_fabd_keeps_its_window():
     mes.lots["L1"].qt_limit_s = -1.0
     now[0] += 3600
     assert try_start(mes, sync, "OX01").reason == Refusal.QUEUE_TIME_EXCEEDED
+
+
+def test_wafers_merged_into_a_lot_back_from_rework_keep_their_queue_time_window():
+    # L1 is back at OX from the strip (no window); L2 comes from CLEAN, due at OX within 10
+    # minutes, and is merged into L1: its wafers must still start OX in time (the merged lot
+    # took L1's "no window" and ran them an hour late unchecked)
+    mes, sync, now = rework_fab(strip_limit_s=0)
+    now[0] += 10
+    mes.create_lot("L2", "PO-1", "P1", 5)
+    assert try_start(mes, sync, "CLN01", "L2").ok
+    mes.track_out("L2", "CLN01")
+    mes.merge_lot("L2", "L1", "one carrier", "eng")
+    now[0] += 3600
+    res = try_start(mes, sync, "OX01")
+    assert res.reason == Refusal.QUEUE_TIME_EXCEEDED
+    assert mes.lots["L1"].state == HELD and mes.lots["L1"].wafers == 30
+
+
+def test_a_lot_merged_into_one_back_from_rework_does_not_bring_a_window_it_never_had():
+    # the reverse: L1 (back from the strip, no window) arrived first; L2 from CLEAN has 10
+    # minutes from its own arrival, not from L1's
+    mes, sync, now = rework_fab(strip_limit_s=0)
+    now[0] += 500
+    mes.create_lot("L2", "PO-1", "P1", 5)
+    assert try_start(mes, sync, "CLN01", "L2").ok
+    mes.track_out("L2", "CLN01")
+    mes.merge_lot("L1", "L2", "one carrier", "eng")
+    now[0] += 300                                     # 5 minutes after L2 left CLEAN
+    assert try_start(mes, sync, "OX01", "L2").ok
