@@ -509,7 +509,8 @@ class SplitLot(_Command, frozen=True, kw_only=True, tag="split_lot"):
 
 class MergeLot(_Command, frozen=True, kw_only=True, tag="merge_lot"):
     """Merge a lot into another at the same step of the same route (neither running nor
-    held): its wafers join `into_lot_id` and it leaves the WIP."""
+    held, of the same production order, priority and due date): its wafers join
+    `into_lot_id` and it leaves the WIP."""
 
     lot_id: Id
     into_lot_id: Id

@@ -517,6 +517,15 @@ class MesState:
             raise IllegalTransition(f"lots {lot_id} ({lot.product_id} at {lot.step_id}) and "
                                     f"{into_id} ({into.product_id} at {into.step_id}) are not "
                                     "at the same step of the same product and route")
+        # the merged wafers would silently take the other lot's order (the ERP delivers them
+        # to it), priority and due date (an expedite lost): the ERP decides first
+        differ = [k for k in ("production_order", "priority", "due")
+                  if getattr(lot, k) != getattr(into, k)]
+        if differ:
+            raise IllegalTransition(
+                f"lots {lot_id} and {into_id} differ in {', '.join(differ)} ("
+                + "; ".join(f"{getattr(lot, k)} vs {getattr(into, k)}" for k in differ)
+                + "): update_lot one of them first")
         if lot.future_holds:
             raise IllegalTransition(f"lot {lot_id} is to be held at "
                                     f"{', '.join(h.at_step for h in lot.future_holds)}: "

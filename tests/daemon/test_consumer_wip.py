@@ -56,6 +56,8 @@ async def random_flow(bus, rng: random.Random, rounds: int) -> None:
                              and x.route_id == lot.route_id and x.rework == lot.rework
                              and x.product_id == lot.product_id), None)
                 if mate is not None and not lot.future_holds:
+                    if mate.priority != lot.priority:   # else refused: the ERP aligns them
+                        mes.update_lot(mate.lot_id, "merge", "erp", priority=lot.priority)
                     mes.merge_lot(lot.lot_id, mate.lot_id, "merge", "eng")
             elif r < 0.80 and not lot.rework and lot.future_holds == []:
                 last = mes.routes[lot.route_id].steps[-1].step_id

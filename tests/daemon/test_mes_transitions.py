@@ -497,3 +497,23 @@ def test_lot_at_names_the_lot_a_tool_ran_at_a_time_for_data_that_arrives_late() 
     assert mes.lot_at("NO-SUCH", 1050.0) == ""
     mes.completion_lost("L2", "LITHO01", "completion not reported")
     assert mes.lot_at("LITHO01", 1250.0) == "L2"   # its run ended when it was taken off
+
+
+def test_a_merge_that_would_drop_an_expedite_or_re_peg_wafers_to_another_order_is_refused():
+    """5 expedited wafers of PO-8, due in December, merged into a PO-7 lot at priority 50 due
+    in January, were dispatched as that lot and delivered to PO-7; the ERP must decide first
+    (update_lot), then the merge goes through."""
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 20, priority=50,
+                   due=dt.datetime(2027, 1, 1, tzinfo=dt.UTC))
+    mes.create_lot("L2", "PO-8", "P1", 5, priority=95,
+                   due=dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    mes.take_batch()
+    with pytest.raises(IllegalTransition, match="production_order, priority, due"):
+        mes.merge_lot("L2", "L1", "fill the carrier", "eng")
+    assert (mes.lots["L1"].wafers, mes.lots["L2"].state) == (20, QUEUED)
+    assert events_of(mes) == []
+    mes.update_lot("L1", "carrier joins PO-8's expedite", "planner", priority=95,
+                   due=dt.datetime(2026, 12, 1, tzinfo=dt.UTC), production_order="PO-8")
+    mes.merge_lot("L2", "L1", "fill the carrier", "eng")
+    assert (mes.lots["L1"].wafers, mes.lots["L1"].priority) == (25, 95)
