@@ -537,9 +537,9 @@ class FabCore:
         mes = self.bus.mes
         reason = f"spc:{v.chart_key}"
         if action == "hold_lot":
-            lot = mes.lots.get(lot_id)
+            lot = mes.carrier(lot_id)   # merged since: the lot its wafers are in now
             if lot is not None and not any(h.reason == reason for h in lot.holds):
-                mes.hold(lot_id, reason, "spc")
+                mes.hold(lot.lot_id, reason, "spc")
                 self.counters["spc_holds"] += 1
         elif action == "inhibit_chamber" and v.chamber:
             mes.inhibit(v.tool_id, f"{reason}@{v.chamber}", True, v.description)

@@ -128,6 +128,7 @@ class Lot(msgspec.Struct, kw_only=True):
     # it ended the last step of its route while held: it completes when its holds are released
     route_done: bool = False
     future_holds: list[Hold] = []  # placed when the lot arrives at their at_step
+    merged_into: str = ""  # state merged: the lot its wafers joined (merge_lot)
 
 
 KINDS: dict[str, type] = {"product": Product, "route": Route, "recipe": Recipe, "tool": Tool,
@@ -538,7 +539,7 @@ class MesState:
         into.qt_limit_s = 0.0 if deadline == math.inf else deadline - into.arrived_ts
         into.qt_waived_arrival = -1.0
         into.wafers += lot.wafers
-        lot.state = MERGED
+        lot.state, lot.merged_into = MERGED, into_id
         self._active.pop(lot_id, None)
         self._touch("lot", lot_id, lot)
         self._touch("lot", into_id, into)
@@ -1088,6 +1089,14 @@ class MesState:
         return snap
 
     # ------------------------------------------------------------ helpers
+
+    def carrier(self, lot_id: str) -> Lot | None:
+        """The lot that has a lot's wafers now: itself, or the lot it was merged into (a hold
+        for data taken before the merge, e.g. SPC, must reach the wafers)."""
+        lot = self.lots.get(lot_id)
+        while lot is not None and lot.state == MERGED:
+            lot = self.lots.get(lot.merged_into)
+        return lot
 
     def _lot(self, lot_id: str) -> Lot:
         lot = self.lots.get(lot_id)
