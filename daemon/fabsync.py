@@ -147,6 +147,7 @@ class FabSync:
     def _sync_lot(self, lot_id: str) -> None:
         model, mes = self.model, self.mes
         lot = mes.lots.get(lot_id)
+        ran_on = model.running_tool(lot_id)
         if lot_id in model.lot_index:
             model.remove_lot(lot_id)
         if lot is None or lot.state not in mes_mod.ACTIVE_STATES:
@@ -162,7 +163,13 @@ class FabSync:
             model.set_hold(lot_id, True, lot.holds[0].reason)
         self._queue_time(lot)
         if lot.state == mes_mod.PROCESSING and lot.tool_id in model.tool_index:
-            model.start_lot(lot_id, lot.tool_id, model.minutes(lot.arrived_ts))
+            # Busy from its start for its process time: every change to a running lot
+            # (a hold, update_lot, scrap_wafers) re-adds it, and each lot of a batch
+            # starts alongside the others; neither may stretch the tool's busy time.
+            started = mes.started_at(lot_id)
+            model.start_lot(lot_id, lot.tool_id,
+                            model.minutes(lot.arrived_ts if started is None else started),
+                            overlap=True, again=ran_on == lot.tool_id)
 
     def _queue_time(self, lot: mes_mod.Lot) -> None:
         """A lot that left a step with a queue-time limit must start this one before its

@@ -115,6 +115,7 @@ class Lot(msgspec.Struct, kw_only=True):
     holds: list[Hold] = []
     arrived_ts: float = 0.0  # when it arrived at its current step (queue time)
     tool_id: str = ""  # while processing
+    started_ts: float = 0.0  # while processing: when it started on tool_id
     rework: list[ReturnPoint] = []  # where to return after each nested rework route
     created_ts: float = 0.0
     # arrived_ts of the visit whose exceeded queue time an engineer dispositioned (released)
@@ -171,9 +172,8 @@ class MesState:
         self.tools: dict[str, Tool] = {}
         self.lots: dict[str, Lot] = {}  # every lot ever (completed and scrapped ones too)
         self._active: dict[str, Lot] = {}  # lots still in the WIP: what the tick iterates
-        # In memory only, for lot_at() and step_at(): when each processing lot started, and
-        # each tool's last runs (lot, step, started, ended)
-        self._started: dict[str, float] = {}
+        # In memory only, for lot_at() and step_at(): each tool's last runs (lot, step,
+        # started, ended)
         self._runs: dict[str, deque[tuple[str, str, float, float]]] = {}
         self.applied: set[str] = set()
         self.jseq = 0  # journal sequence across all streams (the outbox order)
@@ -737,7 +737,7 @@ class MesState:
         lot.state = PROCESSING
         lot.tool_id = tool_id
         tool.lot_id = lot_id
-        self._started[lot_id] = self.clock() if ts is None else ts
+        lot.started_ts = self.clock() if ts is None else ts
         self._touch("lot", lot_id, lot)
         self._touch("tool", tool_id, tool)
         self.emit(ev.LotTrackedIn(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
@@ -888,15 +888,20 @@ class MesState:
 
     def _free_tool(self, lot: Lot, ended: float | None = None) -> None:
         tool = self.tools.get(lot.tool_id) if lot.tool_id else None
-        started = self._started.pop(lot.lot_id, None)
-        if started is not None and lot.tool_id:
+        if lot.tool_id and lot.started_ts:
             runs = self._runs.setdefault(lot.tool_id, deque(maxlen=_RUNS_KEPT))
-            runs.append((lot.lot_id, lot.step_id, started,
+            runs.append((lot.lot_id, lot.step_id, lot.started_ts,
                          self.clock() if ended is None else ended))
+        lot.started_ts = 0.0
         if tool is not None and tool.lot_id == lot.lot_id:
             tool.lot_id = ""
             self._touch("tool", tool.tool_id, tool)
         lot.tool_id = ""
+
+    def started_at(self, lot_id: str) -> float | None:
+        """When a processing lot started (None: not processing, or stored by an older fabd)."""
+        lot = self.lots.get(lot_id)
+        return lot.started_ts or None if lot is not None and lot.state == PROCESSING else None
 
     def lot_at(self, tool_id: str, ts: float) -> str:
         """The lot a tool processed at `ts` ("" for none; "L1,L2" for a batch): for data that
@@ -904,13 +909,13 @@ class MesState:
         belongs to the lot of its time, not to the lot processing now.
 
         The current lot from its start on, else one of the tool's last runs (kept in memory:
-        after a restart only the current lot is known, taken for any time).
+        after a restart only the current lot is known).
         """
         tool = self.tools.get(tool_id)
         if tool is None:
             return ""
         if tool.lot_id:
-            started = self._started.get(tool.lot_id)
+            started = self.started_at(tool.lot_id)
             if started is None or ts >= started:
                 return tool.lot_id
         past = [lot for lot, _, start, end in self._runs.get(tool_id, ()) if start <= ts <= end]

@@ -553,9 +553,16 @@ class FabModel:
         return _ptime_for(int(S["step_ptime_per"][s]), float(S["step_ptime_min"][s]),
                           int(self._lots["lot_wafers"][i]), int(S["step_batch_max"][s]))
 
-    def start_lot(self, lot: str, tool: str, now_min: float, duration_min: float | None = None
-                  ) -> None:
-        """Track a lot in on a tool: the lot runs, the tool is busy and takes the step's setup."""
+    def start_lot(self, lot: str, tool: str, now_min: float, duration_min: float | None = None,
+                  *, overlap: bool = False, again: bool = False) -> None:
+        """Track a lot in on a tool: the lot runs, the tool is busy and takes the step's setup.
+
+        The tool is busy for the lot's process time after what it runs already (a simulated
+        start). overlap: the lot started at now_min alongside what the tool runs (a batch,
+        a multi-chamber tool: the daemon's record), so the tool is busy until the later of
+        the two ends. again: the lot ran there already (the model re-added it from the
+        record), so the tool's setup is not counted twice.
+        """
         i, t = self.lot(lot), self.tool(tool)
         L, T, S = self._lots, self._tools, self._steps
         s = int(L["lot_step"][i])
@@ -565,14 +572,23 @@ class FabModel:
             L["lot_qt_step"][i] = -1
             L["lot_qt_deadline_min"][i] = NO_QT
         need = int(S["step_setup"][s])
-        if need >= 0:
+        if need >= 0 and not again:
             if int(T["tool_setup"][t]) != need:
                 T["tool_setup"][t] = need
                 T["tool_setup_runs"][t] = 0
             T["tool_setup_runs"][t] += 1
         dur = self.lot_ptime_min(i) if duration_min is None else duration_min
-        T["tool_busy_until_min"][t] = max(float(T["tool_busy_until_min"][t]), now_min) + dur
+        busy = float(T["tool_busy_until_min"][t])
+        T["tool_busy_until_min"][t] = max(busy, now_min + dur) if overlap else \
+            max(busy, now_min) + dur
         T["tool_e10"][t] = E10_PRODUCTIVE
+
+    def running_tool(self, lot: str) -> str | None:
+        """The tool a lot runs on in the model (None: it does not run, or is not here)."""
+        i = self.lot_index.get(lot)
+        if i is None or int(self._lots["lot_state"][i]) != LotState.RUNNING:
+            return None
+        return self.tool_ids[int(self._lots["lot_tool"][i])]
 
     def release_tool(self, tool: str, now_min: float) -> None:
         """Mark a tool idle (standby) from now, after its lots are done."""

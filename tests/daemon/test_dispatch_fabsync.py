@@ -95,3 +95,29 @@ def test_an_expedite_from_the_erp_moves_the_lot_ahead_from_the_next_tick():
     sync.sync()
     model = sync.model
     assert Dispatcher(model).assign(now) == {"ETCH01": ["L2"]}
+
+
+def test_a_running_lot_keeps_the_tool_busy_from_its_start_for_its_process_time_only():
+    """The model's tool was busy from the lot's arrival at the step (not its start), and
+    every later change to the running lot (a hold, update_lot, scrap_wafers) re-added it
+    and added another process time: the dispatcher saw the tool busy for hours longer."""
+    mes, sync = fab()
+    mes.create_lot("L1", "PO", "P", 25)           # arrives at S1 at T0
+    clock = [T0 + 3600.0]                         # starts an hour later
+    mes.clock = lambda: clock[0]
+    mes.track_in("L1", "ETCH01", "E1")
+    sync.sync()
+    model = sync.model
+    t = model.tool_index["ETCH01"]
+
+    def busy_until() -> float:
+        return float(model._tools["tool_busy_until_min"][t])
+
+    end = model.minutes(T0 + 3600.0 + 60)        # its start plus S1's 60 s
+    assert busy_until() == end
+    runs = int(model._tools["tool_setup_runs"][t])
+    mes.update_lot("L1", "expedite", "erp", priority=90)
+    mes.hold("L1", "engineer: check", "eng")
+    sync.sync()
+    assert busy_until() == end and int(model._tools["tool_setup_runs"][t]) == runs
+    assert model.running_tool("L1") == "ETCH01"
