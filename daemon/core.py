@@ -331,8 +331,8 @@ class FabCore:
 
     # -- reads for adapters and status --------------------------------------------------------
     def current_lot(self, tool_id: str) -> str:
-        tool = self.bus.mes.tools.get(tool_id)
-        return tool.lot_id if tool else ""
+        """The lots processing on the tool ("L1,L2" for a batch: an SPC hold holds each)."""
+        return self.bus.mes.running_lots(tool_id)
 
     def lot_at(self, tool_id: str, ts: float) -> str:
         return self.bus.mes.lot_at(tool_id, ts)

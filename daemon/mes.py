@@ -172,8 +172,10 @@ class MesState:
         self.tools: dict[str, Tool] = {}
         self.lots: dict[str, Lot] = {}  # every lot ever (completed and scrapped ones too)
         self._active: dict[str, Lot] = {}  # lots still in the WIP: what the tick iterates
-        # In memory only, for lot_at() and step_at(): each tool's last runs (lot, step,
-        # started, ended)
+        # Each tool's lots processing now, in start order (a batch has several; rebuilt at
+        # load); and, in memory only, for lot_at() and step_at(), each tool's last runs
+        # (lot, step, started, ended)
+        self._running: dict[str, list[str]] = {}
         self._runs: dict[str, deque[tuple[str, str, float, float]]] = {}
         self.applied: set[str] = set()
         self.jseq = 0  # journal sequence across all streams (the outbox order)
@@ -200,6 +202,8 @@ class MesState:
             getattr(self, kind + "s")[_id] = obj
             if kind == "lot" and obj.state in ACTIVE_STATES:
                 self._active[_id] = obj
+                if obj.state == PROCESSING and obj.tool_id:
+                    self._running.setdefault(obj.tool_id, []).append(_id)
         self.seq.update(seqs)
         self.jseq = jseq
         self.applied.update(applied)
@@ -738,6 +742,7 @@ class MesState:
         lot.tool_id = tool_id
         tool.lot_id = lot_id
         lot.started_ts = self.clock() if ts is None else ts
+        self._running.setdefault(tool_id, []).append(lot_id)
         self._touch("lot", lot_id, lot)
         self._touch("tool", tool_id, tool)
         self.emit(ev.LotTrackedIn(lot_id=lot_id, product_id=lot.product_id, step_id=lot.step_id,
@@ -893,10 +898,17 @@ class MesState:
             runs.append((lot.lot_id, lot.step_id, lot.started_ts,
                          self.clock() if ended is None else ended))
         lot.started_ts = 0.0
+        running = self._running.get(lot.tool_id)
+        if running is not None and lot.lot_id in running:
+            running.remove(lot.lot_id)
         if tool is not None and tool.lot_id == lot.lot_id:
             tool.lot_id = ""
             self._touch("tool", tool.tool_id, tool)
         lot.tool_id = ""
+
+    def running_lots(self, tool_id: str) -> str:
+        """The lots processing on a tool now: "" none, "L1", or "L1,L2" for a batch."""
+        return ",".join(self._running.get(tool_id, ()))
 
     def started_at(self, lot_id: str) -> float | None:
         """When a processing lot started (None: not processing, or stored by an older fabd)."""
@@ -908,16 +920,15 @@ class MesState:
         arrives late with its own time, e.g. an MQTT broker's backlog after an outage, which
         belongs to the lot of its time, not to the lot processing now.
 
-        The current lot from its start on, else one of the tool's last runs (kept in memory:
-        after a restart only the current lot is known).
+        The lots processing now from their start on, else the lots of the tool's last runs
+        (kept in memory: after a restart only the lots processing now are known).
         """
-        tool = self.tools.get(tool_id)
-        if tool is None:
-            return ""
-        if tool.lot_id:
-            started = self.started_at(tool.lot_id)
-            if started is None or ts >= started:
-                return tool.lot_id
+        running = self._running.get(tool_id)
+        if running:
+            starts = [self.started_at(lot) for lot in running]
+            known = [t for t in starts if t is not None]
+            if len(known) < len(starts) or ts >= min(known):
+                return ",".join(running)
         past = [lot for lot, _, start, end in self._runs.get(tool_id, ()) if start <= ts <= end]
         return ",".join(dict.fromkeys(past))
 

@@ -517,3 +517,24 @@ def test_a_merge_that_would_drop_an_expedite_or_re_peg_wafers_to_another_order_i
                    due=dt.datetime(2026, 12, 1, tzinfo=dt.UTC), production_order="PO-8")
     mes.merge_lot("L2", "L1", "fill the carrier", "eng")
     assert (mes.lots["L1"].wafers, mes.lots["L1"].priority) == (25, 95)
+
+
+def test_the_lots_of_a_batch_running_now_are_all_named_for_its_data() -> None:
+    """An MQTT sample of a batch tool was given the batch's last lot only, so an SPC hold
+    on it left the other lots of the batch unheld (GEM traces name them all: "B1,B2")."""
+    mes = make_state()
+    for lot in ("B1", "B2"):
+        mes.create_lot(lot, "PO-7", "P1", 25)
+        mes.track_in(lot, "LITHO01", ts=1000.0)
+    assert mes.running_lots("LITHO01") == "B1,B2"
+    assert mes.lot_at("LITHO01", 1010.0) == "B1,B2"
+    mes.track_out("B1", "LITHO01", ts=1100.0)
+    mes.track_out("B2", "LITHO01", ts=1100.0)
+    assert mes.running_lots("LITHO01") == ""
+    assert mes.lot_at("LITHO01", 1010.0) == "B1,B2"   # the run, once it ended
+    restarted = MesState(instance_id="test")
+    mes.create_lot("L3", "PO-7", "P1", 25)
+    mes.track_in("L3", "LITHO01", ts=1200.0)
+    restarted.load([(kind, _id, body) for kind, _id, body in mes.take_batch().entities],
+                   {}, 0, [])
+    assert restarted.running_lots("LITHO01") == "L3"   # rebuilt from the stored lots
