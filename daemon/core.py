@@ -537,10 +537,21 @@ class FabCore:
         mes = self.bus.mes
         reason = f"spc:{v.chart_key}"
         if action == "hold_lot":
-            lot = mes.carrier(lot_id)   # merged since: the lot its wafers are in now
-            if lot is not None and not any(h.reason == reason for h in lot.holds):
-                mes.hold(lot.lot_id, reason, "spc")
-                self.counters["spc_holds"] += 1
+            # The wafers the data is about, wherever they are now: merged into another lot,
+            # or split off since the run the data came from (a split waits for the run's end)
+            times = [float(t) for t in v.ts]
+            flagged = times[-1] if times else mes.clock()
+            since = mes.run_start(v.tool_id, lot_id, flagged)
+            for lot in mes.wafers_of(lot_id, min(times, default=flagged) if since is None
+                                     else since):
+                if any(h.reason == reason for h in lot.holds):
+                    continue
+                try:
+                    mes.hold(lot.lot_id, reason, "spc")
+                    self.counters["spc_holds"] += 1
+                except MesError as exc:   # finished since: the others are still held
+                    log.warning("SPC reaction on %s not applied to lot %s: %s", v.chart_key,
+                                lot.lot_id, exc)
         elif action == "inhibit_chamber" and v.chamber:
             mes.inhibit(v.tool_id, f"{reason}@{v.chamber}", True, v.description)
         elif action in ("inhibit_tool", "inhibit_chamber"):

@@ -130,6 +130,8 @@ class Lot(msgspec.Struct, kw_only=True):
     route_done: bool = False
     future_holds: list[Hold] = []  # placed when the lot arrives at their at_step
     merged_into: str = ""  # state merged: the lot its wafers joined (merge_lot)
+    split_from: str = ""  # split off this lot (split_lot) ...
+    split_ts: float = 0.0  # ... at this time
 
 
 KINDS: dict[str, type] = {"product": Product, "route": Route, "recipe": Recipe, "tool": Tool,
@@ -176,6 +178,7 @@ class MesState:
         # load); and, in memory only, for lot_at() and step_at(), each tool's last runs
         # (lot, step, started, ended)
         self._running: dict[str, list[str]] = {}
+        self._children: dict[str, list[str]] = {}  # lot -> lots split off it, in split order
         self._runs: dict[str, deque[tuple[str, str, float, float]]] = {}
         self.applied: set[str] = set()
         self.jseq = 0  # journal sequence across all streams (the outbox order)
@@ -204,6 +207,8 @@ class MesState:
                 self._active[_id] = obj
                 if obj.state == PROCESSING and obj.tool_id:
                     self._running.setdefault(obj.tool_id, []).append(_id)
+            if kind == "lot" and obj.split_from:
+                self._children.setdefault(obj.split_from, []).append(_id)
         self.seq.update(seqs)
         self.jseq = jseq
         self.applied.update(applied)
@@ -493,6 +498,8 @@ class MesState:
                                     f"{wafers} off leaves none")
         child = msgspec.convert(msgspec.to_builtins(parent), Lot)   # a deep copy
         child.lot_id, child.wafers = child_id, wafers
+        child.split_from, child.split_ts = lot_id, self.clock()
+        self._children.setdefault(lot_id, []).append(child_id)
         parent.wafers -= wafers
         self.lots[child_id] = self._active[child_id] = child
         self._touch("lot", lot_id, parent)
@@ -1113,6 +1120,36 @@ class MesState:
         while lot is not None and lot.state == MERGED:
             lot = self.lots.get(lot.merged_into)
         return lot
+
+    def wafers_of(self, lot_id: str, since: float) -> list[Lot]:
+        """The lots that hold the wafers a lot had at `since` (a hold for data taken then,
+        e.g. SPC, must reach them all): its carrier, and the carriers of the lots split off
+        it (or off those, or off the lot they were merged into) since then."""
+        out: dict[str, Lot] = {}
+        todo, seen = [lot_id], set()
+        while todo:
+            current = todo.pop(0)
+            if current in seen:
+                continue
+            seen.add(current)
+            carrier = self.carrier(current)
+            if carrier is not None:
+                out.setdefault(carrier.lot_id, carrier)
+                todo.append(carrier.lot_id)
+            todo.extend(child for child in self._children.get(current, ())
+                        if self.lots[child].split_ts >= since)
+        return list(out.values())
+
+    def run_start(self, tool_id: str, lot_id: str, ts: float) -> float | None:
+        """When the run of a lot on a tool that data of time `ts` came from began (None: not
+        known, e.g. a run before a restart)."""
+        lot = self.lots.get(lot_id)
+        if (lot is not None and lot.state == PROCESSING and lot.tool_id == tool_id
+                and 0 < lot.started_ts <= ts):
+            return lot.started_ts
+        starts = [start for run_lot, _, start, _ in self._runs.get(tool_id, ())
+                  if run_lot == lot_id and start <= ts]
+        return max(starts) if starts else None
 
     def _lot(self, lot_id: str) -> Lot:
         lot = self.lots.get(lot_id)
