@@ -621,6 +621,11 @@ class MesState:
         route_id = self._main_route(lot)
         ids = [s.step_id for s in self.routes[route_id].steps]
         if at_step not in ids:
+            if lot.rework and any(s.step_id == at_step for s in self.routes[lot.route_id].steps):
+                raise MesError(f"lot {lot_id}: step {at_step} is on the rework route "
+                               f"{lot.route_id} the lot is on now; a future hold names a step "
+                               f"of its route {route_id} (hold it now, or at the step it "
+                               "returns to)", "unknown_step")
             raise MesError(f"lot {lot_id}: step {at_step} is not on its route {route_id}",
                            "unknown_step")
         if any(h.reason == reason for h in (*lot.holds, *lot.future_holds)):

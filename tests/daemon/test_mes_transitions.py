@@ -396,6 +396,18 @@ def test_a_future_hold_set_in_rework_holds_the_lot_before_it_runs_the_failed_ste
     assert (mes.lots["L1"].state, mes.lots["L1"].step_id) == (HELD, "COAT")
 
 
+def test_a_future_hold_at_a_step_of_the_rework_route_says_what_to_do() -> None:
+    """It was refused as "not on its route RT", though the engineer could see the lot on
+    that step's route: the refusal now says a future hold names a step of the main route."""
+    mes = make_state()
+    mes.create_lot("L1", "PO-7", "P1", 25)
+    mes.track_in("L1", "LITHO01")
+    mes.track_out("L1", "LITHO01", ok=False)            # rework route RW-STRIP, at STRIP
+    with pytest.raises(MesError, match="STRIP is on the rework route RW-STRIP the lot is on "
+                                       "now; a future hold names a step of its route RT"):
+        mes.future_hold("L1", "look first", "eng", "STRIP")
+
+
 def test_a_route_that_drops_a_step_a_lot_is_to_be_held_at_is_refused() -> None:
     mes = make_state()
     mes.create_lot("L1", "PO-7", "P1", 25)
