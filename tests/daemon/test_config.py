@@ -123,3 +123,25 @@ def test_stop_budgets_that_outlast_the_units_timeout_stop_sec_are_refused(tmp_pa
     assert f"TimeoutStopSec ({timeout_stop_s} s)" in result.stderr
     path.write_text(f"[service]\nstop_flush_budget_s = {timeout_stop_s - 7.5}\n")
     assert fabd("check-config", str(path)).returncode == 0
+
+
+def test_check_config_does_not_fail_on_what_only_the_service_has(tmp_path):
+    """An engineer checking the config from a shell got exit 2 for every password kept the
+    way the example recommends (LoadCredential=, EnvironmentFile=): only the service has
+    them. They are now named as not checked; a real error still fails."""
+    broker = ('[[equipment.mqtt]]\nbroker_id = "plant"\nusername = "fabd"\n'
+              'password_env = "FABD_TEST_UNSET_PW"\n'
+              '[[equipment.opcua]]\ntool_id = "CVD02"\nendpoint_url = "opc.tcp://10.0.0.2:4840"\n'
+              '[equipment.opcua.security]\nusername = "fabd"\n'
+              'password_file = "/run/credentials/fabd.service/opcua-pw"\n')
+    path = tmp_path / "fabd.toml"
+    path.write_text(broker)
+    result = fabd("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "equipment.mqtt[0].password_env: environment variable FABD_TEST_UNSET_PW is not " \
+           "set here; not checked: only the service has it" in result.stdout
+    assert "opcua-pw" in result.stdout and f"{path}: ok" in result.stdout
+    path.write_text(broker + "[tick]\ninterval_s = 0\n")
+    result = fabd("check-config", str(path))
+    assert result.returncode == 2 and "tick.interval_s" in result.stderr
+    assert "password_env" not in result.stderr
