@@ -10,6 +10,7 @@ change updates that tool or lot in place.
 from __future__ import annotations
 
 import logging
+import math
 
 from daemon import mes as mes_mod
 from daemon.mes import MesState
@@ -173,16 +174,10 @@ class FabSync:
 
     def _queue_time(self, lot: mes_mod.Lot) -> None:
         """A lot that left a step with a queue-time limit must start this one before its
-        deadline (`Lot.qt_limit_s`: the route's previous step, or the last step of the rework
-        route it returns from)."""
-        limit_s = lot.qt_limit_s
-        if limit_s < 0:   # not recorded (stored by an older fabd): the route's previous step
-            limit_s = (self.mes.routes[lot.route_id].steps[lot.step_index - 1].queue_time_limit_s
-                       if lot.step_index > 0 else 0.0)
-        if limit_s <= 0 or lot.qt_waived_arrival == lot.arrived_ts:  # none, or released by
-            self.model.set_queue_time(lot.lot_id, None)             # an engineer this visit
-        else:
-            self.model.set_queue_time(lot.lot_id, self.model.minutes(lot.arrived_ts + limit_s))
+        deadline (MesState.qt_deadline)."""
+        deadline = self.mes.qt_deadline(lot)
+        self.model.set_queue_time(lot.lot_id, None if deadline == math.inf
+                                  else self.model.minutes(deadline))
 
 
 def _e10(state: str) -> E10State:

@@ -545,7 +545,7 @@ class MesState:
         # The lot waits since the earlier arrival and must start by the earlier of the two
         # queue-time deadlines: one back from rework may have another window, none, or one
         # an engineer waived, and each lot's wafers keep theirs.
-        deadline = min(self._qt_deadline(lot), self._qt_deadline(into))
+        deadline = min(self.qt_deadline(lot), self.qt_deadline(into))
         into.arrived_ts = min(lot.arrived_ts, into.arrived_ts)
         into.qt_limit_s = 0.0 if deadline == math.inf else deadline - into.arrived_ts
         into.qt_waived_arrival = -1.0
@@ -560,9 +560,10 @@ class MesState:
         log.info("lot %s merged into %s at %s (%d wafers now): %s (by %s)", lot_id, into_id,
                  lot.step_id, into.wafers, reason, by)
 
-    def _qt_deadline(self, lot: Lot) -> float:
-        """When the lot must start its step (queue time, as fabsync gives it to dispatch);
-        inf: no window, or one an engineer waived."""
+    def qt_deadline(self, lot: Lot) -> float:
+        """When the lot must start its step (queue time: `Lot.qt_limit_s`, the route's previous
+        step, or the last step of the rework route it returns from); inf: no window, or one
+        an engineer waived."""
         limit_s = lot.qt_limit_s
         if limit_s < 0:   # not recorded (stored by an older fabd): the route's previous step
             limit_s = (self.routes[lot.route_id].steps[lot.step_index - 1].queue_time_limit_s
@@ -1131,9 +1132,9 @@ class MesState:
         e.g. SPC, must reach them all): its carrier, and the carriers of the lots split off
         it (or off those, or off the lot they were merged into) since then."""
         out: dict[str, Lot] = {}
-        todo, seen = [lot_id], set()
+        todo, seen = deque([lot_id]), set()
         while todo:
-            current = todo.pop(0)
+            current = todo.popleft()
             if current in seen:
                 continue
             seen.add(current)

@@ -145,15 +145,21 @@ def test_a_lot_stored_by_an_older_fabd_keeps_its_window():
     assert try_start(mes, sync, "OX01").reason == Refusal.QUEUE_TIME_EXCEEDED
 
 
+def l2_at_ox(mes, sync, now, after_s: float) -> None:
+    """After `after_s`, lot L2 (5 wafers) runs CLEAN and arrives at OX, its 10-minute
+    window running."""
+    now[0] += after_s
+    mes.create_lot("L2", "PO-1", "P1", 5)
+    assert try_start(mes, sync, "CLN01", "L2").ok
+    mes.track_out("L2", "CLN01")
+
+
 def test_wafers_merged_into_a_lot_back_from_rework_keep_their_queue_time_window():
     # L1 is back at OX from the strip (no window); L2 comes from CLEAN, due at OX within 10
     # minutes, and is merged into L1: its wafers must still start OX in time (the merged lot
     # took L1's "no window" and ran them an hour late unchecked)
     mes, sync, now = rework_fab(strip_limit_s=0)
-    now[0] += 10
-    mes.create_lot("L2", "PO-1", "P1", 5)
-    assert try_start(mes, sync, "CLN01", "L2").ok
-    mes.track_out("L2", "CLN01")
+    l2_at_ox(mes, sync, now, after_s=10)
     mes.merge_lot("L2", "L1", "one carrier", "eng")
     now[0] += 3600
     res = try_start(mes, sync, "OX01")
@@ -165,10 +171,7 @@ def test_a_lot_merged_into_one_back_from_rework_does_not_bring_a_window_it_never
     # the reverse: L1 (back from the strip, no window) arrived first; L2 from CLEAN has 10
     # minutes from its own arrival, not from L1's
     mes, sync, now = rework_fab(strip_limit_s=0)
-    now[0] += 500
-    mes.create_lot("L2", "PO-1", "P1", 5)
-    assert try_start(mes, sync, "CLN01", "L2").ok
-    mes.track_out("L2", "CLN01")
+    l2_at_ox(mes, sync, now, after_s=500)
     mes.merge_lot("L1", "L2", "one carrier", "eng")
     now[0] += 300                                     # 5 minutes after L2 left CLEAN
     assert try_start(mes, sync, "OX01", "L2").ok
